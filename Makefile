@@ -1,0 +1,32 @@
+# make          the main job: install, run every chapter (smoke profile, built-in phantoms), build the book
+# make test     install, then pytest (library, notebooks through nbval, book build): what CI runs
+# make reference  rerun every chapter in the cpu profile on ../shared/data into book/reference/
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SHARED ?= ../shared/data
+
+.PHONY: all env run book test reference clean
+all: book
+
+env: $(VENV)/.installed
+$(VENV)/.installed: requirements.txt pyproject.toml scripts/install.sh
+	bash scripts/install.sh $(VENV)
+	touch $@
+
+run: env
+	$(PY) scripts/compendium.py run --profile smoke --out runs/smoke
+
+book: run
+	$(PY) scripts/compendium.py book --run runs/smoke --out _build/smoke
+	@echo "open _build/smoke/_build/html/index.html"
+
+test: env
+	$(PY) -m pytest --nbval-lax tests notebooks
+
+reference: env
+	$(PY) scripts/compendium.py run --profile cpu --out book/reference \
+	  --dataset $(SHARED)/chest_xray --dataset $(SHARED)/ct --dataset $(SHARED)/histology
+	$(PY) scripts/compendium.py book --out _build/reference --strict
+
+clean:
+	rm -rf runs _build

@@ -1,0 +1,77 @@
+"""Sphinx extension: a provenance box at the top of every chapter page rendered from a run.
+
+A chapter page is an executed notebook with a ``metrics.json`` beside it. The box shows the run's
+commit, profile, data sets with checksums, device and wall time, and a warning when the library
+code (``medsec_utils``) has changed since that run, so a reader never mistakes old numbers for the
+output of the current code.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from docutils import nodes
+
+from medsec_utils.cache import code_fingerprint
+
+
+def setup(app: Any) -> dict[str, Any]:
+    app.connect("doctree-read", add_provenance_box)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}
+
+
+def add_provenance_box(app: Any, doctree: nodes.document) -> None:
+    source = Path(app.env.doc2path(app.env.docname))
+    metrics = source.with_name("metrics.json")
+    if source.suffix != ".ipynb" or not metrics.is_file():
+        return
+    provenance = json.loads(metrics.read_text())["provenance"]
+    boxes = [_run_box(provenance, metrics.name)]
+    changed = _changed_modules(provenance.get("library", {}))
+    if changed:
+        boxes.append(_changed_box(changed, provenance))
+    section = next(iter(doctree.findall(nodes.section)), None)
+    parent = section if section is not None else doctree
+    position = 1 if section is not None else 0
+    for offset, box in enumerate(boxes):
+        parent.insert(position + offset, box)
+
+
+def _run_box(provenance: dict[str, Any], name: str) -> nodes.admonition:
+    git = provenance.get("git", {})
+    commit = git.get("commit", "unknown")[:10] + (" (with uncommitted library changes)" if git.get("dirty") else "")
+    params = provenance.get("parameters", {})
+    items = [
+        f"commit {commit}; profile {params.get('profile')}; seed {params.get('seed')}",
+        f"device {provenance.get('device')}; wall time {provenance.get('wall_time_s')} s; "
+        f"started {provenance.get('started_utc')}",
+    ]
+    for data in provenance.get("datasets", []):
+        kind = "PHANTOM images, not patients" if data.get("is_phantom") else "real images"
+        items.append(f"data {data['name']} ({data['modality']}, {kind}): {data['spec']}, "
+                     f"checksum {data['checksum'][:23]}...")
+    items.append(f"versions: " + ", ".join(f"{k} {v}" for k, v in provenance.get("versions", {}).items()))
+    box = nodes.admonition(classes=["note"])
+    box += nodes.title(text=f"Provenance of this run (from {name})")
+    listing = nodes.bullet_list()
+    for item in items:
+        listing += nodes.list_item("", nodes.paragraph(text=item))
+    box += listing
+    return box
+
+
+def _changed_box(changed: list[str], provenance: dict[str, Any]) -> nodes.admonition:
+    box = nodes.admonition(classes=["warning"])
+    box += nodes.title(text="The library changed since this run")
+    box += nodes.paragraph(text=(
+        f"medsec_utils module(s) {', '.join(changed)} differ from the code that produced this page "
+        f"(commit {provenance.get('git', {}).get('commit', 'unknown')[:10]}). The numbers below are that run's; "
+        "rerun the chapter (make reference) to bring them up to date."))
+    return box
+
+
+def _changed_modules(recorded: dict[str, str]) -> list[str]:
+    current = code_fingerprint()
+    return sorted(name for name in set(recorded) | set(current) if recorded.get(name) != current.get(name))

@@ -1,0 +1,84 @@
+"""Artefact cache: folders keyed by everything that determines their content.
+
+An artefact (decoded images, a trained model, ...) lives in ``<root>/<kind>/<key>/`` where the key is
+a hash of its parts (settings, data checksum, seed, code fingerprint). A folder counts only once its
+``artefact.json`` marker is written, after all files are in place, so an interrupted run leaves no
+half artefact behind; a producer may keep resumable state in the folder meanwhile.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CACHE_ENV = "MEDSEC_CACHE"
+MARKER = "artefact.json"
+PACKAGE_DIR = Path(__file__).parent
+
+
+def cache_root() -> Path:
+    """``$MEDSEC_CACHE`` if set, else ``~/.cache/medsec``."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "medsec").expanduser()
+
+
+def artefact_key(parts: dict[str, Any]) -> str:
+    """Stable 20-hex-digit hash of a JSON-able dict (keys sorted, values by ``str`` where needed)."""
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def code_fingerprint(*modules: str) -> dict[str, str]:
+    """SHA-256 (12 digits) of the source of ``medsec_utils`` modules, e.g. ``code_fingerprint("training")``.
+
+    With no names, every module of the package. Used in cache keys and to tell the book when the
+    library has changed since a reference run.
+    """
+    names = modules or tuple(sorted(p.stem for p in PACKAGE_DIR.glob("*.py") if p.stem != "__init__"))
+    return {name: hashlib.sha256((PACKAGE_DIR / f"{name}.py").read_bytes()).hexdigest()[:12] for name in names}
+
+
+def cached(
+    kind: str, parts: dict[str, Any], produce: Callable[[Path], None], root: Path | None = None
+) -> tuple[Path, bool]:
+    """Return ``(folder, hit)`` for the artefact; call ``produce(folder)`` first unless it is complete.
+
+    ``produce`` writes its files into ``folder``; the marker is written only after it returns.
+    """
+    folder = (root or cache_root()) / kind / artefact_key(parts)
+    if (folder / MARKER).is_file():
+        return folder, True
+    folder.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    produce(folder)
+    write_json_atomic(folder / MARKER, {"kind": kind, "parts": parts, "seconds": round(time.time() - started, 2)})
+    return folder, False
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON through a temporary file and ``os.replace`` so readers never see half a file."""
+    _write_atomic(path, lambda handle: handle.write(json.dumps(obj, indent=2, default=str).encode()))
+
+
+def torch_save_atomic(obj: Any, path: Path) -> None:
+    """``torch.save`` through a temporary file and ``os.replace``."""
+    _write_atomic(path, lambda handle: torch.save(obj, handle))
+
+
+def _write_atomic(path: Path, write: Callable[[Any], Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

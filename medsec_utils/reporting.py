@@ -1,0 +1,191 @@
+"""Provenance, ``metrics.json`` and figures of a chapter run.
+
+Every artefact a notebook writes carries its provenance: parameters, data checksums, git commit,
+package versions, device and wall time, plus a fingerprint of the library code, so the book can
+tell when the code has changed since the run that made a page.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import platform
+import subprocess
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+import torch
+
+from . import cache
+from .data import ImageSet
+
+PACKAGES = ("torch", "torchvision", "timm", "torchattacks", "diffusers", "torchmetrics", "numpy", "pandas",
+            "scikit-learn", "scikit-image", "pydicom", "matplotlib", "seaborn", "papermill")
+REPO_DIR = Path(__file__).resolve().parents[1]
+PHANTOM_NOTICE = "PHANTOM images (built-in, synthetic): not patients"
+
+
+class Run:
+    """One chapter run: collects datasets and figures, then writes ``metrics.json`` with provenance."""
+
+    def __init__(self, chapter: str, output_dir: str | Path, params: dict[str, Any], settings: dict[str, Any],
+                 device: torch.device) -> None:
+        self.chapter = chapter
+        self.output_dir = Path(output_dir)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.params = params
+        self.settings = dict(settings)
+        self.device = device
+        self.datasets: list[dict[str, Any]] = []
+        self.figures: list[str] = []
+        self.started = time.time()
+        self.started_utc = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+    def add_dataset(self, images: ImageSet) -> None:
+        """Record a data set used by this run."""
+        self.datasets.append(images.provenance())
+
+    def save_figure(self, fig: plt.Figure, name: str) -> Path:
+        """Save ``fig`` as ``<output_dir>/<name>.png`` (it still shows in the notebook)."""
+        path = self.output_dir / f"{name}.png"
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+        self.figures.append(path.name)
+        return path
+
+    def provenance(self) -> dict[str, Any]:
+        """Everything needed to trace this run's numbers back to code, data and machine."""
+        return {
+            "chapter": self.chapter, "parameters": self.params, "settings": self.settings,
+            "datasets": self.datasets, "git": git_state(), "library": cache.code_fingerprint(),
+            "versions": package_versions(), "device": device_name(self.device),
+            "started_utc": self.started_utc, "wall_time_s": round(time.time() - self.started, 1),
+            "figures": self.figures,
+        }
+
+    def finish(self, results: list[dict[str, Any]], **extra: Any) -> Path:
+        """Write ``metrics.json``: ``{"results": [...records...], **extra, "provenance": {...}}``."""
+        path = self.output_dir / "metrics.json"
+        cache.write_json_atomic(path, {"results": results, **extra, "provenance": self.provenance()})
+        return path
+
+
+def git_state() -> dict[str, Any]:
+    """Commit of the repository and whether library or notebooks had uncommitted changes."""
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", "-C", str(REPO_DIR), *args], capture_output=True, text=True, check=False)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    commit = git("rev-parse", "HEAD") or "unknown"
+    dirty = bool(git("status", "--porcelain", "--", "medsec_utils", "notebooks"))
+    return {"commit": commit, "dirty": dirty}
+
+
+def package_versions() -> dict[str, str]:
+    """Installed versions of the packages that shape the results, and Python's."""
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def device_name(device: torch.device) -> str:
+    """``cpu (N threads, machine)`` or the CUDA device name."""
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    return f"cpu: {torch.get_num_threads()} threads, {platform.machine()}"
+
+
+def data_label(images: ImageSet) -> str:
+    """A name for figures and tables that says plainly when the images are phantoms."""
+    return f"{images.name} [PHANTOM]" if images.is_phantom else images.name
+
+
+def results_table(results: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
+    """Records as a table; ``(low, high)`` interval columns become ``[low, high]`` strings."""
+    frame = pd.DataFrame(results)[columns]
+    for column in columns:
+        if frame[column].map(lambda v: isinstance(v, (tuple, list))).all():
+            frame[column] = frame[column].map(lambda v: f"[{v[0]:.3f}, {v[1]:.3f}]")
+    return frame
+
+
+def plot_examples(sets: list[ImageSet], per_class: int = 4, seed: int = 0) -> plt.Figure:
+    """A grid of test images per data set: ``per_class`` Normal then Pathology."""
+    fig, axes = plt.subplots(len(sets), 2 * per_class, figsize=(2 * per_class * 1.3, len(sets) * 1.5),
+                             squeeze=False)
+    rng = np.random.default_rng(seed)
+    for row, images in zip(axes, sets):
+        test = images.indices("test")
+        picks = [rng.choice(test[images.labels.numpy()[test] == label], per_class, replace=False) for label in (0, 1)]
+        for ax, index in zip(row, np.concatenate(picks)):
+            image = images.images[index].permute(1, 2, 0).squeeze(-1).numpy()
+            ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=255)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title("Pathology" if images.labels[index] else "Normal", fontsize=7)
+        row[0].set_ylabel(data_label(images), fontsize=7)
+    _phantom_footer(fig, sets)
+    fig.tight_layout()
+    return fig
+
+
+def plot_training_curves(histories: dict[str, list[dict[str, float]]]) -> plt.Figure:
+    """Training loss and validation balanced accuracy per epoch, one line per data set."""
+    frame = pd.concat([pd.DataFrame(h).assign(dataset=name) for name, h in histories.items()], ignore_index=True)
+    long = frame.melt(id_vars=["dataset", "epoch"], value_vars=["train_loss", "val_loss", "val_balanced_accuracy"],
+                      var_name="metric")
+    grid = sns.relplot(data=long, x="epoch", y="value", hue="dataset", col="metric", kind="line", marker="o",
+                       facet_kws={"sharey": False}, height=2.6, aspect=1.2)
+    grid.set_titles("{col_name}")
+    return grid.figure
+
+
+def plot_confusion_matrices(reports: dict[str, dict[str, Any]]) -> plt.Figure:
+    """Test-set confusion matrices (rows: true class, columns: predicted), one panel per data set."""
+    fig, axes = plt.subplots(1, len(reports), figsize=(3.2 * len(reports), 2.9), squeeze=False)
+    for ax, (name, report) in zip(axes[0], reports.items()):
+        sns.heatmap(np.asarray(report["confusion_matrix"]), annot=True, fmt="d", cbar=False, cmap="Blues", ax=ax,
+                    xticklabels=["Normal", "Pathology"], yticklabels=["Normal", "Pathology"])
+        ax.set(title=name, xlabel="predicted", ylabel="true")
+    fig.tight_layout()
+    return fig
+
+
+def plot_roc_curves(curves: dict[str, tuple[np.ndarray, np.ndarray, float]]) -> plt.Figure:
+    """ROC curves ``{name: (fpr, tpr, auc)}`` on one axis."""
+    fig, ax = plt.subplots(figsize=(4, 4))
+    for name, (fpr, tpr, auc) in curves.items():
+        ax.plot(fpr, tpr, label=f"{name} (AUC {auc:.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    ax.set(xlabel="false-positive rate (1 - specificity)", ylabel="true-positive rate (sensitivity)")
+    ax.legend(fontsize=7, loc="lower right")
+    return fig
+
+
+def _phantom_footer(fig: plt.Figure, sets: list[ImageSet]) -> None:
+    if any(images.is_phantom for images in sets):
+        fig.suptitle(PHANTOM_NOTICE, fontsize=8, color="darkred", y=1.0)
+
+
+def classifier_record(images: ImageSet, report: dict[str, Any], n_train: int) -> dict[str, Any]:
+    """One ``metrics.json`` record of a classifier's test results on ``images``."""
+    return {"dataset": images.name, "modality": images.modality, "phantom": images.is_phantom,
+            "data_checksum": images.checksum, "n_train": n_train, "n_test": report["n"],
+            **{f"test_{key}": value for key, value in report.items() if key != "n"}}
+
+
+def data_notice(sets: list[ImageSet]) -> str:
+    """Markdown that says which results come from phantoms and repeats each data set's caveats."""
+    lines = []
+    for images in sets:
+        kind = "**built-in phantom images, not patients**" if images.is_phantom else "real images"
+        lines.append(f"- `{images.name}` ({images.modality}): {kind}; " + "; ".join(images.notes))
+    return "\n".join(lines)

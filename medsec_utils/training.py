@@ -1,0 +1,225 @@
+"""Training of the Normal/Pathology classifiers, resumable and cached.
+
+``train_classifier`` is a plain AdamW loop (warm-up, cosine decay, gradient clipping) with
+class-weighted cross-entropy (X-ray is imbalanced about 1:3) that keeps the weights of the best
+validation epoch. It checkpoints every
+epoch, so an interrupted run resumes where it stopped. ``classifier_for`` wraps it in the artefact
+cache: an unchanged rerun loads the model instead of training it again.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+from torch import nn
+from tqdm import tqdm
+
+from . import cache
+from .data import ImageSet
+from .models import DEFAULT_ARCH, build_classifier
+
+Tensors = tuple[torch.Tensor, torch.Tensor]
+GRAD_CLIP = 2.0  # gradient-norm clip: random-init EfficientNets diverge without it at these learning rates
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def augment(x: torch.Tensor, generator: torch.Generator, flip: bool) -> torch.Tensor:
+    """Random shift of up to 1/16 of the side (reflect padding) and, if ``flip``, random flips per image."""
+    pad = max(1, x.shape[-1] // 16)
+    dx, dy = torch.randint(0, 2 * pad + 1, (2,), generator=generator).tolist()
+    x = F.pad(x, (pad, pad, pad, pad), mode="reflect")[..., dy:dy + x.shape[-2], dx:dx + x.shape[-1]]
+    if flip:
+        mask = torch.rand(x.shape[0], 1, 1, 1, generator=generator) < 0.5
+        x = torch.where(mask, x.flip(-1), x)
+    return x
+
+
+def class_weights(labels: torch.Tensor) -> torch.Tensor:
+    """Inverse-frequency weights for two classes, mean 1."""
+    counts = torch.bincount(labels, minlength=2).clamp(min=1).float()
+    return counts.sum() / (2 * counts)
+
+
+@torch.no_grad()
+def predict_proba(model: nn.Module, x: torch.Tensor, device: torch.device, batch_size: int = 128) -> np.ndarray:
+    """Probability of Pathology for every image of ``x`` (images in [0, 1])."""
+    model.eval().to(device)
+    probs = [F.softmax(model(x[i:i + batch_size].to(device)), dim=1)[:, 1].cpu() for i in range(0, len(x), batch_size)]
+    return torch.cat(probs).numpy() if probs else np.zeros(0)
+
+
+def evaluate(model: nn.Module, data: Tensors, device: torch.device, batch_size: int = 128) -> dict[str, float]:
+    """Loss, accuracy, balanced accuracy and AUC on ``(x, y)``."""
+    x, y = data
+    p = predict_proba(model, x, device, batch_size)
+    labels = y.numpy()
+    eps = 1e-7
+    loss = float(-np.mean(labels * np.log(p + eps) + (1 - labels) * np.log(1 - p + eps)))
+    pred = (p >= 0.5).astype(int)
+    auc = float(roc_auc_score(labels, p)) if len(set(labels)) == 2 else float("nan")
+    return {"loss": loss, "accuracy": float((pred == labels).mean()),
+            "balanced_accuracy": float(balanced_accuracy_score(labels, pred)), "auc": auc}
+
+
+def train_classifier(
+    model: nn.Module,
+    train: Tensors,
+    val: Tensors,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    seed: int,
+    device: torch.device,
+    flip: bool = False,
+    checkpoint: Path | None = None,
+    progress: bool = True,
+) -> list[dict[str, float]]:
+    """Train ``model`` in place; return one record per epoch and keep the best validation weights.
+
+    Args:
+        train, val: float images in [0, 1] and int64 labels.
+        flip: random flips as augmentation (histology has no orientation; radiographs do).
+        checkpoint: file to save after every epoch and resume from if it exists.
+    """
+    seed_everything(seed)
+    model.to(device)
+    x, y = train
+    steps = len(x) // batch_size or 1
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    scheduler = warmup_cosine(optimizer, total=epochs * steps, warmup=max(1, steps // 2))
+    generator = torch.Generator().manual_seed(seed)
+    state = {"epoch": 0, "history": [], "best": None, "best_score": -1.0}
+    if checkpoint is not None and checkpoint.is_file():
+        state = _resume(checkpoint, model, optimizer, scheduler, generator)
+    weights = class_weights(y).to(device)
+    bar = tqdm(total=epochs * steps, initial=state["epoch"] * steps, desc="train", disable=not progress,
+               mininterval=5, unit="batch")
+    for epoch in range(state["epoch"], epochs):
+        started = time.perf_counter()
+        train_loss = _train_epoch(model, x, y, optimizer, scheduler, weights, batch_size, generator, flip, device, bar)
+        record = {"epoch": epoch + 1, "train_loss": train_loss, "seconds": time.perf_counter() - started}
+        record.update({f"val_{k}": v for k, v in evaluate(model, val, device).items()})
+        state["history"].append(record)
+        if record["val_balanced_accuracy"] > state["best_score"]:
+            state["best_score"] = record["val_balanced_accuracy"]
+            state["best"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        state["epoch"] = epoch + 1
+        bar.set_postfix(loss=f"{train_loss:.3f}", val_bacc=f"{record['val_balanced_accuracy']:.3f}")
+        if checkpoint is not None:
+            _save_checkpoint(checkpoint, state, model, optimizer, scheduler, generator)
+    bar.close()
+    if state["best"] is not None:
+        model.load_state_dict(state["best"])
+    return state["history"]
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, total: int, warmup: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step schedule: linear warm-up over ``warmup`` steps, then cosine decay to zero at ``total``."""
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _train_epoch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer,
+                 scheduler: torch.optim.lr_scheduler.LRScheduler, weights: torch.Tensor, batch_size: int,
+                 generator: torch.Generator, flip: bool, device: torch.device, bar: tqdm) -> float:
+    model.train()
+    order = torch.randperm(len(x), generator=generator)
+    steps = len(x) // batch_size or 1
+    total = torch.zeros((), device=device)
+    for step in range(steps):
+        index = order[step * batch_size:(step + 1) * batch_size]
+        inputs = augment(x[index], generator, flip).to(device, non_blocking=True)
+        loss = F.cross_entropy(model(inputs), y[index].to(device), weight=weights)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), max_norm=GRAD_CLIP)
+        optimizer.step()
+        scheduler.step()
+        total += loss.detach()
+        bar.update()
+    return float(total) / steps
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
+                     scheduler: Any, generator: torch.Generator) -> None:
+    cache.torch_save_atomic({**state, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                             "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
+                             "torch_rng": torch.get_rng_state()}, path)
+
+
+def _resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+            generator: torch.Generator) -> dict[str, Any]:
+    saved = torch.load(path, weights_only=False)
+    model.load_state_dict(saved.pop("model"))
+    optimizer.load_state_dict(saved.pop("optimizer"))
+    scheduler.load_state_dict(saved.pop("scheduler"))
+    generator.set_state(saved.pop("generator"))
+    torch.set_rng_state(saved.pop("torch_rng"))
+    return saved
+
+
+def classifier_for(
+    images: ImageSet,
+    settings: dict[str, Any],
+    *,
+    seed: int,
+    device: torch.device,
+    arch: str = DEFAULT_ARCH,
+    weights: str | Path | None = None,
+    progress: bool = True,
+) -> tuple[nn.Module, list[dict[str, float]], bool]:
+    """The chapter-1 classifier of ``images``: from the artefact cache, or trained now and cached.
+
+    The cache key holds everything that determines the model: data checksum, image size, settings,
+    seed, architecture, pretrained weights file and the code of the modules that train it.
+
+    Returns:
+        ``(model in eval mode, training history, cache_hit)``.
+    """
+    parts = {
+        "data": images.checksum, "size": images.size, "channels": images.channels, "arch": arch,
+        "weights": str(weights) if weights else None, "seed": seed,
+        "max_train_images": settings["max_train_images"], "max_eval_images": settings["max_eval_images"],
+        **{k: settings[k] for k in ("epochs", "batch_size", "lr", "weight_decay")},
+        "code": cache.code_fingerprint("models", "training", "_io"),
+    }
+
+    def produce(folder: Path) -> None:
+        model = build_classifier(images.channels, arch, weights)
+        history = train_classifier(
+            model, images.tensors("train", settings["max_train_images"], seed),
+            images.tensors("val", settings["max_eval_images"], seed), epochs=settings["epochs"],
+            batch_size=settings["batch_size"], lr=settings["lr"], weight_decay=settings["weight_decay"],
+            seed=seed, device=device, flip=images.modality == "histology", checkpoint=folder / "checkpoint.pt",
+            progress=progress,
+        )
+        cache.torch_save_atomic(model.state_dict(), folder / "model.pt")
+        cache.write_json_atomic(folder / "history.json", history)
+        (folder / "checkpoint.pt").unlink(missing_ok=True)
+
+    folder, hit = cache.cached("classifier", parts, produce)
+    model = build_classifier(images.channels, arch)
+    model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu"))
+    history = json.loads((folder / "history.json").read_text())
+    return model.to(device).eval(), history, hit
