@@ -55,6 +55,7 @@ MODALITY_WORDS = {
     "histology": ("histology", "histo", "pathmnist", "lc25000", "he", "wsi"),
 }
 SPEC_OPTIONS = ("modality", "window", "patient_regex", "n")
+DICOM_PATIENT = "<dicom>"  # placeholder: replaced by a pseudonym of the header's PatientID
 
 
 @dataclass
@@ -97,13 +98,15 @@ class ImageSet:
         chosen = []
         for label in (0, 1):
             members = index[labels == label]
-            share = round(limit * len(members) / len(index))
+            share = max(1, round(limit * len(members) / len(index))) if len(members) else 0
             chosen.append(rng.choice(members, size=min(share, len(members)), replace=False))
         return np.sort(np.concatenate(chosen))
 
     def tensors(self, split: str, limit: int | None = None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """Float images in [0, 1] and int64 labels of ``split`` (optionally a stratified subsample)."""
         index = torch.as_tensor(self.indices(split, limit, seed))
+        if len(index) == 0:
+            raise DataError(f"{self.spec}: split {split!r} is empty; add images or give the splits explicitly")
         return self.images[index].float().div_(255.0), self.labels[index]
 
     def summary(self) -> pd.DataFrame:
@@ -160,20 +163,22 @@ def load_dataset(
     modality = options.get("modality") or source.modality or infer_modality(source.name)
     if modality not in MODALITIES:
         raise DataError(f"{spec}: unknown modality {modality!r}; use one of {', '.join(MODALITIES)}")
-    checksum = _checksum(source)
-    _pseudonymise_dicom_patients(source, checksum)
+    checksum, pseudonym_key = _checksum(source)
+    _pseudonymise_dicom_patients(source, pseudonym_key)
+    _check_patients_in_one_split(source.rows, base)
     window = _parse_window(options.get("window"), spec)
     channels = CHANNELS[modality]
 
     def decode(folder: Path) -> None:
         images, sizes = _decode_all(source, size, channels, window, progress)
-        cache.torch_save_atomic({"images": images, "sizes": sizes}, folder / "images.pt")
+        cache.torch_save_atomic({"images": images, "sizes": torch.from_numpy(sizes)}, folder / "images.pt")
 
     if use_cache:
         parts = {"checksum": checksum, "size": size, "channels": channels, "window": window,
-                 "code": cache.code_fingerprint("_io", "_dicom")}
+                 "code": cache.code_fingerprint("_io", "_dicom", "data")}
         folder, _ = cache.cached("images", parts, decode)
         decoded = torch.load(folder / "images.pt")
+        decoded["sizes"] = decoded["sizes"].numpy()
     else:
         images, sizes = _decode_all(source, size, channels, window, progress)
         decoded = {"images": images, "sizes": sizes}
@@ -186,6 +191,7 @@ def load_dataset(
                      "may cross splits (for file trees, ?patient_regex=... reads ids from file names)")
     splits = _complete_splits(rows["split"].to_numpy(dtype=object), patients, rows["label"].to_numpy(), seed,
                               split_fractions, notes)
+    _check_split_sizes(splits, rows["label"].to_numpy(), notes)
     return ImageSet(
         spec=spec, name=source.name, modality=modality, images=decoded["images"],
         labels=torch.tensor(rows["label"].to_numpy(), dtype=torch.int64), patient_ids=patients.astype(str),
@@ -198,7 +204,7 @@ def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
     if not isinstance(spec, str) or not spec.strip():
         raise DataError(f"dataset spec {spec!r} is empty; give a folder, manifest.csv, .npz, name or phantom:MODALITY")
     base, _, query = spec.strip().partition("?")
-    options = dict(parse_qsl(query, keep_blank_values=True))
+    options = dict(parse_qsl(query.replace("+", "%2B"), keep_blank_values=True))  # '+' is literal (regexes)
     unknown = sorted(set(options) - set(SPEC_OPTIONS))
     if unknown:
         raise DataError(f"{spec}: unknown option(s) {', '.join(unknown)}; known: {', '.join(SPEC_OPTIONS)}")
@@ -230,7 +236,7 @@ def assign_splits(
     assignment: dict[str, str] = {}
     weights = np.asarray(fractions, dtype=float) / np.sum(fractions)
     for label in (0, 1):
-        members = per_patient.index[per_patient == label].to_numpy()
+        members = np.array(per_patient.index[per_patient == label])
         rng.shuffle(members)
         bounds = np.round(np.cumsum(weights) * len(members)).astype(int)
         for start, stop, name in zip(np.r_[0, bounds[:-1]], bounds, names):
@@ -256,6 +262,17 @@ def _complete_splits(given: np.ndarray, patients: np.ndarray, labels: np.ndarray
         splits[pool] = carved
         notes.append(f"split(s) {', '.join(missing)} carved per patient from train (seed {seed})")
     return splits
+
+
+def _check_split_sizes(splits: np.ndarray, labels: np.ndarray, notes: list[str]) -> None:
+    """Note empty splits and splits without one class (no AUC there); using an empty split is an error."""
+    for name in SPLITS:
+        members = labels[splits == name]
+        missing = [("Normal", "Pathology")[label] for label in (0, 1) if not (members == label).any()]
+        if len(members) == 0:
+            notes.append(f"split {name} is empty")
+        elif missing:
+            notes.append(f"split {name} has no {missing[0]} images")
 
 
 def _load_phantoms(spec: str, base: str, options: dict[str, str], size: int, seed: int, n: int,
@@ -318,8 +335,9 @@ def _from_manifest(csv_path: Path, options: dict[str, str]) -> _Source:
         raise DataError(f"{row['where']}: duplicate path (listed twice); keep one row per image")
     frame["key"] = frame["path"]
     frame["path"] = [csv_path.parent / p for p in frame["path"]]
+    from_header = (frame["patient_id"] == "") & np.array([p.suffix.lower() in DICOM_SUFFIXES for p in frame["path"]])
+    frame.loc[from_header, "patient_id"] = DICOM_PATIENT
     frame = frame[["path", "key", "label", "patient_id", "split", "where"]].reset_index(drop=True)
-    _check_patients_in_one_split(frame, csv_path)
     name = csv_path.parent.name
     return _Source(name=name, rows=_require_classes(frame, csv_path), modality=_modality_hint(frame, name))
 
@@ -343,7 +361,7 @@ def _check_splits(frame: pd.DataFrame) -> None:
     frame["split"] = split
 
 
-def _check_patients_in_one_split(frame: pd.DataFrame, origin: Path) -> None:
+def _check_patients_in_one_split(frame: pd.DataFrame, origin: str) -> None:
     known = frame[(frame["patient_id"] != "") & (frame["split"] != "")]
     spread = known.groupby("patient_id")["split"].nunique()
     if (spread > 1).any():
@@ -389,7 +407,6 @@ def _from_tree(root: Path, options: dict[str, str]) -> _Source:
                          "patient_id": _patient_from_name(f, regex),
                          "split": split, "where": str(f)} for f in files]
     frame = pd.DataFrame(records)
-    _check_patients_in_one_split(frame, root)
     return _Source(name=root.name, rows=_require_classes(frame, root), modality=_modality_hint(frame, root.name))
 
 
@@ -418,7 +435,7 @@ def _class_map(root: Path, names: set[str]) -> dict[str, int]:
 
 def _patient_from_name(path: Path, regex: re.Pattern[str] | None) -> str:
     if path.suffix.lower() in DICOM_SUFFIXES:
-        return f"dicom:{path}"  # replaced by a pseudonym of PatientID once the checksum is known
+        return DICOM_PATIENT
     if regex is None:
         return ""
     match = regex.search(path.name)
@@ -427,14 +444,17 @@ def _patient_from_name(path: Path, regex: re.Pattern[str] | None) -> str:
     return match.group(1) if match.groups() else match.group(0)
 
 
-def _pseudonymise_dicom_patients(source: _Source, checksum: str) -> None:
-    """Replace DICOM placeholders by keyed hashes of PatientID; the raw id never leaves the reader."""
-    marked = source.rows["patient_id"].str.startswith("dicom:")
+def _pseudonymise_dicom_patients(source: _Source, key: bytes) -> None:
+    """Replace DICOM placeholders by keyed hashes of PatientID; the raw id never leaves the reader.
+
+    The key is derived from the files' bytes but is not the published checksum, so a pseudonym cannot
+    be reversed by trying candidate ids without the data itself (which holds the ids anyway).
+    """
+    marked = source.rows["patient_id"] == DICOM_PATIENT
     if not marked.any():
         return
     from ._dicom import dicom_patient_key
 
-    key = checksum.encode()
     source.rows.loc[marked, "patient_id"] = [dicom_patient_key(Path(p), key) or "" for p in source.rows.loc[marked, "path"]]
 
 
@@ -504,14 +524,16 @@ def fetch(name: str, root: Path | None = None) -> Path:
     descriptor = read_descriptor(name)
     target = (root or data_root()) / descriptor["filename"]
     if target.is_file():
-        _verify_md5(target, descriptor["md5"], descriptor["url"])
+        if _md5(target) != descriptor["md5"]:
+            raise DataError(f"{target}: MD5 {_md5(target)} is not the expected {descriptor['md5']}; replace the file "
+                            f"with a fresh download from {descriptor['url']}")
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(target.name + ".part")
     try:
         with urllib.request.urlopen(descriptor["url"], timeout=60) as response, open(partial, "wb") as out:
             total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {name}") as bar:
+            with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {name}", disable=None) as bar:
                 while chunk := response.read(1 << 20):
                     out.write(chunk)
                     bar.update(len(chunk))
@@ -519,33 +541,39 @@ def fetch(name: str, root: Path | None = None) -> Path:
         partial.unlink(missing_ok=True)
         raise DataError(f"{name}: cannot download {descriptor['url']} ({err}); download it by hand and put it at "
                         f"{target} (md5 {descriptor['md5']})") from None
-    _verify_md5(partial, descriptor["md5"], descriptor["url"])
+    actual = _md5(partial)
+    if actual != descriptor["md5"]:
+        partial.unlink()
+        raise DataError(f"{name}: the download from {descriptor['url']} has MD5 {actual}, not the expected "
+                        f"{descriptor['md5']}; it was discarded, try again or put a verified copy at {target}")
     os.replace(partial, target)
     return target
 
 
-def _verify_md5(path: Path, expected: str, url: str) -> None:
+def _md5(path: Path) -> str:
     digest = hashlib.md5()
     with open(path, "rb") as handle:
         while chunk := handle.read(1 << 20):
             digest.update(chunk)
-    if digest.hexdigest() != expected:
-        path.unlink()
-        raise DataError(f"{path}: MD5 {digest.hexdigest()} does not match the expected {expected}; the file was "
-                        f"removed, download it again from {url}")
+    return digest.hexdigest()
 
 
-def _checksum(source: _Source) -> str:
-    """SHA-256 over the file list, labels, given splits and every file's bytes."""
-    digest = hashlib.sha256()
+def _checksum(source: _Source) -> tuple[str, bytes]:
+    """SHA-256 over the file list, labels, patient ids, given splits and every file's bytes.
+
+    Also returns a second digest of the bytes alone, never published, to key DICOM pseudonyms.
+    """
+    digest, secret = hashlib.sha256(), hashlib.sha256(b"medsec pseudonym key|")
     if source.arrays is not None:
         for split, array in sorted(source.arrays.items()):
             digest.update(split.encode() + np.ascontiguousarray(array).tobytes())
     for row in source.rows.itertuples():
-        digest.update(f"{row.key}|{row.label}|{row.split}|".encode())
+        digest.update(f"{row.key}|{row.label}|{row.patient_id}|{row.split}|".encode())
         if source.arrays is None and Path(row.path).is_file():
-            digest.update(hashlib.sha256(Path(row.path).read_bytes()).digest())
-    return f"sha256:{digest.hexdigest()}"
+            content = hashlib.sha256(Path(row.path).read_bytes()).digest()
+            digest.update(content)
+            secret.update(content)
+    return f"sha256:{digest.hexdigest()}", secret.digest()
 
 
 def _parse_window(text: str | None, spec: str) -> tuple[float, float] | None:
@@ -575,6 +603,8 @@ def _decode_all(source: _Source, size: int, channels: int, window: tuple[float, 
 
 def _read_row(source: _Source, row: Any, channels: int, window: tuple[float, float] | None) -> np.ndarray:
     if source.arrays is None:
+        if not Path(row.path).is_file():
+            raise DataError(f"{row.where}: file not found at {row.path}; fix the path or restore the file")
         return read_image(Path(row.path), channels=channels, window=window)
     raw = np.asarray(source.arrays[row.split][row.path])
     array = raw.astype(np.float32) / 255.0 if raw.dtype == np.uint8 else raw.astype(np.float32)

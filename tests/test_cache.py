@@ -1,0 +1,60 @@
+"""The artefact cache: keys, completeness markers, atomic writes, fingerprints."""
+
+import json
+
+import pytest
+
+from medsec_utils import cache
+
+
+def test_key_is_stable_and_sensitive():
+    parts = {"data": "sha256:abc", "epochs": 3, "lr": 0.001}
+    assert cache.artefact_key(parts) == cache.artefact_key(dict(reversed(parts.items())))
+    assert cache.artefact_key(parts) != cache.artefact_key({**parts, "epochs": 4})
+
+
+def test_second_call_is_a_hit_and_does_not_produce(tmp_path):
+    calls = []
+
+    def produce(folder):
+        calls.append(folder)
+        (folder / "value.txt").write_text("42")
+
+    first, hit1 = cache.cached("thing", {"a": 1}, produce, root=tmp_path)
+    second, hit2 = cache.cached("thing", {"a": 1}, produce, root=tmp_path)
+    assert (hit1, hit2) == (False, True)
+    assert first == second and len(calls) == 1
+    assert (second / "value.txt").read_text() == "42"
+    assert json.loads((second / cache.MARKER).read_text())["parts"] == {"a": 1}
+
+
+def test_interrupted_producer_leaves_no_complete_artefact(tmp_path):
+    def broken(folder):
+        (folder / "half.txt").write_text("partial")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        cache.cached("thing", {"a": 2}, broken, root=tmp_path)
+    folder, hit = cache.cached("thing", {"a": 2}, lambda f: (f / "ok.txt").write_text("done"), root=tmp_path)
+    assert not hit and (folder / "ok.txt").read_text() == "done"
+
+
+def test_atomic_writes_leave_no_temporary_files(tmp_path):
+    cache.write_json_atomic(tmp_path / "m.json", {"x": 1})
+    cache.torch_save_atomic({"y": 2}, tmp_path / "t.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "t.pt"]
+
+
+def test_cache_root_follows_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path / "c"))
+    assert cache.cache_root() == tmp_path / "c"
+
+
+def test_code_fingerprint_covers_every_module_and_changes_with_source(tmp_path, monkeypatch):
+    everything = cache.code_fingerprint()
+    assert {"data", "training", "models", "cache", "reporting"} <= set(everything)
+    (tmp_path / "mod.py").write_text("x = 1\n")
+    monkeypatch.setattr(cache, "PACKAGE_DIR", tmp_path)
+    before = cache.code_fingerprint("mod")
+    (tmp_path / "mod.py").write_text("x = 2\n")
+    assert cache.code_fingerprint("mod") != before

@@ -1,0 +1,103 @@
+"""Chapters end to end: papermill runs on real data (smoke profile) and strict book builds.
+
+nbval runs every notebook on its defaults (the phantoms); these tests add the real images of
+``../shared/data`` when that folder exists, and build the book from the committed reference run and
+from a fresh run.
+"""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+REAL = [SHARED / "chest_xray", SHARED / "ct", SHARED / "histology"]
+CHAPTERS = sorted(p.stem for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+def _compendium(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "compendium.py"), *args], cwd=ROOT,
+                          capture_output=True, text=True, check=False)
+
+
+@pytest.fixture(scope="session")
+def real_run(tmp_path_factory):
+    """Every chapter in the smoke profile on the real images of ../shared/data."""
+    if not all(folder.is_dir() for folder in REAL):
+        pytest.skip(f"no real data at {SHARED}")
+    out = tmp_path_factory.mktemp("real_run")
+    args = ["run", "--profile", "smoke", "--out", str(out)]
+    for folder in REAL:
+        args += ["--dataset", str(folder)]
+    done = _compendium(*args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
+@pytest.mark.slow
+def test_chapter_1_on_real_data_records_results_and_provenance(real_run):
+    record = json.loads((real_run / "01_classifiers" / "metrics.json").read_text())
+    results = {r["modality"]: r for r in record["results"]}
+    assert set(results) == {"chest_xray", "ct", "histology"}
+    for result in results.values():
+        assert not result["phantom"] and result["n_train"] > 0 and result["n_test"] > 0
+        for key in ("test_accuracy", "test_balanced_accuracy", "test_auc"):
+            low, high = result[f"{key}_ci"]
+            assert 0 <= low <= result[key] <= high <= 1
+    provenance = record["provenance"]
+    assert provenance["parameters"]["profile"] == "smoke"
+    assert [d["checksum"] for d in provenance["datasets"]] == [r["data_checksum"] for r in record["results"]]
+    assert all(not d["is_phantom"] for d in provenance["datasets"])
+    assert {"examples.png", "training_curves.png", "confusion_matrices.png", "roc_curves.png"} <= set(
+        provenance["figures"])
+
+
+@pytest.mark.slow
+def test_book_builds_strictly_from_a_fresh_run_and_flags_changed_code(real_run, tmp_path):
+    stale = tmp_path / "stale_run"
+    shutil.copytree(real_run, stale)
+    metrics = stale / "01_classifiers" / "metrics.json"
+    record = json.loads(metrics.read_text())
+    record["provenance"]["library"]["training"] = "0" * 12
+    metrics.write_text(json.dumps(record))
+    done = _compendium("book", "--run", str(stale), "--out", str(tmp_path / "build"), "--strict")
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    page = (tmp_path / "build" / "_build" / "html" / "book" / "reference" / "01_classifiers" /
+            "01_classifiers.html").read_text()
+    assert "Provenance of this run" in page and "chest_xray" in page
+    assert "The library changed since this run" in page and "training" in page
+
+
+def test_committed_reference_run_builds_strictly(tmp_path):
+    for chapter in CHAPTERS:
+        assert (ROOT / "book" / "reference" / chapter / f"{chapter}.ipynb").is_file(), f"no reference run of {chapter}"
+    done = _compendium("book", "--out", str(tmp_path / "build"), "--strict")
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    html = tmp_path / "build" / "_build" / "html"
+    for chapter in CHAPTERS:
+        page = (html / "book" / "reference" / chapter / f"{chapter}.html").read_text()
+        assert "Provenance of this run" in page
+
+
+def test_committed_notebooks_have_no_outputs_and_a_parameters_cell():
+    for chapter in CHAPTERS:
+        notebook = json.loads((ROOT / "notebooks" / f"{chapter}.ipynb").read_text())
+        code = [c for c in notebook["cells"] if c["cell_type"] == "code"]
+        assert all(not c["outputs"] and c.get("execution_count") is None for c in code), chapter
+        parameters = [c for c in code if "parameters" in c["metadata"].get("tags", [])]
+        assert len(parameters) == 1, chapter
+        source = "".join(parameters[0]["source"])
+        for name in ("profile", "dataset", "seed", "output_dir"):
+            assert f"{name} = " in source, f"{chapter}: parameter {name} missing"
+
+
+def test_reference_run_used_the_cpu_profile_on_real_data():
+    for chapter in CHAPTERS:
+        record = json.loads((ROOT / "book" / "reference" / chapter / "metrics.json").read_text())
+        provenance = record["provenance"]
+        assert provenance["parameters"]["profile"] == "cpu", chapter
+        assert provenance["datasets"] and not any(d["is_phantom"] for d in provenance["datasets"]), chapter

@@ -1,0 +1,101 @@
+"""Models and training: two logits, normalisation inside, learning, resuming, caching."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from medsec_utils import data, models, profiles, training
+
+CPU = torch.device("cpu")
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_classifier_has_two_logits_and_takes_unit_range_images(channels):
+    model = models.build_classifier(channels).eval()
+    with torch.no_grad():
+        logits = model(torch.rand(2, channels, 64, 64))
+    assert logits.shape == (2, 2)
+    assert model.mean.shape == (1, channels, 1, 1) and float(model.std.min()) > 0
+
+
+def test_missing_weights_file_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="weights file not found"):
+        models.build_classifier(1, weights=tmp_path / "absent.safetensors")
+
+
+def _easy_task(n=96, seed=0):
+    """Bright-centre images are Pathology: a tiny CNN must learn this."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 1, 16, 16, generator=g) * 0.5
+    y = torch.arange(n) % 2
+    x[y == 1, :, 6:10, 6:10] += 0.5
+    return x, y
+
+
+def _tiny_cnn():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(),
+                         nn.Linear(128, 2))
+
+
+def test_training_learns_an_easy_task():
+    model = _tiny_cnn()
+    train, val = _easy_task(seed=0), _easy_task(seed=1)
+    before = training.evaluate(model, val, CPU)["accuracy"]
+    history = training.train_classifier(model, train, val, epochs=15, batch_size=16, lr=0.01, weight_decay=0.0,
+                                        seed=0, device=CPU, progress=False)
+    assert len(history) == 15 and history[-1]["train_loss"] < history[0]["train_loss"]
+    assert training.evaluate(model, val, CPU)["accuracy"] >= max(0.9, before + 0.2)
+
+
+def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    train, val = _easy_task(seed=0), _easy_task(seed=1)
+    kwargs = dict(epochs=3, batch_size=16, lr=0.01, weight_decay=0.0, seed=0, device=CPU, progress=False)
+    reference = _tiny_cnn()
+    training.train_classifier(reference, train, val, **kwargs)
+
+    real_epoch, calls = training._train_epoch, []
+
+    def crash_on_second_epoch(*args, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kw)
+
+    monkeypatch.setattr(training, "_train_epoch", crash_on_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        training.train_classifier(_tiny_cnn(), train, val, checkpoint=tmp_path / "ckpt.pt", **kwargs)
+    monkeypatch.setattr(training, "_train_epoch", real_epoch)
+    resumed = _tiny_cnn()
+    history = training.train_classifier(resumed, train, val, checkpoint=tmp_path / "ckpt.pt", **kwargs)
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    for a, b in zip(reference.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_augment_keeps_shape_and_range():
+    x = torch.rand(8, 3, 32, 32)
+    out = training.augment(x, torch.Generator().manual_seed(0), flip=True)
+    assert out.shape == x.shape and float(out.min()) >= 0 and float(out.max()) <= 1
+
+
+def test_class_weights_balance_the_classes():
+    weights = training.class_weights(torch.tensor([0] * 25 + [1] * 75))
+    assert weights[0] == pytest.approx(2.0) and weights[1] == pytest.approx(2 / 3)
+
+
+def test_classifier_for_trains_once_then_hits_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDSEC_CACHE", str(tmp_path))
+    images = data.load_dataset("phantom:ct?n=80", size=32, use_cache=False, progress=False)
+    settings = profiles.resolve_profile("smoke", epochs=1, max_train_images=32, max_eval_images=16, batch_size=16)
+    model, history, hit = training.classifier_for(images, settings, seed=0, device=CPU, arch="resnet10t",
+                                                  progress=False)
+    again, _, hit_again = training.classifier_for(images, settings, seed=0, device=CPU, arch="resnet10t",
+                                                  progress=False)
+    assert (hit, hit_again) == (False, True) and len(history) == 1
+    x, _ = images.tensors("test")
+    np.testing.assert_allclose(training.predict_proba(model, x, CPU), training.predict_proba(again, x, CPU))
+    _, _, other_seed_hit = training.classifier_for(images, settings, seed=1, device=CPU, arch="resnet10t",
+                                                   progress=False)
+    assert not other_seed_hit
