@@ -55,6 +55,12 @@ MODALITY_WORDS = {
     "histology": ("histology", "histo", "pathmnist", "lc25000", "he", "wsi"),
 }
 SPEC_OPTIONS = ("modality", "window", "patient_regex", "n")
+KNOWN_CAVEATS = {  # by a word of the manifest's ``source`` column: caveats to repeat wherever results appear
+    "LC25000": "LC25000 holds 250 originals per class, each augmented 20x: near-duplicates cross any split, "
+               "so accuracy is optimistic",
+    "IQ-OTH/NCCD": "IQ-OTH/NCCD gives no patient ids: slices of one patient cross splits, so accuracy is optimistic",
+    "Kermany": "Kermany chest X-rays: classes imbalanced about 1:3, read balanced accuracy and AUC",
+}
 DICOM_PATIENT = "<dicom>"  # placeholder: replaced by a pseudonym of the header's PatientID
 
 
@@ -327,6 +333,7 @@ def _from_manifest(csv_path: Path, options: dict[str, str]) -> _Source:
         if column not in frame.columns:
             frame[column] = ""
     frame["where"] = [f"{csv_path} line {i + 2} ({p})" for i, p in enumerate(frame["path"])]
+    raw_sources = frame["source"] if "source" in frame.columns else []
     frame["label"] = [_parse_label(value, where) for value, where in zip(frame["label"], frame["where"])]
     _check_splits(frame)
     duplicated = frame["path"].duplicated(keep="first")
@@ -338,8 +345,10 @@ def _from_manifest(csv_path: Path, options: dict[str, str]) -> _Source:
     from_header = (frame["patient_id"] == "") & np.array([p.suffix.lower() in DICOM_SUFFIXES for p in frame["path"]])
     frame.loc[from_header, "patient_id"] = DICOM_PATIENT
     frame = frame[["path", "key", "label", "patient_id", "split", "where"]].reset_index(drop=True)
-    name = csv_path.parent.name
-    return _Source(name=name, rows=_require_classes(frame, csv_path), modality=_modality_hint(frame, name))
+    sources = " ".join(set(raw_sources))
+    notes = [caveat for word, caveat in KNOWN_CAVEATS.items() if word in sources]
+    return _Source(name=csv_path.parent.name, rows=_require_classes(frame, csv_path), modality=_modality_hint(frame),
+                   notes=notes)
 
 
 def _parse_label(value: str, where: str) -> int:
@@ -378,7 +387,8 @@ def _require_classes(frame: pd.DataFrame, origin: Path) -> pd.DataFrame:
     return frame
 
 
-def _modality_hint(frame: pd.DataFrame, name: str) -> str | None:
+def _modality_hint(frame: pd.DataFrame) -> str | None:
+    """The modality a DICOM file's header names (first file), else None."""
     first = Path(frame["path"].iloc[0])
     if first.suffix.lower() in DICOM_SUFFIXES and first.is_file():
         from ._dicom import dicom_modality
@@ -407,7 +417,7 @@ def _from_tree(root: Path, options: dict[str, str]) -> _Source:
                          "patient_id": _patient_from_name(f, regex),
                          "split": split, "where": str(f)} for f in files]
     frame = pd.DataFrame(records)
-    return _Source(name=root.name, rows=_require_classes(frame, root), modality=_modality_hint(frame, root.name))
+    return _Source(name=root.name, rows=_require_classes(frame, root), modality=_modality_hint(frame))
 
 
 def _class_map(root: Path, names: set[str]) -> dict[str, int]:

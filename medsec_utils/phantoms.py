@@ -21,9 +21,10 @@ like repeat studies.
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable
 
 import numpy as np
 from scipy import ndimage
@@ -38,6 +39,8 @@ _MAX_IMAGES_PER_PATIENT = 3
 
 Params = dict[str, float]
 Array = np.ndarray
+PatientDraw = Callable[[np.random.Generator], Params]
+Renderer = Callable[[np.random.Generator, np.random.Generator, Params, int, int], Array]
 
 
 @dataclass(frozen=True)
@@ -72,7 +75,7 @@ def make_phantoms(modality: str, n: int, size: int = 64, seed: int = 0) -> Phant
     Raises:
         ValueError: For an unknown modality, a size out of range or ``n < 1``.
     """
-    _check_arguments(modality, n, size)
+    n, size = _check_arguments(modality, n, size)
     index = MODALITIES.index(modality)
     draw_patient, render = _MODELS[modality]
     images, labels, patient_ids = [], [], []
@@ -87,16 +90,19 @@ def make_phantoms(modality: str, n: int, size: int = 64, seed: int = 0) -> Phant
     return PhantomSet(np.stack(images), np.asarray(labels, dtype=np.int64), patient_ids, modality)
 
 
-def _check_arguments(modality: str, n: int, size: int) -> None:
+def _check_arguments(modality: str, n: int, size: int) -> tuple[int, int]:
+    """Validate the arguments of :func:`make_phantoms`; return ``n`` and ``size`` as plain ints."""
     if modality not in MODALITIES:
         raise ValueError(f"unknown phantom modality {modality!r}; valid: {', '.join(MODALITIES)}")
-    if not MIN_SIZE <= int(size) <= MAX_SIZE:
+    n, size = operator.index(n), operator.index(size)
+    if not MIN_SIZE <= size <= MAX_SIZE:
         raise ValueError(f"size must be between {MIN_SIZE} and {MAX_SIZE} pixels, got {size}")
-    if int(n) < 1:
+    if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
+    return n, size
 
 
-def _patients(seed: int, index: int, n: int):
+def _patients(seed: int, index: int, n: int) -> Iterator[tuple[int, np.random.Generator, int]]:
     """Yield ``(patient, rng, images to make)`` until ``n`` images are covered."""
     covered, patient = 0, 0
     while covered < n:
@@ -114,6 +120,7 @@ def _image_rngs(seed: int, index: int, i: int) -> tuple[np.random.Generator, np.
 
 
 def _to_uint8(image: Array) -> Array:
+    """Map [0, 1] to uint8, clipping whatever noise pushed outside."""
     return np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
 
 
@@ -132,6 +139,7 @@ def _axis(size: int) -> Array:
 
 @lru_cache(maxsize=16)
 def _grid(size: int) -> tuple[Array, Array]:
+    """Normalised ``(y, x)`` coordinates of every pixel centre (read-only, cached)."""
     yy, xx = np.meshgrid(_axis(size), _axis(size), indexing="ij")
     yy.setflags(write=False)
     xx.setflags(write=False)
@@ -141,19 +149,6 @@ def _grid(size: int) -> tuple[Array, Array]:
 def _pixel(size: int) -> float:
     """Width of one pixel in normalised units."""
     return 2.0 / size
-
-
-def _box(size: int, cy: float, cx: float, radius: float) -> tuple[slice, slice]:
-    """Rows and columns of the pixels within ``radius`` of a centre (clipped to the image)."""
-    scale = size / 2.0
-    rows = slice(max(int((cy - radius + 1.0) * scale), 0), min(int((cy + radius + 1.0) * scale) + 1, size))
-    cols = slice(max(int((cx - radius + 1.0) * scale), 0), min(int((cx + radius + 1.0) * scale) + 1, size))
-    return rows, cols
-
-
-def _local_grid(size: int, rows: slice, cols: slice) -> tuple[Array, Array]:
-    axis = _axis(size)
-    return axis[rows, None], axis[None, cols]
 
 
 def _ellipse_radius(yy: Array, xx: Array, cy: float, cx: float, ry: float, rx: float,
@@ -178,42 +173,91 @@ def _disc(size: int, yy: Array, xx: Array, cy: float, cx: float, ry: float, rx: 
     return _soft_inside(radius, _pixel(size) / min(ry, rx))
 
 
-def _stamp(canvas: Array, size: int, cy: float, cx: float, reach: float,
-           shape: Callable[[Array, Array], Array]) -> None:
-    """Add ``shape(yy, xx)`` to ``canvas`` inside the bounding box of radius ``reach`` only."""
-    rows, cols = _box(size, cy, cx, reach)
-    if rows.start < rows.stop and cols.start < cols.stop:
-        canvas[rows, cols] += shape(*_local_grid(size, rows, cols))
+def _patches(size: int, cy: Array, cx: Array, reach: float) -> tuple[Array, Array, Array, Array]:
+    """Square pixel patches around many centres: local coordinates, flat indices and validity."""
+    half = int(np.ceil(reach * size / 2.0)) + 1
+    offsets = np.arange(-half, half + 1)
+    rows = np.floor((cy + 1.0) * size / 2.0).astype(int)[:, None] + offsets
+    cols = np.floor((cx + 1.0) * size / 2.0).astype(int)[:, None] + offsets
+    yy = ((rows + 0.5) * (2.0 / size) - 1.0)[:, :, None]
+    xx = ((cols + 0.5) * (2.0 / size) - 1.0)[:, None, :]
+    valid = ((rows >= 0) & (rows < size))[:, :, None] & ((cols >= 0) & (cols < size))[:, None, :]
+    index = rows[:, :, None] * size + cols[:, None, :]
+    return yy, xx, index, valid
+
+
+def _column(values: Array | float) -> Array:
+    """Values as a ``(k, 1, 1)`` column for broadcasting over patches."""
+    return np.asarray(values, dtype=float).reshape(-1, 1, 1)
+
+
+def _scatter(size: int, index: Array, valid: Array, values: Array) -> Array:
+    """Sum patch values into a ``(size, size)`` image."""
+    flat = np.bincount(index[valid], values[valid], minlength=size * size)
+    return flat.reshape(size, size)
+
+
+def _ellipses(size: int, cy: Array, cx: Array, ry: Array, rx: Array, angle: Array, value: Array,
+              rim: float | Array = 0.0) -> Array:
+    """Sum of many anti-aliased filled ellipses, rendered only in small patches.
+
+    ``rim`` in [0, 1] lowers the centre relative to the border (a nuclear membrane, a bone cortex);
+    ellipses under a pixel wide fade as in partial volume.
+    """
+    if len(cy) == 0:
+        return np.zeros((size, size))
+    yy, xx, index, valid = _patches(size, cy, cx, float(np.max(np.maximum(ry, rx))) + _pixel(size))
+    dy, dx = yy - _column(cy), xx - _column(cx)
+    cos, sin = np.cos(_column(angle)), np.sin(_column(angle))
+    radius = np.sqrt(((cos * dy - sin * dx) / _column(ry)) ** 2 + ((sin * dy + cos * dx) / _column(rx)) ** 2)
+    inside = np.clip((1.0 - radius) * _column(np.minimum(ry, rx)) / _pixel(size) + 0.5, 0.0, 1.0)
+    profile = 1.0 - _column(rim) + _column(rim) * np.minimum(radius, 1.0) ** 2
+    return _scatter(size, index, valid, _column(value) * inside * profile)
+
+
+def _gaussians(size: int, cy: Array, cx: Array, sigma: Array, amplitude: Array) -> Array:
+    """Sum of many isotropic Gaussian blobs, rendered within three sigma."""
+    if len(cy) == 0:
+        return np.zeros((size, size))
+    yy, xx, index, valid = _patches(size, cy, cx, 3.0 * float(np.max(sigma)))
+    distance = np.hypot(yy - _column(cy), xx - _column(cx)) / (np.sqrt(2.0) * _column(sigma))
+    values = _column(amplitude) * _bump(distance)
+    return _scatter(size, index, valid, values)
 
 
 @lru_cache(maxsize=32)
-def _resize_matrix(size: int, res: int) -> Array:
-    """Linear interpolation from ``res`` to ``size`` samples, as a ``(size, res)`` matrix."""
+def _interpolation(size: int, res: int) -> tuple[Array, Array]:
+    """Lower sample index and weight for linear interpolation from ``res`` to ``size`` samples."""
     position = np.clip((np.arange(size) + 0.5) * res / size - 0.5, 0.0, res - 1.0)
     low = np.minimum(np.floor(position).astype(int), res - 2)
     weight = position - low
-    matrix = np.zeros((size, res))
-    matrix[np.arange(size), low] = 1.0 - weight
-    matrix[np.arange(size), low + 1] = weight
-    matrix.setflags(write=False)
-    return matrix
+    low.setflags(write=False)
+    weight.setflags(write=False)
+    return low, weight
 
 
-def _smooth_field(rng: np.random.Generator, sigma: float | tuple[float, float], res: int = 48) -> Array:
+def _smooth_field(rng: np.random.Generator, sigma: float, res: int = 48) -> Array:
     """Zero-mean, unit-variance smooth noise on a fixed ``res`` grid (so it is the same at every size)."""
     field = ndimage.gaussian_filter(rng.standard_normal((res, res)), sigma, mode="wrap")
     return (field - field.mean()) / (field.std() + 1e-12)
 
 
 def _resize(field: Array, size: int) -> Array:
-    matrix = _resize_matrix(size, field.shape[0])
-    return matrix @ field @ matrix.T
+    """Bilinear resize of a square field to ``size`` (elementwise, so no BLAS threads are involved)."""
+    low, weight = _interpolation(size, field.shape[0])
+    rows = field[low] * (1.0 - weight)[:, None] + field[low + 1] * weight[:, None]
+    return rows[:, low] * (1.0 - weight) + rows[:, low + 1] * weight
 
 
-def _point_in_ellipse(rng: np.random.Generator, cy: float, cx: float, ry: float, rx: float,
-                      margin: float = 0.85) -> tuple[float, float]:
-    """A uniform random point inside ``margin`` times an axis-aligned ellipse."""
-    angle, radius = rng.uniform(0.0, 2.0 * np.pi), margin * np.sqrt(rng.random())
+def _bump(distance: Array) -> Array:
+    """``exp(-distance**2)``, cut off far out so that no subnormal numbers slow it down."""
+    return np.exp(-np.minimum(distance * distance, 30.0))
+
+
+def _points_in_ellipse(rng: np.random.Generator, k: int, cy: Array | float, cx: Array | float,
+                       ry: float, rx: float) -> tuple[Array, Array]:
+    """``k`` uniform random points inside axis-aligned ellipses (centres may differ per point)."""
+    angle, radius = rng.uniform(0.0, 2.0 * np.pi, k), np.sqrt(rng.random(k))
     return cy + ry * radius * np.sin(angle), cx + rx * radius * np.cos(angle)
 
 
@@ -228,132 +272,133 @@ def _blur(image: Array, size: int, sigma: float) -> Array:
 
 
 def _cxr_patient(rng: np.random.Generator) -> Params:
-    """Anatomy, exposure and (for pathology) severity of one chest radiograph patient."""
+    """Anatomy, exposure, confounders and (used for pathology only) severity of one patient."""
     return {
-        "body_rx": rng.uniform(0.8, 0.95), "lung_dx": rng.uniform(0.36, 0.44), "lung_cy": rng.uniform(-0.12, 0.0),
-        "lung_ry": rng.uniform(0.5, 0.6), "lung_rx": rng.uniform(0.24, 0.3), "heart_cx": rng.uniform(0.06, 0.16),
-        "heart_rx": rng.uniform(0.2, 0.28), "heart_ry": rng.uniform(0.17, 0.23), "dome_y": rng.uniform(0.36, 0.48),
-        "rib_gap": rng.uniform(0.115, 0.14), "gamma": rng.uniform(0.8, 1.25), "markings": rng.uniform(0.4, 1.2),
-        "granulomas": rng.uniform(0.0, 2.5), "nipples": float(rng.random() < 0.3),
-        "contrast": float(np.exp(rng.uniform(np.log(0.015), np.log(0.3)))), "extent": rng.uniform(0.035, 0.11),
+        "body_rx": rng.uniform(0.86, 0.97), "lung_dx": rng.uniform(0.38, 0.44), "lung_cy": rng.uniform(-0.12, -0.04),
+        "lung_ry": rng.uniform(0.56, 0.66), "lung_rx": rng.uniform(0.3, 0.35), "taper": rng.uniform(0.3, 0.45),
+        "heart_cx": rng.uniform(0.1, 0.17), "heart_rx": rng.uniform(0.25, 0.31), "heart_ry": rng.uniform(0.18, 0.24),
+        "dome_y": rng.uniform(0.36, 0.46), "rib_gap": rng.uniform(0.125, 0.145), "exposure": rng.uniform(-0.05, 0.05),
+        "markings": rng.uniform(0.5, 1.5), "granulomas": rng.uniform(0.0, 2.5), "nipples": float(rng.random() < 0.3),
+        "contrast": float(np.exp(rng.uniform(np.log(0.025), np.log(0.35)))), "extent": rng.uniform(0.045, 0.13),
         "n_findings": float(rng.integers(1, 4)),
     }
 
 
 def _cxr_render(rng: np.random.Generator, noise: np.random.Generator, p: Params, label: int, size: int) -> Array:
     """One chest radiograph phantom."""
-    shift_y, shift_x = rng.normal(0.0, 0.02, 2)
+    shift = rng.normal(0.0, 0.02, 2)
     yy, xx = _grid(size)
-    yy, xx = yy - shift_y, xx - shift_x
-    lungs = _cxr_lungs(yy, xx, p, size)
-    image = _cxr_body(yy, xx, p, size) - 0.32 * lungs
-    image += _cxr_mediastinum(yy, xx, p, size) * (1.0 - 0.5 * lungs)
-    image += _cxr_ribs(yy, xx, p) + _cxr_clavicles(yy, xx)
-    image += 0.06 * p["markings"] * lungs * _cxr_markings(rng, yy, xx, size)
-    image += _cxr_spots(rng, p, lungs, shift_y, shift_x, size)
+    yy, xx = yy - shift[0], xx - shift[1]
+    heart = _disc(size, yy, xx, p["dome_y"] - 0.1, p["heart_cx"], p["heart_ry"], p["heart_rx"])
+    mediastinum = np.maximum(_cxr_mediastinum(yy, xx), heart)
+    lungs = _cxr_lungs(yy, xx, p, size) * (1.0 - mediastinum)
+    image = _cxr_body(yy, xx, p, size) - 0.3 * lungs + _cxr_spine(yy, xx)
+    image += (_cxr_ribs(yy, xx, p) + 0.03 * p["markings"] * _cxr_markings(rng, yy, xx, size)) * (0.3 + 0.7 * lungs)
+    image += _cxr_clavicles(yy, xx) + _cxr_spots(rng, p, shift, size) * (0.3 + 0.7 * lungs)
     if label:
-        image += _cxr_opacities(rng, p, lungs, shift_y, shift_x, size)
-    image = np.clip(_blur(image, size, 0.008), 0.0, 1.0) ** p["gamma"]
+        image += _cxr_opacities(rng, p, shift, size) * lungs
+    image = _blur(image, size, 0.008) * (1.0 + 2.0 * p["exposure"]) + p["exposure"]
     return image + noise.normal(0.0, 0.025, image.shape)
 
 
 def _cxr_body(yy: Array, xx: Array, p: Params, size: int) -> Array:
-    trunk = _disc(size, yy, xx, 0.3, 0.0, 1.25, p["body_rx"])
-    neck = _disc(size, yy, xx, -1.0, 0.0, 0.45, 0.22)
-    tissue = np.maximum(trunk, neck)
-    gradient = 0.5 + 0.12 * (yy + 1.0) / 2.0 - 0.1 * np.abs(xx) ** 3
-    return 0.06 + tissue * gradient
-
-
-def _cxr_dome(xx: Array, p: Params, side: float) -> Array:
-    """Height of the diaphragm dome under one lung (``side`` -1 image left, +1 image right)."""
-    centre = side * p["lung_dx"]
-    top = p["dome_y"] - 0.04 * (side < 0)
-    return top + 0.5 * (xx - centre) ** 2
+    """Soft tissue of trunk (with rounded shoulders) and neck over dark air, brighter towards the abdomen."""
+    shoulder = np.clip(-0.3 - yy, 0.0, None)
+    dy, dx = ((yy - 0.4) / 1.35) ** 2, (xx / (p["body_rx"] * (1.0 - 0.35 * shoulder * shoulder))) ** 2
+    trunk = _soft_inside(np.sqrt(np.sqrt(dy * dy + dx * dx)), _pixel(size) / p["body_rx"])
+    neck = _disc(size, yy, xx, -1.0, 0.0, 0.45, 0.2)
+    gradient = 0.5 + 0.05 * yy - 0.15 * dx * np.abs(xx)
+    return 0.05 + np.maximum(trunk, neck) * gradient
 
 
 def _cxr_lungs(yy: Array, xx: Array, p: Params, size: int) -> Array:
-    """Soft mask of both lung fields, cut from below by the diaphragm domes."""
+    """Soft mask of both lung fields: rounded apices, cut from below by the diaphragm domes."""
     lungs = np.zeros_like(yy)
+    height = np.clip((yy - p["lung_cy"]) / p["lung_ry"], -1.0, 1.0)
+    depth = (1.0 - height) / 2.0
+    narrowing = 1.0 - p["taper"] * depth * depth * depth
     for side in (-1.0, 1.0):
-        rx = p["lung_rx"] * (1.0 if side < 0 else 0.92)
-        lung = _disc(size, yy, xx, p["lung_cy"], side * p["lung_dx"], p["lung_ry"], rx)
-        above = np.clip((_cxr_dome(xx, p, side) - yy) / 0.05, 0.0, 1.0)
-        lungs = np.maximum(lungs, lung * above)
+        centre = side * p["lung_dx"]
+        rx = p["lung_rx"] * (1.0 if side < 0 else 0.93) * narrowing
+        radius = np.sqrt(((yy - p["lung_cy"]) / p["lung_ry"]) ** 2 + ((xx - centre) / rx) ** 2)
+        dome = p["dome_y"] - 0.04 * (side < 0) + 0.7 * (xx - centre + 0.05 * side) ** 2
+        above = np.clip((dome - yy) / 0.04, 0.0, 1.0)
+        lungs = np.maximum(lungs, _soft_inside(radius, _pixel(size) / p["lung_rx"]) * above)
     return lungs
 
 
-def _cxr_mediastinum(yy: Array, xx: Array, p: Params, size: int) -> Array:
-    width = 0.09 + 0.05 * np.clip(yy + 0.6, 0.0, 1.0)
-    band = np.clip((width - np.abs(xx)) / 0.04, 0.0, 1.0) * (yy > -0.85)
-    heart = _disc(size, yy, xx, p["dome_y"] - 0.12, p["heart_cx"], p["heart_ry"], p["heart_rx"])
-    spine = np.clip((0.05 - np.abs(xx)) / 0.02, 0.0, 1.0) * (0.06 + 0.03 * np.cos(yy * 55.0))
-    return 0.22 * np.maximum(band, heart) + spine
+def _cxr_mediastinum(yy: Array, xx: Array) -> Array:
+    """Soft mask of the mediastinum: a central band, wider at the hila."""
+    width = 0.1 + 0.05 * np.clip(yy + 0.5, 0.0, 1.0)
+    return np.clip((width - np.abs(xx)) / 0.04, 0.0, 1.0)
+
+
+def _cxr_spine(yy: Array, xx: Array) -> Array:
+    """Faint vertebrae through the mediastinum, and the dark tracheal air column above."""
+    trachea = np.clip((0.03 - np.abs(xx)) / 0.015, 0.0, 1.0) * np.clip((-0.35 - yy) / 0.05, 0.0, 1.0)
+    spine = np.clip((0.055 - np.abs(xx)) / 0.02, 0.0, 1.0) * (0.02 + 0.015 * np.cos(yy * 50.0))
+    return spine - 0.06 * trachea
 
 
 def _cxr_ribs(yy: Array, xx: Array, p: Params) -> Array:
-    """Posterior rib arcs rising from the spine and curving down laterally."""
+    """Posterior rib arcs rising from the spine and falling laterally, with fainter oblique anterior ribs."""
     ax = np.abs(xx)
-    offsets = -0.72 + p["rib_gap"] * np.arange(10)[:, None, None]
-    arc = offsets + 0.35 * ax * ax - 0.1 * ax - 0.05
-    distance = (yy[None] - arc) / 0.022
-    ribs = np.exp(-distance**2).max(axis=0)
-    lateral = np.clip((0.88 - ax) / 0.08, 0.0, 1.0) * np.clip((ax - 0.04) / 0.05, 0.0, 1.0)
-    return 0.09 * ribs * lateral
+    posterior = _cxr_nearest_rib(yy + 0.9 * ax - 1.1 * ax * ax, p["rib_gap"])
+    anterior = _cxr_nearest_rib(yy - 0.15 - 0.5 * np.clip(0.85 - ax, 0.0, None), p["rib_gap"])
+    ribs = _bump(posterior / 0.03) + 0.5 * _bump(anterior / 0.025) * np.clip((ax - 0.2) / 0.1, 0.0, 1.0)
+    lateral = np.clip((0.88 - ax) / 0.06, 0.0, 1.0) * np.clip((ax - 0.05) / 0.05, 0.0, 1.0)
+    return 0.08 * ribs * lateral
+
+
+def _cxr_nearest_rib(level: Array, gap: float, first: float = -0.8, count: int = 10) -> Array:
+    """Signed distance from ``level`` to the nearest of ``count`` ribs spaced ``gap`` apart."""
+    nearest = np.clip(np.rint((level - first) / gap), 0, count - 1)
+    return level - first - nearest * gap
 
 
 def _cxr_clavicles(yy: Array, xx: Array) -> Array:
+    """Two clavicles curving out from the top of the mediastinum."""
     ax = np.abs(xx)
-    line = -0.7 + 0.1 * ax - 0.25 * (ax - 0.35) ** 2
+    line = -0.72 + 0.12 * ax - 0.3 * (ax - 0.35) ** 2
     inside = np.clip((0.65 - ax) / 0.05, 0.0, 1.0) * np.clip((ax - 0.08) / 0.04, 0.0, 1.0)
-    return 0.1 * np.exp(-(((yy - line) / 0.03) ** 2)) * inside
+    return 0.1 * _bump((yy - line) / 0.03) * inside
 
 
 def _cxr_markings(rng: np.random.Generator, yy: Array, xx: Array, size: int) -> Array:
-    """Vessel markings: fine texture that is strongest near the hila."""
+    """Vessel markings: fine texture that is strongest near the hila and fades to the periphery."""
     texture = np.abs(_resize(_smooth_field(rng, 1.0, res=48), size))
-    hilum = np.exp(-(np.minimum(np.hypot(yy + 0.05, xx - 0.17), np.hypot(yy + 0.05, xx + 0.17)) / 0.35) ** 2)
-    return texture * (0.4 + hilum)
+    hila = np.minimum(np.hypot(yy + 0.05, xx - 0.18), np.hypot(yy + 0.05, xx + 0.18))
+    return texture * (0.5 + 2.0 * _bump(hila / 0.3))
 
 
-def _cxr_spots(rng: np.random.Generator, p: Params, lungs: Array, sy: float, sx: float, size: int) -> Array:
-    """Confounders in every class: calcified granulomas and nipple shadows."""
-    canvas = np.zeros((size, size))
-    for _ in range(int(rng.poisson(p["granulomas"]))):
-        cy, cx = _cxr_lung_point(rng, p, sy, sx)
-        sigma, amplitude = rng.uniform(0.008, 0.02), rng.uniform(0.08, 0.25)
-        _stamp(canvas, size, cy, cx, 3 * sigma, _gaussian(cy, cx, sigma, amplitude))
+def _cxr_points(rng: np.random.Generator, k: int, p: Params, shift: Array) -> tuple[Array, Array]:
+    """``k`` random points in the lung fields (mostly above the domes)."""
+    side = np.where(rng.random(k) < 0.5, -1.0, 1.0)
+    cy, cx = _points_in_ellipse(rng, k, p["lung_cy"] - 0.05, side * p["lung_dx"], 0.75 * p["lung_ry"],
+                                0.75 * p["lung_rx"])
+    return cy + shift[0], cx + shift[1]
+
+
+def _cxr_spots(rng: np.random.Generator, p: Params, shift: Array, size: int) -> Array:
+    """Confounders in every class: small calcified granulomas and (some patients) nipple shadows."""
+    k = int(rng.poisson(p["granulomas"]))
+    cy, cx = _cxr_points(rng, k, p, shift)
+    spots = _gaussians(size, cy, cx, rng.uniform(0.008, 0.02, k), rng.uniform(0.08, 0.25, k))
     if p["nipples"]:
-        for side in (-1.0, 1.0):
-            cy, cx = 0.3 + sy + rng.normal(0, 0.02), side * (p["lung_dx"] + 0.05) + sx + rng.normal(0, 0.02)
-            _stamp(canvas, size, cy, cx, 0.1, _gaussian(cy, cx, 0.03, rng.uniform(0.04, 0.08)))
-    return canvas * np.clip(lungs + 0.3, 0.0, 1.0)
+        ny = 0.32 + shift[0] + rng.normal(0.0, 0.02, 2)
+        nx = np.array([-1.0, 1.0]) * (p["lung_dx"] + 0.06) + shift[1] + rng.normal(0.0, 0.02, 2)
+        spots += _gaussians(size, ny, nx, np.full(2, 0.028), rng.uniform(0.04, 0.08, 2))
+    return spots
 
 
-def _cxr_opacities(rng: np.random.Generator, p: Params, lungs: Array, sy: float, sx: float, size: int) -> Array:
-    """The finding: one to three blurred, irregular brighter patches inside the lungs."""
-    canvas = np.zeros((size, size))
-    for _ in range(int(p["n_findings"])):
-        cy, cx = _cxr_lung_point(rng, p, sy, sx)
-        sigma = p["extent"] * rng.uniform(0.7, 1.4)
-        amplitude = p["contrast"] * rng.uniform(0.7, 1.3)
-        for _ in range(3):
-            oy, ox = rng.normal(0.0, 0.6 * sigma, 2)
-            _stamp(canvas, size, cy + oy, cx + ox, 3 * sigma, _gaussian(cy + oy, cx + ox, sigma, amplitude / 2))
-    return canvas * lungs
-
-
-def _cxr_lung_point(rng: np.random.Generator, p: Params, sy: float, sx: float) -> tuple[float, float]:
-    side = 1.0 if rng.random() < 0.5 else -1.0
-    cy, cx = _point_in_ellipse(rng, p["lung_cy"], side * p["lung_dx"], p["lung_ry"], p["lung_rx"], 0.8)
-    return cy + sy, cx + sx
-
-
-def _gaussian(cy: float, cx: float, sigma: float, amplitude: float) -> Callable[[Array, Array], Array]:
-    def shape(yy: Array, xx: Array) -> Array:
-        return amplitude * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2.0 * sigma**2))
-
-    return shape
+def _cxr_opacities(rng: np.random.Generator, p: Params, shift: Array, size: int) -> Array:
+    """The finding: one to three blurred, irregular brighter patches (three lobes each)."""
+    k = int(p["n_findings"])
+    cy, cx = _cxr_points(rng, k, p, shift)
+    sigma = np.repeat(p["extent"] * rng.uniform(0.7, 1.4, k), 3)
+    amplitude = np.repeat(p["contrast"] * rng.uniform(0.7, 1.3, k), 3) / 2.0
+    lobe_y, lobe_x = rng.normal(0.0, 0.6, (2, 3 * k)) * sigma
+    return _gaussians(size, np.repeat(cy, 3) + lobe_y, np.repeat(cx, 3) + lobe_x, sigma, amplitude)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -365,14 +410,14 @@ _LUNG_WINDOW = (-600.0, 1500.0)
 
 
 def _ct_patient(rng: np.random.Generator) -> Params:
-    """Anatomy, noise level and (for pathology) the kind and size of findings of one CT patient."""
+    """Anatomy, noise level and (used for pathology only) the kind and size of the findings."""
     return {
         "body_rx": rng.uniform(0.8, 0.93), "body_ry": rng.uniform(0.55, 0.66), "body_cy": rng.uniform(-0.02, 0.05),
         "fat": rng.uniform(0.03, 0.1), "lung_dx": rng.uniform(0.33, 0.4), "lung_cy": rng.uniform(-0.06, 0.02),
         "lung_rx": rng.uniform(0.24, 0.29), "lung_ry": rng.uniform(0.33, 0.42), "heart_cx": rng.uniform(0.02, 0.1),
-        "heart_r": rng.uniform(0.15, 0.21), "vessels": rng.uniform(15.0, 45.0), "noise_hu": rng.uniform(15.0, 50.0),
-        "n_findings": float(rng.integers(1, 4)), "cavity": float(rng.random() < 0.25),
-        "ground_glass": float(rng.random() < 0.35), "nodule_r": rng.uniform(0.018, 0.06),
+        "heart_r": rng.uniform(0.15, 0.21), "vessels": rng.uniform(15.0, 35.0), "noise_hu": rng.uniform(15.0, 50.0),
+        "n_findings": float(rng.integers(1, 5)), "cavity": float(rng.random() < 0.2),
+        "ground_glass": float(rng.random() < 0.25), "nodule_r": rng.uniform(0.03, 0.09),
     }
 
 
@@ -381,99 +426,83 @@ def _ct_render(rng: np.random.Generator, noise: np.random.Generator, p: Params, 
     yy, xx = _grid(size)
     scale = rng.uniform(0.93, 1.05)
     lungs = _ct_lungs(yy, xx, p, scale, size)
-    hu = _ct_body(yy, xx, p, size) + (_HU_LUNG - _HU_SOFT) * lungs
-    hu += 25.0 * lungs * _resize(_smooth_field(rng, 1.5, res=32), size)
-    hu += _ct_bones(yy, xx, p, size)
-    hu += lungs * _ct_vessels(rng, p, scale, size)
+    hu = _ct_body(yy, xx, p, size) + (_HU_LUNG - _HU_SOFT) * lungs + _ct_bones(p, size)
+    inside = _ct_vessels(rng, p, scale, size) + 25.0 * _resize(_smooth_field(rng, 1.5, res=32), size)
     if label:
-        hu += lungs * _ct_findings(rng, p, scale, size)
-    hu = _blur(hu, size, 0.006) + noise.normal(0.0, p["noise_hu"], hu.shape)
+        inside += _ct_findings(rng, p, scale, size)
+    hu = _blur(hu + lungs * inside, size, 0.006) + noise.normal(0.0, p["noise_hu"], hu.shape)
     level, width = _LUNG_WINDOW
     return (hu - level) / width + 0.5
 
 
 def _ct_body(yy: Array, xx: Array, p: Params, size: int) -> Array:
-    """Air outside, a fat layer under the skin and soft tissue (muscle, mediastinum) inside."""
-    cy, ry, rx = p["body_cy"], p["body_ry"], p["body_rx"]
+    """Air outside, a fat layer under the skin, muscle, and soft tissue with fat in the mediastinum."""
+    cy, ry, rx, fat = p["body_cy"], p["body_ry"], p["body_rx"], p["fat"]
     body = _disc(size, yy, xx, cy, 0.0, ry, rx)
-    muscle = _disc(size, yy, xx, cy, 0.0, ry - p["fat"], rx - p["fat"])
-    inner_fat = _disc(size, yy, xx, cy - 0.02, 0.0, ry - p["fat"] - 0.06, rx - p["fat"] - 0.06)
-    hu = _HU_AIR + (_HU_FAT - _HU_AIR) * body + (_HU_SOFT - _HU_FAT) * muscle
-    return hu + 0.6 * (_HU_FAT - _HU_SOFT) * inner_fat * (1.0 - muscle + inner_fat) / 2.0
+    muscle = _disc(size, yy, xx, cy, 0.0, ry - fat, rx - fat)
+    mediastinal_fat = _disc(size, yy, xx, p["lung_cy"] - 0.2, 0.0, 0.12, 0.1)
+    return _HU_AIR + (_HU_FAT - _HU_AIR) * body + (_HU_SOFT - _HU_FAT) * (muscle - 0.6 * mediastinal_fat)
 
 
 def _ct_lungs(yy: Array, xx: Array, p: Params, scale: float, size: int) -> Array:
-    """Two lungs carved by the heart and the spine."""
+    """Two lungs, carved by the heart and the spine."""
     lungs = np.zeros_like(yy)
     for side in (-1.0, 1.0):
         rx = p["lung_rx"] * scale * (1.0 if side < 0 else 0.94)
         lung = _disc(size, yy, xx, p["lung_cy"], side * p["lung_dx"], p["lung_ry"] * scale, rx, side * 0.15)
         lungs = np.maximum(lungs, lung)
-    heart = _disc(size, yy, xx, p["lung_cy"] - 0.05, p["heart_cx"], p["heart_r"], p["heart_r"] * 1.25)
+    heart = _disc(size, yy, xx, p["lung_cy"] - 0.03, p["heart_cx"], p["heart_r"], p["heart_r"] * 1.25)
     spine = _disc(size, yy, xx, p["body_cy"] + p["body_ry"] - 0.22, 0.0, 0.16, 0.13)
     return lungs * (1.0 - heart) * (1.0 - spine)
 
 
-def _ct_bones(yy: Array, xx: Array, p: Params, size: int) -> Array:
-    """Vertebra with spinal canal, sternum and rib cross-sections."""
-    base = p["body_cy"] + p["body_ry"] - 0.2
-    bone = _disc(size, yy, xx, base - 0.03, 0.0, 0.09, 0.1) - _disc(size, yy, xx, base + 0.1, 0.0, 0.04, 0.04)
-    bone += _disc(size, yy, xx, base + 0.1, 0.0, 0.08, 0.08) - _disc(size, yy, xx, base + 0.1, 0.0, 0.045, 0.045)
-    bone += _disc(size, yy, xx, p["body_cy"] - p["body_ry"] + p["fat"] + 0.05, 0.0, 0.03, 0.07)
-    angles = np.linspace(0.35, np.pi - 0.35, 5)
-    for angle in np.concatenate([angles, angles + np.pi]):
-        cy = p["body_cy"] + (p["body_ry"] - p["fat"] - 0.05) * np.sin(angle)
-        cx = (p["body_rx"] - p["fat"] - 0.05) * np.cos(angle)
-        bone += _disc(size, yy, xx, cy, cx, 0.025, 0.045, -angle)
-    return (_HU_BONE - _HU_SOFT) * np.clip(bone, 0.0, 1.0)
+def _ct_bones(p: Params, size: int) -> Array:
+    """Vertebral body, spinal canal with lamina, sternum and rib cross-sections."""
+    base, inner_y = p["body_cy"] + p["body_ry"] - 0.22, p["body_ry"] - p["fat"] - 0.05
+    inner_x = p["body_rx"] - p["fat"] - 0.05
+    ribs = np.concatenate([np.linspace(0.35, np.pi - 0.35, 5), np.linspace(np.pi + 0.5, 2 * np.pi - 0.5, 4)])
+    spine_y = base + np.array([-0.03, 0.1, 0.1, 0.2])
+    cy = np.concatenate([spine_y, [p["body_cy"] - inner_y + 0.01], p["body_cy"] + inner_y * np.sin(ribs)])
+    cx = np.concatenate([[0.0, 0.0, 0.0, 0.0, 0.0], inner_x * np.cos(ribs)])
+    ry = np.concatenate([[0.085, 0.065, 0.035, 0.05, 0.025], np.full(len(ribs), 0.022)])
+    rx = np.concatenate([[0.1, 0.09, 0.035, 0.018, 0.06], np.full(len(ribs), 0.045)])
+    value = np.concatenate([[0.8, 0.8, -0.8, 0.8, 0.8], np.full(len(ribs), 0.9)])
+    angle = np.concatenate([np.zeros(5), np.pi / 2 - ribs])
+    bone = np.clip(_ellipses(size, cy, cx, ry, rx, angle, value, rim=0.4), 0.0, 1.0)
+    return (_HU_BONE - _HU_SOFT) * bone
 
 
-def _ct_lung_point(rng: np.random.Generator, p: Params, scale: float) -> tuple[float, float]:
-    side = 1.0 if rng.random() < 0.5 else -1.0
-    return _point_in_ellipse(rng, p["lung_cy"], side * p["lung_dx"], p["lung_ry"] * scale,
-                             p["lung_rx"] * scale, 0.9)
+def _ct_points(rng: np.random.Generator, k: int, p: Params, scale: float) -> tuple[Array, Array]:
+    """``k`` random points inside the lungs."""
+    side = np.where(rng.random(k) < 0.5, -1.0, 1.0)
+    return _points_in_ellipse(rng, k, p["lung_cy"], side * p["lung_dx"], 0.9 * p["lung_ry"] * scale,
+                              0.9 * p["lung_rx"] * scale)
 
 
 def _ct_vessels(rng: np.random.Generator, p: Params, scale: float, size: int) -> Array:
-    """Vessels seen end-on or obliquely: small bright dots and short ellipses."""
-    canvas = np.zeros((size, size))
-    for _ in range(int(rng.poisson(p["vessels"]))):
-        cy, cx = _ct_lung_point(rng, p, scale)
-        radius = float(np.clip(np.exp(rng.normal(np.log(0.011), 0.45)), 0.004, 0.035))
-        stretch, angle = 1.0 + rng.exponential(0.6), rng.uniform(0.0, np.pi)
-        hu = rng.uniform(-100.0, 60.0) - _HU_LUNG
-        _stamp(canvas, size, cy, cx, radius * stretch + 0.05,
-               lambda y, x: hu * _disc(size, y, x, cy, cx, radius, radius * stretch, angle))
-    return canvas
+    """Vessels seen end-on or obliquely: small bright dots and short ellipses, denser near the hila."""
+    k = int(rng.poisson(p["vessels"]))
+    cy, cx = _ct_points(rng, k, p, scale)
+    cx = cx - 0.25 * (cx - np.sign(cx) * 0.15) * rng.random(k)
+    radius = np.clip(np.exp(rng.normal(np.log(0.01), 0.45, k)), 0.004, 0.03)
+    stretch, angle = 1.0 + rng.exponential(0.6, k), rng.uniform(0.0, np.pi, k)
+    value = rng.uniform(-100.0, 60.0, k) - _HU_LUNG
+    return _ellipses(size, cy, cx, radius, radius * stretch, angle, value)
 
 
 def _ct_findings(rng: np.random.Generator, p: Params, scale: float, size: int) -> Array:
-    """The finding: nodules (solid or ground-glass) or cavities."""
-    canvas = np.zeros((size, size))
-    for _ in range(int(p["n_findings"])):
-        cy, cx = _ct_lung_point(rng, p, scale)
-        radius = p["nodule_r"] * rng.uniform(0.75, 1.3)
-        solid = rng.uniform(-700.0, -400.0) if p["ground_glass"] else rng.uniform(-100.0, 60.0)
-        hu = solid - _HU_LUNG
-        shape = _ct_cavity(size, cy, cx, radius * 1.4, hu) if p["cavity"] else _ct_nodule(size, cy, cx, radius, hu)
-        _stamp(canvas, size, cy, cx, 1.5 * radius + 0.05, shape)
-    return canvas
-
-
-def _ct_nodule(size: int, cy: float, cx: float, radius: float, hu: float) -> Callable[[Array, Array], Array]:
-    def shape(yy: Array, xx: Array) -> Array:
-        return hu * _disc(size, yy, xx, cy, cx, radius, radius)
-
-    return shape
-
-
-def _ct_cavity(size: int, cy: float, cx: float, radius: float, hu: float) -> Callable[[Array, Array], Array]:
-    def shape(yy: Array, xx: Array) -> Array:
-        wall = _disc(size, yy, xx, cy, cx, radius, radius)
-        hole = _disc(size, yy, xx, cy, cx, 0.55 * radius, 0.55 * radius)
-        return hu * (wall - hole) + (_HU_AIR - _HU_LUNG) * hole
-
-    return shape
+    """The finding: solid or ground-glass nodules, or cavities (bright wall, air inside)."""
+    k = int(p["n_findings"])
+    cy, cx = _ct_points(rng, k, p, scale)
+    radius = p["nodule_r"] * rng.uniform(0.75, 1.3, k) * (1.4 if p["cavity"] else 1.0)
+    aspect, angle = rng.uniform(0.8, 1.25, k), rng.uniform(0.0, np.pi, k)
+    low, high = (-650.0, -350.0) if p["ground_glass"] else (-100.0, 60.0)
+    value = rng.uniform(low, high, k) - _HU_LUNG
+    findings = _ellipses(size, cy, cx, radius, radius * aspect, angle, value)
+    if p["cavity"]:
+        hole = 0.55 * radius
+        findings += _ellipses(size, cy, cx, hole, hole * aspect, angle, _HU_AIR - _HU_LUNG - value)
+    return findings
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -481,15 +510,15 @@ def _ct_cavity(size: int, cy: float, cx: float, radius: float, hu: float) -> Cal
 # ---------------------------------------------------------------------------------------------------
 
 _HEMATOXYLIN = np.array([0.65, 0.70, 0.29])
-_EOSIN = np.array([0.07, 0.99, 0.11])
+_EOSIN = np.array([0.10, 0.95, 0.45])
 
 
 def _histo_patient(rng: np.random.Generator) -> Params:
-    """Staining and grade of one tissue sample; the grade of the two classes overlaps."""
+    """Staining and grade of one tissue sample; the grades of the two classes overlap."""
     return {
         "grade_normal": rng.beta(2.0, 5.0), "grade_pathology": rng.beta(5.0, 2.0),
-        "eosin": rng.uniform(0.45, 0.8), "hematoxylin": rng.uniform(1.0, 1.6),
-        "h_tint": rng.normal(0.0, 0.05), "e_tint": rng.normal(0.0, 0.05), "lumen": rng.uniform(0.6, 1.6),
+        "eosin": rng.uniform(0.45, 0.8), "hematoxylin": rng.uniform(1.0, 1.5),
+        "h_tint": rng.normal(0.0, 0.05), "e_tint": rng.normal(0.0, 0.05), "lumen": rng.uniform(1.1, 2.0),
     }
 
 
@@ -497,61 +526,57 @@ def _histo_render(rng: np.random.Generator, noise: np.random.Generator, p: Param
                   size: int) -> Array:
     """One H&E phantom as RGB in [0, 1]."""
     grade = p["grade_pathology"] if label else p["grade_normal"]
-    coarse = _smooth_field(rng, 3.0, res=32)
-    eosin = p["eosin"] * _histo_stroma(rng, size) * np.clip(1.0 - 0.5 * _resize(coarse - p["lumen"], size), 0.05, 1.0)
-    nuclei = _histo_nuclei(rng, grade, coarse, p["lumen"], size)
-    hematoxylin = p["hematoxylin"] * nuclei + 0.06
-    hematoxylin *= 1.0 + 0.12 * noise.standard_normal((size, size))
-    return _histo_rgb(hematoxylin, eosin * (1.0 - 0.5 * np.clip(nuclei, 0, 1)), p) + noise.normal(0, 0.015, (size, size, 3))
+    spaces, fibre_angle = _smooth_field(rng, 3.0, res=32), rng.uniform(0.0, np.pi)
+    nuclei = _histo_nuclei(rng, grade, spaces, p["lumen"], size) + _histo_fibroblasts(rng, fibre_angle, size)
+    tissue = np.clip(5.0 * (p["lumen"] - _resize(spaces, size)), 0.03, 1.0)
+    stroma = _histo_stroma(rng, fibre_angle, size)
+    eosin = p["eosin"] * stroma * tissue * (1.0 - 0.4 * np.clip(nuclei, 0.0, 1.0))
+    hematoxylin = (p["hematoxylin"] * nuclei + 0.05 * tissue) * (1.0 + 0.12 * noise.standard_normal((size, size)))
+    return _histo_rgb(hematoxylin, eosin, p) + noise.normal(0.0, 0.012, (size, size, 3))
 
 
-def _histo_stroma(rng: np.random.Generator, size: int) -> Array:
-    """Wavy eosin fibres around 1."""
+def _histo_stroma(rng: np.random.Generator, angle: float, size: int) -> Array:
+    """Wavy eosin fibres along ``angle`` (bands across it) with fine grain, around 1."""
     yy, xx = _grid(size)
-    angle, frequency = rng.uniform(0.0, np.pi), rng.uniform(18.0, 30.0)
+    frequency = rng.uniform(20.0, 34.0)
     warp = 2.5 * _resize(_smooth_field(rng, 4.0, res=32), size)
     fibres = np.cos(frequency * (np.cos(angle) * xx + np.sin(angle) * yy) + warp)
-    return 0.8 + 0.15 * fibres + 0.1 * _resize(_smooth_field(rng, 1.0, res=48), size)
+    return 0.85 + 0.15 * fibres + 0.12 * _resize(_smooth_field(rng, 0.7, res=64), size)
 
 
-def _histo_nuclei(rng: np.random.Generator, grade: float, coarse: Array, lumen: float, size: int) -> Array:
-    """Hematoxylin concentration of the nuclei; crowding, size, pleomorphism and darkness grow with grade."""
-    canvas = np.zeros((size, size))
-    count = int(rng.poisson(22.0 + 55.0 * grade))
-    mean_radius, spread = 0.04 + 0.03 * grade, 0.08 + 0.3 * grade
-    res = coarse.shape[0]
-    for _ in range(count):
-        cy, cx = rng.uniform(-1.0, 1.0, 2)
-        if coarse[int((cy + 1) * res / 2.0001), int((cx + 1) * res / 2.0001)] > lumen:
-            continue
-        radius = mean_radius * np.exp(rng.normal(0.0, spread))
-        aspect = 1.0 + np.abs(rng.normal(0.0, 0.15 + 0.4 * grade))
-        darkness = (0.8 + 0.5 * grade) * np.exp(rng.normal(0.0, 0.1 + 0.15 * grade))
-        angle = rng.uniform(0.0, np.pi)
-        _stamp(canvas, size, cy, cx, radius * aspect + 0.02,
-               _nucleus(size, cy, cx, radius, aspect, angle, darkness))
-    return canvas
+def _histo_nuclei(rng: np.random.Generator, grade: float, spaces: Array, lumen: float, size: int) -> Array:
+    """Hematoxylin in the nuclei; crowding, size, pleomorphism and darkness all grow with the grade."""
+    k = int(rng.poisson(22.0 + 55.0 * grade))
+    cy, cx = rng.uniform(-1.0, 1.0, (2, k))
+    radius = (0.04 + 0.03 * grade) * np.exp(rng.normal(0.0, 0.08 + 0.3 * grade, k))
+    aspect = 1.0 + np.abs(rng.normal(0.0, 0.15 + 0.4 * grade, k))
+    darkness = (0.8 + 0.5 * grade) * np.exp(rng.normal(0.0, 0.1 + 0.15 * grade, k))
+    angle = rng.uniform(0.0, np.pi, k)
+    res = spaces.shape[0]
+    keep = spaces[((cy + 1.0) * res / 2.0001).astype(int), ((cx + 1.0) * res / 2.0001).astype(int)] < lumen
+    ry, rx = radius / np.sqrt(aspect), radius * np.sqrt(aspect)
+    nuclei = _ellipses(size, cy[keep], cx[keep], ry[keep], rx[keep], angle[keep], darkness[keep], rim=0.3)
+    return np.minimum(nuclei, 2.0)
 
 
-def _nucleus(size: int, cy: float, cx: float, radius: float, aspect: float, angle: float,
-             darkness: float) -> Callable[[Array, Array], Array]:
-    def shape(yy: Array, xx: Array) -> Array:
-        r = _ellipse_radius(yy, xx, cy, cx, radius / np.sqrt(aspect), radius * np.sqrt(aspect), angle)
-        inside = _soft_inside(r, _pixel(size) / (radius / np.sqrt(aspect)))
-        return darkness * inside * (0.75 + 0.25 * np.clip(r, 0.0, 1.0) ** 2)
-
-    return shape
+def _histo_fibroblasts(rng: np.random.Generator, angle: float, size: int) -> Array:
+    """Thin spindle-shaped stromal nuclei along the fibres, in every class."""
+    k = int(rng.poisson(6.0))
+    cy, cx = rng.uniform(-1.0, 1.0, (2, k))
+    length = rng.uniform(0.05, 0.09, k)
+    angles = angle + np.pi / 2 + rng.normal(0.0, 0.2, k)
+    return _ellipses(size, cy, cx, np.full(k, 0.012), length, angles, rng.uniform(0.8, 1.2, k))
 
 
 def _histo_rgb(hematoxylin: Array, eosin: Array, p: Params) -> Array:
+    """Beer-Lambert mix of the two stains, with a per-sample tint of each stain vector."""
     h_vector = _HEMATOXYLIN + np.array([p["h_tint"], 0.0, -p["h_tint"]])
     e_vector = _EOSIN + np.array([0.0, p["e_tint"], p["e_tint"]])
     density = hematoxylin[..., None] * h_vector + eosin[..., None] * e_vector
     return np.exp(-np.maximum(density, 0.0))
 
 
-_MODELS: dict[str, tuple[Callable[[np.random.Generator], Params],
-                         Callable[[np.random.Generator, np.random.Generator, Params, int, int], Array]]] = {
+_MODELS: dict[str, tuple[PatientDraw, Renderer]] = {
     "chest_xray": (_cxr_patient, _cxr_render),
     "ct": (_ct_patient, _ct_render),
     "histology": (_histo_patient, _histo_render),

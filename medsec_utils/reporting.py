@@ -109,12 +109,15 @@ def data_label(images: ImageSet) -> str:
 
 
 def results_table(results: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
-    """Records as a table; ``(low, high)`` interval columns become ``[low, high]`` strings."""
-    frame = pd.DataFrame(results)[columns]
+    """Records as a table; a column with a ``<column>_ci`` partner shows as ``value [low, high]``."""
+    frame = pd.DataFrame(results)
+    shown = pd.DataFrame(index=frame.index)
     for column in columns:
-        if frame[column].map(lambda v: isinstance(v, (tuple, list))).all():
-            frame[column] = frame[column].map(lambda v: f"[{v[0]:.3f}, {v[1]:.3f}]")
-    return frame
+        if f"{column}_ci" in frame.columns:
+            shown[column] = [f"{v:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" for v, ci in zip(frame[column], frame[f"{column}_ci"])]
+        else:
+            shown[column] = frame[column]
+    return shown
 
 
 def plot_examples(sets: list[ImageSet], per_class: int = 4, seed: int = 0) -> plt.Figure:

@@ -1,10 +1,11 @@
 """Training of the Normal/Pathology classifiers, resumable and cached.
 
 ``train_classifier`` is a plain AdamW loop (warm-up, cosine decay, gradient clipping) with
-class-weighted cross-entropy (X-ray is imbalanced about 1:3) that keeps the weights of the best
-validation epoch. It checkpoints every
-epoch, so an interrupted run resumes where it stopped. ``classifier_for`` wraps it in the artefact
-cache: an unchanged rerun loads the model instead of training it again.
+class-weighted cross-entropy (X-ray is imbalanced about 1:3) that keeps the weights of the epoch
+with the best validation AUC (threshold-free, so it still ranks epochs whose predictions all fall on
+one side of 0.5). It checkpoints every epoch, so an interrupted run resumes where it stopped.
+``classifier_for`` wraps it in the artefact cache: an unchanged rerun loads the model instead of
+training it again.
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ def train_classifier(
     checkpoint: Path | None = None,
     progress: bool = True,
 ) -> list[dict[str, float]]:
-    """Train ``model`` in place; return one record per epoch and keep the best validation weights.
+    """Train ``model`` in place; return one record per epoch and keep the weights of the best validation AUC.
 
     Args:
         train, val: float images in [0, 1] and int64 labels.
@@ -117,8 +118,9 @@ def train_classifier(
         record = {"epoch": epoch + 1, "train_loss": train_loss, "seconds": time.perf_counter() - started}
         record.update({f"val_{k}": v for k, v in evaluate(model, val, device).items()})
         state["history"].append(record)
-        if record["val_balanced_accuracy"] > state["best_score"]:
-            state["best_score"] = record["val_balanced_accuracy"]
+        score = record["val_auc"] if math.isfinite(record["val_auc"]) else record["val_balanced_accuracy"]
+        if score > state["best_score"]:
+            state["best_score"] = score
             state["best"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         state["epoch"] = epoch + 1
         bar.set_postfix(loss=f"{train_loss:.3f}", val_bacc=f"{record['val_balanced_accuracy']:.3f}")
@@ -202,7 +204,7 @@ def classifier_for(
         "weights": str(weights) if weights else None, "seed": seed,
         "max_train_images": settings["max_train_images"], "max_eval_images": settings["max_eval_images"],
         **{k: settings[k] for k in ("epochs", "batch_size", "lr", "weight_decay")},
-        "code": cache.code_fingerprint("models", "training", "_io"),
+        "code": cache.code_fingerprint("data", "models", "training", "_io"),
     }
 
     def produce(folder: Path) -> None:
