@@ -78,6 +78,7 @@ def _write_atomic(path: Path, write: Callable[[Any], Any]) -> None:
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; artefacts and metrics.json are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -141,12 +141,12 @@ def plot_examples(sets: list[ImageSet], per_class: int = 4, seed: int = 0) -> pl
 
 
 def plot_training_curves(histories: dict[str, list[dict[str, float]]]) -> plt.Figure:
-    """Training loss and validation balanced accuracy per epoch, one line per data set."""
+    """Losses, validation balanced accuracy and validation AUC (the model-selection score) per epoch."""
     frame = pd.concat([pd.DataFrame(h).assign(dataset=name) for name, h in histories.items()], ignore_index=True)
-    long = frame.melt(id_vars=["dataset", "epoch"], value_vars=["train_loss", "val_loss", "val_balanced_accuracy"],
-                      var_name="metric")
+    long = frame.melt(id_vars=["dataset", "epoch"],
+                      value_vars=["train_loss", "val_loss", "val_balanced_accuracy", "val_auc"], var_name="metric")
     grid = sns.relplot(data=long, x="epoch", y="value", hue="dataset", col="metric", kind="line", marker="o",
-                       facet_kws={"sharey": False}, height=2.6, aspect=1.2)
+                       facet_kws={"sharey": False}, height=2.4, aspect=1.1)
     grid.set_titles("{col_name}")
     return grid.figure
 
@@ -178,10 +178,12 @@ def _phantom_footer(fig: plt.Figure, sets: list[ImageSet]) -> None:
         fig.suptitle(PHANTOM_NOTICE, fontsize=8, color="darkred", y=1.0)
 
 
-def classifier_record(images: ImageSet, report: dict[str, Any], n_train: int) -> dict[str, Any]:
-    """One ``metrics.json`` record of a classifier's test results on ``images``."""
+def classifier_record(images: ImageSet, report: dict[str, Any], n_train: int,
+                      history: list[dict[str, float]]) -> dict[str, Any]:
+    """One ``metrics.json`` record of a classifier's test results on ``images`` and its training cost."""
     return {"dataset": images.name, "modality": images.modality, "phantom": images.is_phantom,
             "data_checksum": images.checksum, "n_train": n_train, "n_test": report["n"],
+            "epochs": len(history), "train_seconds": round(sum(h["seconds"] for h in history), 1),
             **{f"test_{key}": value for key, value in report.items() if key != "n"}}
 
 

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
+from _paths import REPO, SHARED
+
+ROOT = REPO
 REAL = [SHARED / "chest_xray", SHARED / "ct", SHARED / "histology"]
 CHAPTERS = sorted(p.stem for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
@@ -45,6 +46,7 @@ def test_chapter_1_on_real_data_records_results_and_provenance(real_run):
     assert set(results) == {"chest_xray", "ct", "histology"}
     for result in results.values():
         assert not result["phantom"] and result["n_train"] > 0 and result["n_test"] > 0
+        assert result["epochs"] >= 1 and result["train_seconds"] > 0
         for key in ("test_accuracy", "test_balanced_accuracy", "test_auc"):
             low, high = result[f"{key}_ci"]
             assert 0 <= low <= result[key] <= high <= 1

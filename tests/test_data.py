@@ -27,20 +27,9 @@ from PIL import Image
 import medsec_utils.data as data
 from medsec_utils.data import DataError, ImageSet, assign_splits, check, load_dataset, main
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data"
+from _paths import REPO, SHARED, pydicom_data_dir
 
-
-def _dicom_dir() -> Path | None:
-    try:
-        import data_store
-    except ImportError:
-        return None
-    folder = Path(data_store.__file__).parent / "data"
-    return folder if folder.is_dir() else None
-
-
-DICOM_DIR = _dicom_dir()
+DICOM_DIR = pydicom_data_dir()
 RADIOGRAPHS = ("RG1_UNCR.dcm", "RG1_UNCI.dcm", "RG3_UNCR.dcm")  # RG1_* share one patient
 needs_dicom = pytest.mark.skipif(
     DICOM_DIR is None or not all((DICOM_DIR / n).is_file() for n in RADIOGRAPHS),

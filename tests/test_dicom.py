@@ -23,18 +23,10 @@ from medsec_utils._dicom import (
 )
 from medsec_utils._io import DataError, read_image
 
-
-def _data_dir() -> Path | None:
-    """Folder of pydicom-data files (package ``data_store``), or None if it is not installed."""
-    try:
-        import data_store
-    except ImportError:
-        return None
-    folder = Path(data_store.__file__).parent / "data"
-    return folder if folder.is_dir() else None
+from _paths import pydicom_data_dir
 
 
-DATA = _data_dir()
+DATA = pydicom_data_dir()
 needs_data = pytest.mark.skipif(DATA is None, reason="pydicom-data (package data_store) is not installed")
 CT_SMALL = Path(get_testdata_file("CT_small.dcm"))
 

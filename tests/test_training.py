@@ -100,3 +100,17 @@ def test_classifier_for_trains_once_then_hits_the_cache(tmp_path, monkeypatch):
     _, _, other_seed_hit = training.classifier_for(images, settings, seed=1, device=CPU, arch="resnet10t",
                                                    progress=False)
     assert not other_seed_hit
+
+
+def test_local_pretrained_weights_are_loaded_and_adapted_to_one_channel(tmp_path):
+    import timm
+
+    imagenet_like = timm.create_model("resnet10t", num_classes=1000)
+    path = tmp_path / "resnet10t_imagenet.pth"
+    torch.save(imagenet_like.state_dict(), path)
+    model = models.build_classifier(1, arch="resnet10t", weights=path)
+    stem = next(name for name, p in imagenet_like.named_parameters() if p.ndim == 4)
+    loaded = dict(model.backbone.named_parameters())[stem]
+    expected = dict(imagenet_like.named_parameters())[stem].sum(dim=1, keepdim=True)
+    torch.testing.assert_close(loaded, expected)
+    assert model(torch.rand(2, 1, 32, 32)).shape == (2, 2)
