@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import platform
 import subprocess
+import sys
 import time
 from importlib import metadata
 from pathlib import Path
@@ -61,7 +62,7 @@ class Run:
         """Everything needed to trace this run's numbers back to code, data and machine."""
         return {
             "chapter": self.chapter, "parameters": self.params, "settings": self.settings,
-            "datasets": self.datasets, "git": git_state(), "library": cache.code_fingerprint(),
+            "datasets": self.datasets, "git": git_state(), "library": cache.code_fingerprint(*used_modules()),
             "versions": package_versions(), "device": device_name(self.device),
             "started_utc": self.started_utc, "wall_time_s": round(time.time() - self.started, 1),
             "figures": self.figures,
@@ -72,6 +73,12 @@ class Run:
         path = self.output_dir / "metrics.json"
         cache.write_json_atomic(path, {"results": results, **extra, "provenance": self.provenance()})
         return path
+
+
+def used_modules() -> list[str]:
+    """The ``medsec_utils`` modules this process has imported: the code a run's results depend on."""
+    return sorted(name.split(".", 1)[1] for name in sys.modules if name.startswith("medsec_utils.")
+                  and name.count(".") == 1)
 
 
 def git_state() -> dict[str, Any]:

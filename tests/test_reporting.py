@@ -30,7 +30,8 @@ def test_run_writes_metrics_with_full_provenance(tmp_path):
     assert provenance["versions"]["torch"] == metadata.version("torch")
     assert provenance["device"].startswith("cpu") and provenance["wall_time_s"] >= 0
     assert provenance["figures"] == ["line.png"] and (tmp_path / "out" / "line.png").stat().st_size > 1000
-    assert "data" in provenance["library"] and "training" in provenance["library"]
+    assert {"data", "reporting", "cache"} <= set(provenance["library"]) <= set(reporting.cache.code_fingerprint())
+    assert provenance["library"]["data"] == reporting.cache.code_fingerprint("data")["data"]
 
 
 def test_phantom_results_are_labelled_everywhere():

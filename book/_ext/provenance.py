@@ -14,7 +14,7 @@ from typing import Any
 
 from docutils import nodes
 
-from medsec_utils.cache import code_fingerprint
+from medsec_utils.cache import PACKAGE_DIR, code_fingerprint
 
 
 def setup(app: Any) -> dict[str, Any]:
@@ -73,5 +73,9 @@ def _changed_box(changed: list[str], provenance: dict[str, Any]) -> nodes.admoni
 
 
 def _changed_modules(recorded: dict[str, str]) -> list[str]:
-    current = code_fingerprint()
-    return sorted(name for name in set(recorded) | set(current) if recorded.get(name) != current.get(name))
+    """Modules the run used whose source now differs (or is gone); modules added since do not count."""
+    changed = []
+    for name, digest in sorted(recorded.items()):
+        if not (PACKAGE_DIR / f"{name}.py").is_file() or code_fingerprint(name)[name] != digest:
+            changed.append(name)
+    return changed
