@@ -307,11 +307,11 @@ def _load_phantoms(spec: str, base: str, options: dict[str, str], size: int, see
 def _resolve(base: str, options: dict[str, str]) -> _Source:
     path = Path(base).expanduser()
     if path.is_file() and path.suffix.lower() == ".csv":
-        return _from_manifest(path, options)
+        return _from_manifest(path)
     if path.is_file() and path.suffix.lower() == ".npz":
         return _from_npz(path, {})
     if path.is_dir() and (path / "manifest.csv").is_file():
-        return _from_manifest(path / "manifest.csv", options)
+        return _from_manifest(path / "manifest.csv")
     if path.is_dir():
         return _from_tree(path, options)
     if (MANIFESTS_DIR / f"{base}.yaml").is_file():
@@ -320,7 +320,7 @@ def _resolve(base: str, options: dict[str, str]) -> _Source:
                     f"a name from {MANIFESTS_DIR} or phantom:MODALITY")
 
 
-def _from_manifest(csv_path: Path, options: dict[str, str]) -> _Source:
+def _from_manifest(csv_path: Path) -> _Source:
     try:
         frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
@@ -534,8 +534,8 @@ def fetch(name: str, root: Path | None = None) -> Path:
     descriptor = read_descriptor(name)
     target = (root or data_root()) / descriptor["filename"]
     if target.is_file():
-        if _md5(target) != descriptor["md5"]:
-            raise DataError(f"{target}: MD5 {_md5(target)} is not the expected {descriptor['md5']}; replace the file "
+        if (actual := _md5(target)) != descriptor["md5"]:
+            raise DataError(f"{target}: MD5 {actual} is not the expected {descriptor['md5']}; replace the file "
                             f"with a fresh download from {descriptor['url']}")
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

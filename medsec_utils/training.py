@@ -15,7 +15,7 @@ import math
 import random
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ from .data import ImageSet
 from .models import DEFAULT_ARCH, build_classifier
 
 Tensors = tuple[torch.Tensor, torch.Tensor]
+Perturb = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 GRAD_CLIP = 2.0  # gradient-norm clip: random-init EfficientNets diverge without it at these learning rates
 
 
@@ -90,6 +91,7 @@ def train_classifier(
     device: torch.device,
     flip: bool = False,
     checkpoint: Path | None = None,
+    perturb: Perturb | None = None,
     progress: bool = True,
 ) -> list[dict[str, float]]:
     """Train ``model`` in place; return one record per epoch and keep the weights of the best validation AUC.
@@ -98,6 +100,8 @@ def train_classifier(
         train, val: float images in [0, 1] and int64 labels.
         flip: random flips as augmentation (histology has no orientation; radiographs do).
         checkpoint: file to save after every epoch and resume from if it exists.
+        perturb: ``perturb(model, images, labels)`` replaces every training batch after augmentation,
+            e.g. by adversarial images (adversarial training); None trains on the clean batch.
     """
     seed_everything(seed)
     model.to(device)
@@ -114,7 +118,8 @@ def train_classifier(
                mininterval=5, unit="batch")
     for epoch in range(state["epoch"], epochs):
         started = time.perf_counter()
-        train_loss = _train_epoch(model, x, y, optimizer, scheduler, weights, batch_size, generator, flip, device, bar)
+        train_loss = _train_epoch(model, x, y, optimizer, scheduler, weights, batch_size, generator, flip, device, bar,
+                                  perturb)
         record = {"epoch": epoch + 1, "train_loss": train_loss, "seconds": time.perf_counter() - started}
         record.update({f"val_{k}": v for k, v in evaluate(model, val, device).items()})
         state["history"].append(record)
@@ -144,15 +149,19 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, total: int, warmup: int) -> 
 
 def _train_epoch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer,
                  scheduler: torch.optim.lr_scheduler.LRScheduler, weights: torch.Tensor, batch_size: int,
-                 generator: torch.Generator, flip: bool, device: torch.device, bar: tqdm) -> float:
+                 generator: torch.Generator, flip: bool, device: torch.device, bar: tqdm,
+                 perturb: Perturb | None) -> float:
     model.train()
     order = torch.randperm(len(x), generator=generator)
     steps = len(x) // batch_size or 1
     total = torch.zeros((), device=device)
     for step in range(steps):
         index = order[step * batch_size:(step + 1) * batch_size]
-        inputs = augment(x[index], generator, flip).to(device, non_blocking=True)
-        loss = F.cross_entropy(model(inputs), y[index].to(device), weight=weights)
+        inputs, labels = augment(x[index], generator, flip).to(device, non_blocking=True), y[index].to(device)
+        if perturb is not None:
+            inputs = perturb(model, inputs, labels)
+            model.train()
+        loss = F.cross_entropy(model(inputs), labels, weight=weights)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), max_norm=GRAD_CLIP)

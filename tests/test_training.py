@@ -75,6 +75,27 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch)
         assert torch.equal(a, b)
 
 
+def test_perturb_hook_sees_every_training_batch_in_train_mode():
+    train, val = _easy_task(seed=0), _easy_task(seed=1)
+    kwargs = dict(epochs=2, batch_size=16, lr=0.01, weight_decay=0.0, seed=0, device=CPU, progress=False)
+    modes = []
+
+    def identity_in_eval_mode(model, x, y):
+        modes.append((model.training, len(x), len(y)))
+        model.eval()  # as attacks do; training must switch back before its own forward pass
+        return x
+
+    plain, hooked = _tiny_cnn(), _tiny_cnn()
+    training.train_classifier(plain, train, val, **kwargs)
+    training.train_classifier(hooked, train, val, perturb=identity_in_eval_mode, **kwargs)
+    assert modes == [(True, 16, 16)] * 12
+    for a, b in zip(plain.state_dict().values(), hooked.state_dict().values()):
+        assert torch.equal(a, b)
+    blanked = _tiny_cnn()
+    training.train_classifier(blanked, train, val, perturb=lambda m, x, y: torch.zeros_like(x), **kwargs)
+    assert not torch.equal(blanked[0].weight, plain[0].weight)
+
+
 def test_augment_keeps_shape_and_range():
     x = torch.rand(8, 3, 32, 32)
     out = training.augment(x, torch.Generator().manual_seed(0), flip=True)
