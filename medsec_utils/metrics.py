@@ -1,4 +1,4 @@
-"""Classification metrics with 95 % confidence intervals.
+"""Classification metrics with 95 % confidence intervals, and the size of image perturbations.
 
 Accuracy gets a Wilson score interval (a binomial proportion); balanced accuracy and AUC get a
 percentile bootstrap that resamples within each class, so every resample keeps both classes.
@@ -9,8 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+import torch
 from scipy.stats import norm
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix, roc_auc_score, roc_curve
+from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 Z95 = float(norm.ppf(0.975))
 
@@ -72,3 +74,19 @@ def roc_points(y_true: np.ndarray, p_pathology: np.ndarray) -> tuple[np.ndarray,
     """False- and true-positive rates of the ROC curve."""
     fpr, tpr, _ = roc_curve(y_true, p_pathology)
     return fpr, tpr
+
+
+def perturbation_sizes(clean: torch.Tensor, adversarial: torch.Tensor) -> dict[str, np.ndarray]:
+    """Per-image size of ``adversarial - clean`` (images in [0, 1]): L-inf, L2, PSNR (dB) and SSIM.
+
+    PSNR and SSIM come from torchmetrics (data range 1, SSIM with its 11-px Gaussian window); an image
+    left unchanged has PSNR ``inf`` and SSIM 1.
+    """
+    if len(clean) == 0:
+        return {key: np.zeros(0) for key in ("linf", "l2", "psnr", "ssim")}
+    clean, adversarial = clean.double(), adversarial.double()
+    delta = (adversarial - clean).flatten(1)
+    psnr = peak_signal_noise_ratio(adversarial, clean, data_range=1.0, reduction="none", dim=(1, 2, 3))
+    ssim = structural_similarity_index_measure(adversarial, clean, data_range=1.0, reduction="none")
+    return {"linf": delta.abs().amax(1).numpy(), "l2": delta.norm(dim=1).numpy(), "psnr": psnr.numpy(),
+            "ssim": ssim.numpy()}
