@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,8 @@ import torch
 import torchattacks
 from torch import nn
 from tqdm import tqdm
+
+from . import cache
 
 ATTACKS = ("fgsm", "pgd", "autoattack", "cw")
 BUDGETED = ("fgsm", "pgd", "autoattack")  # CW minimises the L2 size itself and has no L-inf budget
@@ -175,6 +178,41 @@ def evaluate_attack(
     adv_pred = clean_pred.clone()
     adv_pred[todo] = predict_labels(model, adversarial[todo], device, batch_size)
     return AttackOutcome(name, eps, y.clone(), clean_pred, adv_pred, x, adversarial, seconds)
+
+
+def evaluate_attack_cached(
+    model: nn.Module,
+    name: str,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float | None,
+    settings: Mapping[str, Any],
+    seed: int = 0,
+    device: torch.device | None = None,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> tuple[AttackOutcome, bool]:
+    """``evaluate_attack`` through the artefact cache: ``(outcome, cache_hit)``.
+
+    The key holds the model's weights, the images, labels, attack settings, seed, batch size and the
+    code of this module, so an interrupted chapter resumes at the first attack it had not finished,
+    and later chapters reuse the same adversarial images. ``seconds`` stays the time of the first run.
+    """
+    parts = {"model": cache.tensor_fingerprint(model.state_dict()), "images": cache.tensor_fingerprint(x, y),
+             "attack": name, "parameters": attack_parameters(name, eps, settings), "seed": seed,
+             "batch_size": batch_size, "code": cache.code_fingerprint("attacks")}
+
+    def produce(folder: Path) -> None:
+        outcome = evaluate_attack(model, name, x, y, eps=eps, settings=settings, seed=seed, device=device,
+                                  batch_size=batch_size, progress=progress)
+        cache.torch_save_atomic({"adversarial": outcome.adversarial, "clean_pred": outcome.clean_pred,
+                                 "adv_pred": outcome.adv_pred, "seconds": outcome.seconds}, folder / "outcome.pt")
+
+    folder, hit = cache.cached("attack", parts, produce)
+    saved = torch.load(folder / "outcome.pt")
+    return AttackOutcome(name, eps, y.clone(), saved["clean_pred"], saved["adv_pred"], x, saved["adversarial"],
+                         saved["seconds"]), hit
 
 
 @torch.no_grad()

@@ -45,6 +45,17 @@ def code_fingerprint(*modules: str) -> dict[str, str]:
     return {name: hashlib.sha256((PACKAGE_DIR / f"{name}.py").read_bytes()).hexdigest()[:12] for name in names}
 
 
+def tensor_fingerprint(*tensors: torch.Tensor | dict[str, torch.Tensor]) -> str:
+    """SHA-256 (20 digits) of tensors or state dicts: identifies a model's weights or a batch of images."""
+    digest = hashlib.sha256()
+    for item in tensors:
+        for name, tensor in (sorted(item.items()) if isinstance(item, dict) else [("", item)]):
+            tensor = tensor.detach().cpu().contiguous()
+            digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+            digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()[:20]
+
+
 def cached(
     kind: str, parts: dict[str, Any], produce: Callable[[Path], None], root: Path | None = None
 ) -> tuple[Path, bool]:

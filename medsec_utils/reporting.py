@@ -22,13 +22,15 @@ import pandas as pd
 import seaborn as sns
 import torch
 
-from . import cache
+from . import cache, metrics
+from .attacks import BUDGETED, AttackOutcome
 from .data import ImageSet
 
 PACKAGES = ("torch", "torchvision", "timm", "torchattacks", "diffusers", "torchmetrics", "numpy", "pandas",
             "scikit-learn", "scikit-image", "pydicom", "matplotlib", "seaborn", "papermill")
 REPO_DIR = Path(__file__).resolve().parents[1]
 PHANTOM_NOTICE = "PHANTOM images (built-in, synthetic): not patients"
+CLASS_NAMES = ("Normal", "Pathology")
 
 
 class Run:
@@ -201,3 +203,125 @@ def data_notice(sets: list[ImageSet]) -> str:
         kind = "**built-in phantom images, not patients**" if images.is_phantom else "real images"
         lines.append(f"- `{images.name}` ({images.modality}): {kind}; " + "; ".join(images.notes))
     return "\n".join(lines)
+
+
+def attack_record(images: ImageSet, outcome: AttackOutcome, parameters: dict[str, Any],
+                  accuracy_8bit: float | None = None) -> dict[str, Any]:
+    """One ``metrics.json`` record of an attack on ``images``: accuracies with Wilson 95 % intervals, the
+    direction of the errors, the median size of the perturbations that changed a diagnosis, and cost."""
+    n, attacked, flipped = len(outcome.labels), outcome.attacked, outcome.flipped
+    sizes = metrics.perturbation_sizes(outcome.clean[flipped], outcome.adversarial[flipped])
+    return {
+        "dataset": images.name, "modality": images.modality, "phantom": images.is_phantom,
+        "data_checksum": images.checksum, "attack": outcome.attack, "epsilon": outcome.epsilon,
+        "epsilon_255": None if outcome.epsilon is None else round(outcome.epsilon * 255, 3),
+        "n": n, "n_attacked": int(attacked.sum()), "n_flipped": int(flipped.sum()),
+        "clean_accuracy": outcome.clean_accuracy,
+        "clean_accuracy_ci": metrics.wilson_interval(int(attacked.sum()), n),
+        "robust_accuracy": outcome.robust_accuracy,
+        "robust_accuracy_ci": metrics.wilson_interval(outcome.robust_correct, n),
+        "robust_accuracy_8bit": accuracy_8bit,
+        "pathology_to_normal_rate": outcome.flip_rate(1), "normal_to_pathology_rate": outcome.flip_rate(0),
+        "n_pathology_attacked": int((attacked & (outcome.labels == 1)).sum()),
+        "n_normal_attacked": int((attacked & (outcome.labels == 0)).sum()),
+        "seconds_per_image": round(outcome.seconds_per_image, 4),
+        **{f"median_{key}": float(np.median(values)) if len(values) else float("nan") for key, values in sizes.items()},
+        "parameters": parameters,
+    }
+
+
+def plot_robustness_curves(records: list[dict[str, Any]]) -> plt.Figure:
+    """Accuracy against the L-inf budget for each budgeted attack, with Wilson 95 % bands; eps 0 is clean."""
+    frame = _labelled(pd.DataFrame([r for r in records if r["attack"] in BUDGETED]))
+    names = list(dict.fromkeys(frame["dataset"]))
+    fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.2), squeeze=False, sharey=True)
+    palette = dict(zip(BUDGETED, sns.color_palette("colorblind", len(BUDGETED))))
+    for ax, name in zip(axes[0], names):
+        rows = frame[frame["dataset"] == name]
+        clean = rows.iloc[0]
+        for attack, group in rows.groupby("attack", sort=False):
+            group = group.sort_values("epsilon")
+            x = np.r_[0.0, group["epsilon_255"]]
+            y = np.r_[clean["clean_accuracy"], group["robust_accuracy"]]
+            low = np.r_[clean["clean_accuracy_ci"][0], [ci[0] for ci in group["robust_accuracy_ci"]]]
+            high = np.r_[clean["clean_accuracy_ci"][1], [ci[1] for ci in group["robust_accuracy_ci"]]]
+            ax.plot(x, y, marker="o", label=attack, color=palette[attack])
+            ax.fill_between(x, low, high, color=palette[attack], alpha=0.15, linewidth=0)
+        ax.set(title=name, xlabel="L-inf budget eps (x 1/255)", ylim=(-0.02, 1.02))
+        ax.set_xscale("symlog", linthresh=1)
+        ax.set_xticks(sorted(set(np.r_[0.0, rows["epsilon_255"]])), labels=None)
+        ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}"))
+    axes[0][0].set_ylabel("accuracy (attacked test images)")
+    axes[0][-1].legend(title="attack", fontsize=7, loc="upper right")
+    _phantom_notice(fig, frame)
+    fig.tight_layout()
+    return fig
+
+
+def plot_adversarial_examples(outcomes: dict[str, dict[str, AttackOutcome]]) -> plt.Figure:
+    """The paper's Fig. 2 idea: per data set, one Pathology image, then per attack the adversarial image
+    and its perturbation, amplified so its largest change is half the grey range (amplification in the title)."""
+    attack_names = list(next(iter(outcomes.values())))
+    fig, axes = plt.subplots(len(outcomes), 1 + 2 * len(attack_names),
+                             figsize=(1.55 * (1 + 2 * len(attack_names)), 1.8 * len(outcomes)), squeeze=False)
+    for row, (name, by_attack) in zip(axes, outcomes.items()):
+        index = _example_index(list(by_attack.values()))
+        first = next(iter(by_attack.values()))
+        _show(row[0], first.clean[index], f"original\n{CLASS_NAMES[int(first.labels[index])]}")
+        row[0].set_ylabel(name, fontsize=7)
+        for k, (attack, outcome) in enumerate(by_attack.items()):
+            delta = outcome.adversarial[index] - outcome.clean[index]
+            peak = float(delta.abs().max())
+            predicted = CLASS_NAMES[int(outcome.adv_pred[index])]
+            _show(row[1 + 2 * k], outcome.adversarial[index], f"{attack}\npredicted {predicted}")
+            gain = 0.5 / peak if peak > 0 else 1.0
+            _show(row[2 + 2 * k], (0.5 + gain * delta).clamp(0, 1), f"perturbation\nx{gain:.0f}")
+    if any(name.endswith("[PHANTOM]") for name in outcomes):
+        fig.suptitle(PHANTOM_NOTICE, fontsize=8, color="darkred", y=1.0)
+    fig.tight_layout()
+    return fig
+
+
+def plot_error_directions(records: list[dict[str, Any]]) -> plt.Figure:
+    """Per attack, the share of correctly diagnosed Pathology images turned Normal (missed disease) and of
+    Normal images turned Pathology (false alarm)."""
+    frame = _labelled(pd.DataFrame(records)).melt(
+        id_vars=["dataset", "attack"], value_vars=["pathology_to_normal_rate", "normal_to_pathology_rate"],
+        var_name="direction", value_name="share")
+    frame["direction"] = frame["direction"].map({"pathology_to_normal_rate": "Pathology -> Normal (missed)",
+                                                 "normal_to_pathology_rate": "Normal -> Pathology (false alarm)"})
+    grid = sns.catplot(data=frame, x="attack", y="share", hue="direction", col="dataset", kind="bar",
+                       palette=["#c0392b", "#7f8c8d"], height=2.8, aspect=1.1)
+    grid.set_titles("{col_name}")
+    grid.set(ylim=(0, 1), ylabel="share of correctly diagnosed images flipped")
+    sns.move_legend(grid, "lower center", bbox_to_anchor=(0.5, -0.08), ncol=2, title=None)
+    _phantom_notice(grid.figure, frame)
+    return grid.figure
+
+
+def _labelled(frame: pd.DataFrame) -> pd.DataFrame:
+    """Records with the data set named as ``data_label`` names it (``[PHANTOM]`` on phantoms)."""
+    return frame.assign(dataset=[f"{d} [PHANTOM]" if p else d for d, p in zip(frame["dataset"], frame["phantom"])])
+
+
+def _phantom_notice(fig: plt.Figure, frame: pd.DataFrame) -> None:
+    if frame["dataset"].str.endswith("[PHANTOM]").any():
+        fig.suptitle(PHANTOM_NOTICE, fontsize=8, color="darkred", y=1.02)
+
+
+def _example_index(outcomes: list[AttackOutcome]) -> int:
+    """A Pathology image diagnosed correctly and flipped by as many of the attacks as possible."""
+    first = outcomes[0]
+    candidates = first.attacked & (first.labels == 1)
+    if not candidates.any():
+        candidates = first.attacked if first.attacked.any() else torch.ones_like(first.attacked)
+    flips = sum(o.flipped.int() for o in outcomes) * candidates.int() + candidates.int()
+    return int(torch.argmax(flips))
+
+
+def _show(ax: plt.Axes, image: torch.Tensor, title: str) -> None:
+    array = image.permute(1, 2, 0).squeeze(-1).numpy()
+    ax.imshow(array, cmap="gray" if array.ndim == 2 else None, vmin=0, vmax=1)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title, fontsize=7)

@@ -143,3 +143,17 @@ def test_perturbation_sizes_match_their_definitions():
     assert sizes["l2"].tolist() == pytest.approx([0, 0.01 * 16])
     assert sizes["psnr"][0] == float("inf") and sizes["psnr"][1] == pytest.approx(40.0)
     assert sizes["ssim"][0] == pytest.approx(1.0) and sizes["ssim"][1] < 1.0
+
+
+def test_cached_attack_is_computed_once_and_returns_the_same_images(model, test_set, tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDSEC_CACHE", str(tmp_path))
+    x, y = test_set
+    first, hit = attacks.evaluate_attack_cached(model, "pgd", x, y, eps=2 / 255, settings=SETTINGS, progress=False)
+    again, hit_again = attacks.evaluate_attack_cached(model, "pgd", x, y, eps=2 / 255, settings=SETTINGS,
+                                                      progress=False)
+    assert (hit, hit_again) == (False, True)
+    assert torch.equal(first.adversarial, again.adversarial) and torch.equal(first.adv_pred, again.adv_pred)
+    assert again.seconds == first.seconds
+    _, other_eps_hit = attacks.evaluate_attack_cached(model, "pgd", x, y, eps=3 / 255, settings=SETTINGS,
+                                                      progress=False)
+    assert not other_eps_hit

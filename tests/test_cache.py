@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from medsec_utils import cache
 
@@ -58,3 +59,14 @@ def test_code_fingerprint_covers_every_module_and_changes_with_source(tmp_path, 
     before = cache.code_fingerprint("mod")
     (tmp_path / "mod.py").write_text("x = 2\n")
     assert cache.code_fingerprint("mod") != before
+
+
+def test_tensor_fingerprint_follows_values_shape_and_dtype():
+    a = torch.arange(6.0)
+    assert cache.tensor_fingerprint(a) == cache.tensor_fingerprint(a.clone())
+    assert cache.tensor_fingerprint(a) != cache.tensor_fingerprint(a.reshape(2, 3))
+    assert cache.tensor_fingerprint(a) != cache.tensor_fingerprint(a.double())
+    b = a.clone()
+    b[3] += 1e-6
+    assert cache.tensor_fingerprint(a) != cache.tensor_fingerprint(b)
+    assert cache.tensor_fingerprint({"w": a, "b": b}) == cache.tensor_fingerprint({"b": b, "w": a})
