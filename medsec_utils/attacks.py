@@ -201,7 +201,8 @@ def evaluate_attack_cached(
     """
     parts = {"model": cache.tensor_fingerprint(model.state_dict()), "images": cache.tensor_fingerprint(x, y),
              "attack": name, "parameters": attack_parameters(name, eps, settings), "seed": seed,
-             "batch_size": batch_size, "code": cache.code_fingerprint("attacks")}
+             "batch_size": batch_size, "code": cache.code_fingerprint("attacks"),
+             "torchattacks": torchattacks.__version__}
 
     def produce(folder: Path) -> None:
         outcome = evaluate_attack(model, name, x, y, eps=eps, settings=settings, seed=seed, device=device,

@@ -52,7 +52,7 @@ def tensor_fingerprint(*tensors: torch.Tensor | dict[str, torch.Tensor]) -> str:
         for name, tensor in (sorted(item.items()) if isinstance(item, dict) else [("", item)]):
             tensor = tensor.detach().cpu().contiguous()
             digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-            digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return digest.hexdigest()[:20]
 
 

@@ -325,3 +325,33 @@ def _show(ax: plt.Axes, image: torch.Tensor, title: str) -> None:
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(title, fontsize=7)
+
+
+def compare_with_paper(records: list[dict[str, Any]], paper: pd.DataFrame) -> str:
+    """Markdown verdict per modality and attack: is the paper's accuracy (``paper``: %, rows modality,
+    columns ``clean`` and attack names) inside this run's Wilson 95 % interval, above it or below it?"""
+    lines = ["| modality | attack | paper (%) | this run (%) [95 % CI] | verdict |", "| --- | --- | --- | --- | --- |"]
+    phantom = False
+    for record in records:
+        if record["modality"] not in paper.index:
+            continue
+        phantom |= record["phantom"]
+        rows = [("clean", record["clean_accuracy"], record["clean_accuracy_ci"])] if record is _first_of(
+            records, record["modality"]) else []
+        rows.append((record["attack"], record["robust_accuracy"], record["robust_accuracy_ci"]))
+        for attack, value, (low, high) in rows:
+            if attack not in paper.columns:
+                continue
+            quoted = float(paper.loc[record["modality"], attack])
+            verdict = ("consistent: the paper's value is inside our interval" if low * 100 <= quoted <= high * 100
+                       else "ours higher than the paper" if low * 100 > quoted else "ours lower than the paper")
+            lines.append(f"| {record['modality']} | {attack} | {quoted:.1f} | {value * 100:.1f} "
+                         f"[{low * 100:.1f}, {high * 100:.1f}] | {verdict} |")
+    if phantom:
+        lines.append("\n**These results come from built-in phantoms, not patients: the verdicts only show the "
+                     "comparison runs; they say nothing about the paper.**")
+    return "\n".join(lines)
+
+
+def _first_of(records: list[dict[str, Any]], modality: str) -> dict[str, Any]:
+    return next(r for r in records if r["modality"] == modality)

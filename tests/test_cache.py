@@ -69,4 +69,5 @@ def test_tensor_fingerprint_follows_values_shape_and_dtype():
     b = a.clone()
     b[3] += 1e-6
     assert cache.tensor_fingerprint(a) != cache.tensor_fingerprint(b)
-    assert cache.tensor_fingerprint({"w": a, "b": b}) == cache.tensor_fingerprint({"b": b, "w": a})
+    assert cache.tensor_fingerprint({"w": a, "n": torch.tensor(3)}) == cache.tensor_fingerprint({"n": torch.tensor(3), "w": a})
+    assert cache.tensor_fingerprint({"n": torch.tensor(3)}) != cache.tensor_fingerprint({"n": torch.tensor(4)})
