@@ -59,6 +59,26 @@ def test_chapter_1_on_real_data_records_results_and_provenance(real_run):
 
 
 @pytest.mark.slow
+def test_chapter_2_on_real_data_records_every_attack_and_budget(real_run):
+    record = json.loads((real_run / "02_attacks" / "metrics.json").read_text())
+    results = record["results"]
+    budgets = record["provenance"]["parameters"]["epsilons"]
+    for modality in ("chest_xray", "ct", "histology"):
+        rows = [r for r in results if r["modality"] == modality]
+        assert sorted(r["epsilon"] for r in rows if r["attack"] == "autoattack") == sorted(budgets)
+        assert [r["epsilon"] for r in rows if r["attack"] == "cw"] == [None]
+        for row in rows:
+            assert not row["phantom"] and row["n"] > 0
+            for key in ("clean_accuracy", "robust_accuracy", "seconds_per_image", "pathology_to_normal_rate"):
+                assert key in row
+            assert 0 <= row["robust_accuracy"] <= row["clean_accuracy"] <= 1
+            low, high = row["robust_accuracy_ci"]
+            assert low <= row["robust_accuracy"] <= high
+    assert {"robustness_curves.png", "adversarial_examples.png", "error_directions.png"} <= set(
+        record["provenance"]["figures"])
+
+
+@pytest.mark.slow
 def test_book_builds_strictly_from_a_fresh_run_and_flags_changed_code(real_run, tmp_path):
     stale = tmp_path / "stale_run"
     shutil.copytree(real_run, stale)
