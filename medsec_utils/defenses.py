@@ -1,0 +1,234 @@
+"""Defences against adversarial images, each composed with the classifier into one ``nn.Module``.
+
+- **Adversarial training** (Madry et al. 2018): fine-tune the classifier on PGD images of each batch;
+  ``method="fgsm_rs"`` is the cheap variant, FGSM from a random start (Wong, Rice & Kolter 2020).
+- **HGD**, the high-level representation guided denoiser (Liao et al. 2018): a small U-Net that
+  predicts the perturbation and subtracts it, trained with the logits-guided loss (LGD): the L1 distance
+  between the frozen classifier's logits on the denoised adversarial image and on the clean image.
+- **MagNet** (Meng & Chen 2017): an auto-encoder trained on clean images. Its reconstruction error is a
+  detector (threshold at a stated false-positive rate on clean validation images); its output, the
+  "reformed" image, is what the classifier sees.
+
+A defended model maps images in [0, 1] to two logits and is differentiable end to end, so the attacks of
+``medsec_utils.attacks`` can target the bare classifier (gray-box) or the whole pipeline (adaptive).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import torchattacks
+from torch import nn
+from tqdm import tqdm
+
+from .attacks import PGD_STEP_FACTOR
+from .training import Perturb, Tensors, seed_everything, train_classifier
+
+ADVERSARIAL_TRAINING = ("pgd", "fgsm_rs")
+
+
+def adversarial_perturb(method: str, eps: float, steps: int) -> Perturb:
+    """The ``perturb`` hook of ``train_classifier`` that turns each batch into adversarial images.
+
+    Raises:
+        ValueError: unknown method.
+    """
+    if method not in ADVERSARIAL_TRAINING:
+        raise ValueError(f"unknown adversarial training method {method!r}; choose from {', '.join(ADVERSARIAL_TRAINING)}")
+
+    def perturb(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if method == "pgd":
+            attack = torchattacks.PGD(model, eps=eps, alpha=PGD_STEP_FACTOR * eps / steps, steps=steps)
+        else:
+            attack = torchattacks.FFGSM(model, eps=eps, alpha=1.25 * eps)
+        return attack(x, y).detach()
+
+    return perturb
+
+
+def adversarially_train(model: nn.Module, train: Tensors, val: Tensors, *, method: str, eps: float, steps: int,
+                        epochs: int, batch_size: int, lr: float, weight_decay: float, seed: int,
+                        device: torch.device, flip: bool = False, progress: bool = True) -> list[dict[str, float]]:
+    """Fine-tune ``model`` in place on adversarial images of every batch; keeps the best clean validation AUC."""
+    return train_classifier(model, train, val, epochs=epochs, batch_size=batch_size, lr=lr,
+                            weight_decay=weight_decay, seed=seed, device=device, flip=flip,
+                            perturb=adversarial_perturb(method, eps, steps), progress=progress)
+
+
+class Defended(nn.Module):
+    """``classifier(front(x))``: a preprocessing defence in front of a classifier."""
+
+    def __init__(self, front: nn.Module, classifier: nn.Module) -> None:
+        super().__init__()
+        self.front = front
+        self.classifier = classifier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.front(x))
+
+
+class Denoiser(nn.Module):
+    """U-Net with two down- and up-sampling levels that predicts the perturbation; returns ``x - perturbation``."""
+
+    def __init__(self, channels: int, width: int = 32) -> None:
+        super().__init__()
+        w = width
+        self.down1, self.down2, self.bottom = _block(channels, w), _block(w, 2 * w), _block(2 * w, 4 * w)
+        self.up2, self.up1 = _block(6 * w, 2 * w), _block(3 * w, w)
+        self.out = nn.Conv2d(w, channels, 1)
+        nn.init.zeros_(self.out.weight)  # starts as the identity: no harm to clean accuracy before training
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        d1 = self.down1(x)
+        d2 = self.down2(F.avg_pool2d(d1, 2))
+        bottom = self.bottom(F.avg_pool2d(d2, 2))
+        u2 = self.up2(torch.cat([F.interpolate(bottom, size=d2.shape[-2:]), d2], 1))
+        u1 = self.up1(torch.cat([F.interpolate(u2, size=d1.shape[-2:]), d1], 1))
+        return (x - self.out(u1)).clamp(0, 1)
+
+
+class AutoEncoder(nn.Module):
+    """MagNet's convolutional auto-encoder (its "detector II" shape): two 3x3 conv layers, a pooling, and back."""
+
+    def __init__(self, channels: int, width: int = 16) -> None:
+        super().__init__()
+        self.encode = nn.Sequential(nn.Conv2d(channels, width, 3, padding=1), nn.Sigmoid(), nn.AvgPool2d(2),
+                                    nn.Conv2d(width, width, 3, padding=1), nn.Sigmoid())
+        self.decode = nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.Sigmoid(), nn.Upsample(scale_factor=2),
+                                    nn.Conv2d(width, width, 3, padding=1), nn.Sigmoid(),
+                                    nn.Conv2d(width, channels, 3, padding=1), nn.Sigmoid())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))
+
+
+class MagNet(Defended):
+    """Reformer (the auto-encoder) in front of the classifier, with a reconstruction-error detector."""
+
+    def __init__(self, autoencoder: AutoEncoder, classifier: nn.Module, threshold: float = float("inf")) -> None:
+        super().__init__(autoencoder, classifier)
+        self.register_buffer("threshold", torch.tensor(float(threshold)))
+
+    def reconstruction_error(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean absolute reconstruction error of each image (MagNet's L1 detector score)."""
+        return (x - self.front(x)).abs().flatten(1).mean(1)
+
+    @torch.no_grad()
+    def rejects(self, x: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
+        """Mask of the images the detector flags as adversarial."""
+        device = self.threshold.device
+        scores = [self.reconstruction_error(x[i:i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)]
+        return torch.cat(scores) > self.threshold.cpu() if scores else torch.zeros(0, dtype=torch.bool)
+
+    @torch.no_grad()
+    def calibrate(self, clean: torch.Tensor, false_positive_rate: float, batch_size: int = 128) -> float:
+        """Set the threshold so that ``false_positive_rate`` of the ``clean`` images are rejected."""
+        device = self.threshold.device
+        scores = torch.cat([self.reconstruction_error(clean[i:i + batch_size].to(device)).cpu()
+                            for i in range(0, len(clean), batch_size)])
+        self.threshold.fill_(float(torch.quantile(scores.double(), 1 - false_positive_rate)))
+        return float(self.threshold)
+
+
+def train_denoiser(denoiser: Denoiser, classifier: nn.Module, train: Tensors, *, eps: list[float], steps: int,
+                   epochs: int, batch_size: int, lr: float, seed: int, device: torch.device,
+                   progress: bool = True) -> list[dict[str, float]]:
+    """Train ``denoiser`` with the logits-guided loss against the frozen ``classifier``.
+
+    Each batch is attacked with PGD at a budget drawn from ``eps`` (so the denoiser sees several
+    strengths, as in the HGD paper's training set), then the loss is
+    ``|classifier(denoiser(x_adv)) - classifier(x_clean)|_1``.
+    """
+    seed_everything(seed)
+    classifier.eval().to(device).requires_grad_(False)
+    denoiser.to(device)
+    optimizer = torch.optim.Adam(denoiser.parameters(), lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    x, y = train
+    steps_per_epoch = max(1, len(x) // batch_size)
+    history = []
+    bar = tqdm(total=epochs * steps_per_epoch, desc="HGD denoiser", disable=not progress, mininterval=5, unit="batch")
+    for epoch in range(epochs):
+        started, total = time.perf_counter(), 0.0
+        order = torch.randperm(len(x), generator=generator)
+        for step in range(steps_per_epoch):
+            index = order[step * batch_size:(step + 1) * batch_size]
+            clean, labels = x[index].to(device), y[index].to(device)
+            budget = eps[int(torch.randint(len(eps), (1,), generator=generator))]
+            adversarial = torchattacks.PGD(classifier, eps=budget, alpha=PGD_STEP_FACTOR * budget / steps,
+                                           steps=steps)(clean, labels)
+            with torch.no_grad():
+                target = classifier(clean)
+            denoiser.train()
+            loss = (classifier(denoiser(adversarial)) - target).abs().sum(1).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach())
+            bar.update()
+        history.append({"epoch": epoch + 1, "train_loss": total / steps_per_epoch,
+                        "seconds": time.perf_counter() - started})
+    bar.close()
+    classifier.requires_grad_(True)
+    return history
+
+
+def train_autoencoder(autoencoder: AutoEncoder, train: torch.Tensor, *, epochs: int, batch_size: int, lr: float,
+                      seed: int, device: torch.device, noise: float = 0.025,
+                      progress: bool = True) -> list[dict[str, float]]:
+    """Train MagNet's auto-encoder to reconstruct clean images from copies with Gaussian noise (std ``noise``)."""
+    seed_everything(seed)
+    autoencoder.to(device)
+    optimizer = torch.optim.Adam(autoencoder.parameters(), lr=lr, weight_decay=1e-9)
+    generator = torch.Generator().manual_seed(seed)
+    steps_per_epoch = max(1, len(train) // batch_size)
+    history = []
+    bar = tqdm(total=epochs * steps_per_epoch, desc="MagNet auto-encoder", disable=not progress, mininterval=5,
+               unit="batch")
+    for epoch in range(epochs):
+        started, total = time.perf_counter(), 0.0
+        order = torch.randperm(len(train), generator=generator)
+        autoencoder.train()
+        for step in range(steps_per_epoch):
+            clean = train[order[step * batch_size:(step + 1) * batch_size]].to(device)
+            noisy = (clean + noise * torch.randn(clean.shape, generator=generator).to(device)).clamp(0, 1)
+            loss = F.mse_loss(autoencoder(noisy), clean)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach())
+            bar.update()
+        history.append({"epoch": epoch + 1, "train_loss": total / steps_per_epoch,
+                        "seconds": time.perf_counter() - started})
+    bar.close()
+    return history
+
+
+def magnet_accuracy(magnet: MagNet, x: torch.Tensor, y: torch.Tensor, adversarial: bool,
+                    batch_size: int = 128) -> dict[str, Any]:
+    """Accuracy of a MagNet pipeline where the detector's rejection is an outcome.
+
+    An adversarial image counts as defended when it is rejected or, if let through, diagnosed correctly;
+    a clean image counts as correct only when it is let through and diagnosed correctly (a rejected
+    clean image is a patient sent back for no reason).
+    """
+    rejected = magnet.rejects(x, batch_size)
+    device = magnet.threshold.device
+    with torch.no_grad():
+        pred = torch.cat([magnet(x[i:i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(x), batch_size)])
+    correct = pred == y
+    good = (rejected | correct) if adversarial else (~rejected & correct)
+    passed = ~rejected
+    return {"accuracy": float(good.float().mean()), "n_correct": int(good.sum()), "n": len(y),
+            "rejected_share": float(rejected.float().mean()),
+            "accuracy_of_passed": float(correct[passed].float().mean()) if passed.any() else float("nan")}
+
+
+def _block(in_channels: int, out_channels: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.BatchNorm2d(out_channels), nn.ReLU(),
+                         nn.Conv2d(out_channels, out_channels, 3, padding=1), nn.BatchNorm2d(out_channels), nn.ReLU())
+

@@ -1,0 +1,107 @@
+"""Defences: each trains, composes with the classifier into one differentiable module, and does its job."""
+
+import pytest
+import torch
+from torch import nn
+
+from medsec_utils import attacks, defenses, profiles, training
+
+CPU = torch.device("cpu")
+SETTINGS = profiles.resolve_profile("smoke", pgd_steps=10)
+
+
+def _task(n, seed):
+    """A brighter centre means Pathology (as in test_attacks)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 1, 16, 16, generator=g) * 0.3 + 0.35
+    y = torch.arange(n) % 2
+    contrast = torch.rand(n, generator=g) * 0.2 + 0.1
+    x[:, :, 4:12, 4:12] += (2 * y - 1).view(-1, 1, 1, 1).float() * contrast.view(-1, 1, 1, 1)
+    return x.clamp(0, 1), y
+
+
+def _tiny_cnn():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(),
+                         nn.Linear(128, 2))
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    net = _tiny_cnn()
+    training.train_classifier(net, _task(256, 0), _task(64, 1), epochs=30, batch_size=32, lr=0.01,
+                              weight_decay=0.0, seed=0, device=CPU, progress=False)
+    return net.eval()
+
+
+@pytest.mark.parametrize("front", [defenses.Denoiser(1, width=8), defenses.AutoEncoder(1, width=8)])
+def test_defended_pipeline_is_differentiable_to_the_input(classifier, front):
+    pipeline = defenses.Defended(front, classifier).eval()
+    x = torch.rand(4, 1, 16, 16, requires_grad=True)
+    pipeline(x).sum().backward()
+    assert x.grad is not None and float(x.grad.abs().sum()) > 0
+    assert pipeline(x).shape == (4, 2)
+
+
+def test_untrained_denoiser_is_the_identity(classifier):
+    x = torch.rand(4, 1, 16, 16)
+    torch.testing.assert_close(defenses.Denoiser(1, width=8).eval()(x), x)
+
+
+def test_adversarial_training_raises_robust_accuracy(classifier):
+    x, y = _task(96, 2)
+    eps = 8 / 255
+    before = attacks.evaluate_attack(classifier, "pgd", x, y, eps=eps, settings=SETTINGS, progress=False)
+    robust = _tiny_cnn()
+    robust.load_state_dict(classifier.state_dict())
+    history = defenses.adversarially_train(robust, _task(256, 0), _task(64, 1), method="pgd", eps=eps, steps=5,
+                                           epochs=10, batch_size=32, lr=0.005, weight_decay=0.0, seed=0,
+                                           device=CPU, progress=False)
+    after = attacks.evaluate_attack(robust.eval(), "pgd", x, y, eps=eps, settings=SETTINGS, progress=False)
+    assert len(history) == 10
+    assert after.robust_accuracy >= before.robust_accuracy + 0.2, (before.robust_accuracy, after.robust_accuracy)
+
+
+def test_unknown_adversarial_training_method_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown adversarial training method 'trades'"):
+        defenses.adversarial_perturb("trades", 0.01, 3)
+
+
+def test_hgd_trains_and_an_adaptive_attack_hurts_at_least_as_much_as_gray_box(classifier):
+    x, y = _task(96, 2)
+    eps = 6 / 255
+    denoiser = defenses.Denoiser(1, width=8)
+    history = defenses.train_denoiser(denoiser, classifier, _task(256, 0), eps=[2 / 255, 6 / 255], steps=5, epochs=3,
+                                      batch_size=32, lr=1e-3, seed=0, device=CPU, progress=False)
+    assert len(history) == 3 and all(p.requires_grad for p in classifier.parameters())
+    pipeline = defenses.Defended(denoiser, classifier).eval()
+    gray = attacks.evaluate_attack(classifier, "pgd", x, y, eps=eps, settings=SETTINGS, progress=False)
+    gray_pred = attacks.predict_labels(pipeline, gray.adversarial, CPU)
+    gray_accuracy = float((gray_pred == y).float().mean())
+    adaptive = attacks.evaluate_attack(pipeline, "pgd", x, y, eps=eps, settings=SETTINGS, progress=False)
+    assert adaptive.robust_accuracy <= gray_accuracy
+
+
+def test_magnet_detector_rejects_the_stated_share_of_clean_images(classifier):
+    autoencoder = defenses.AutoEncoder(1, width=8)
+    history = defenses.train_autoencoder(autoencoder, _task(256, 0)[0], epochs=5, batch_size=32, lr=1e-2, seed=0,
+                                         device=CPU, progress=False)
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    magnet = defenses.MagNet(autoencoder, classifier).eval()
+    clean_val = _task(200, 1)[0]
+    magnet.calibrate(clean_val, false_positive_rate=0.1)
+    assert float(magnet.rejects(clean_val).float().mean()) == pytest.approx(0.1, abs=0.01)
+    noisy = (clean_val + 0.3 * torch.randn_like(clean_val)).clamp(0, 1)
+    assert float(magnet.rejects(noisy).float().mean()) > 0.9  # far from the training images: flagged
+
+
+def test_magnet_accuracy_counts_rejections_for_adversarial_and_against_clean_images(classifier):
+    x, y = _task(40, 3)
+    magnet = defenses.MagNet(defenses.AutoEncoder(1, width=8), classifier).eval()
+    magnet.calibrate(x, false_positive_rate=0.5)
+    rejected = magnet.rejects(x)
+    as_adversarial = defenses.magnet_accuracy(magnet, x, y, adversarial=True)
+    as_clean = defenses.magnet_accuracy(magnet, x, y, adversarial=False)
+    assert as_adversarial["rejected_share"] == pytest.approx(float(rejected.float().mean()))
+    assert as_adversarial["accuracy"] >= as_adversarial["rejected_share"]
+    assert as_clean["accuracy"] <= 1 - as_clean["rejected_share"]
