@@ -15,7 +15,11 @@ A defended model maps images in [0, 1] to two logits and is differentiable end t
 
 from __future__ import annotations
 
+import copy
+import json
 import time
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,10 +28,19 @@ import torchattacks
 from torch import nn
 from tqdm import tqdm
 
+from . import cache
 from .attacks import PGD_STEP_FACTOR
+from .data import ImageSet
 from .training import Perturb, Tensors, seed_everything, train_classifier
 
 ADVERSARIAL_TRAINING = ("pgd", "fgsm_rs")
+DEFENSES = ("adversarial_training", "hgd", "magnet")
+SETTING_KEYS = {
+    "adversarial_training": ("adv_train_method", "adv_train_eps_255", "adv_train_epochs", "adv_train_lr",
+                             "defense_pgd_steps", "batch_size", "weight_decay", "max_train_images", "max_eval_images"),
+    "hgd": ("hgd_epochs", "hgd_eps_255", "hgd_lr", "defense_pgd_steps", "batch_size", "max_train_images"),
+    "magnet": ("magnet_epochs", "magnet_lr", "magnet_fpr", "batch_size", "max_train_images", "max_eval_images"),
+}
 
 
 def adversarial_perturb(method: str, eps: float, steps: int) -> Perturb:
@@ -231,4 +244,82 @@ def magnet_accuracy(magnet: MagNet, x: torch.Tensor, y: torch.Tensor, adversaria
 def _block(in_channels: int, out_channels: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.BatchNorm2d(out_channels), nn.ReLU(),
                          nn.Conv2d(out_channels, out_channels, 3, padding=1), nn.BatchNorm2d(out_channels), nn.ReLU())
+
+
+def defense_for(kind: str, images: ImageSet, classifier: nn.Module, settings: Mapping[str, Any], *, seed: int,
+                device: torch.device, progress: bool = True) -> tuple[nn.Module, list[dict[str, float]], bool]:
+    """The defended model of ``kind`` for ``classifier`` on ``images``: from the artefact cache, or trained now.
+
+    ``adversarial_training`` returns a fine-tuned copy of the classifier, ``hgd`` a ``Defended`` denoiser +
+    classifier, ``magnet`` a calibrated ``MagNet``. The key holds the classifier's weights, the data
+    checksum, the settings the defence uses, the seed and the code of this module and of ``training``.
+
+    Returns:
+        ``(defended model in eval mode, training history, cache_hit)``.
+
+    Raises:
+        ValueError: unknown defence.
+    """
+    if kind not in DEFENSES:
+        raise ValueError(f"unknown defence {kind!r}; choose from {', '.join(DEFENSES)}")
+    parts = {"kind": kind, "classifier": cache.tensor_fingerprint(classifier.state_dict()), "data": images.checksum,
+             "seed": seed, "settings": {key: settings[key] for key in SETTING_KEYS[kind]},
+             "code": cache.code_fingerprint("defenses", "training"), "torchattacks": torchattacks.__version__}
+    train = images.tensors("train", settings["max_train_images"], seed)
+    classifier = classifier.to(device).eval()
+
+    def produce(folder: Path) -> None:
+        defended, history = _train_defense(kind, images, classifier, train, settings, seed, device, progress)
+        cache.torch_save_atomic(_defense_state(kind, defended), folder / "defense.pt")
+        cache.write_json_atomic(folder / "history.json", history)
+
+    folder, hit = cache.cached("defense", parts, produce)
+    defended = _empty_defense(kind, images.channels, classifier)
+    state = torch.load(folder / "defense.pt", map_location="cpu")
+    (defended if kind == "adversarial_training" else defended.front).load_state_dict(state["weights"])
+    if kind == "magnet":
+        defended.threshold.fill_(state["threshold"])
+    return defended.to(device).eval(), json.loads((folder / "history.json").read_text()), hit
+
+
+def _train_defense(kind: str, images: ImageSet, classifier: nn.Module, train: Tensors, settings: Mapping[str, Any],
+                   seed: int, device: torch.device, progress: bool) -> tuple[nn.Module, list[dict[str, float]]]:
+    if kind == "adversarial_training":
+        robust = copy.deepcopy(classifier)
+        history = adversarially_train(
+            robust, train, images.tensors("val", settings["max_eval_images"], seed), method=settings["adv_train_method"],
+            eps=settings["adv_train_eps_255"] / 255, steps=settings["defense_pgd_steps"],
+            epochs=settings["adv_train_epochs"], batch_size=settings["batch_size"], lr=settings["adv_train_lr"],
+            weight_decay=settings["weight_decay"], seed=seed, device=device, flip=images.modality == "histology",
+            progress=progress)
+        return robust, history
+    if kind == "hgd":
+        denoiser = Denoiser(images.channels)
+        history = train_denoiser(denoiser, classifier, train, eps=[e / 255 for e in settings["hgd_eps_255"]],
+                                 steps=settings["defense_pgd_steps"], epochs=settings["hgd_epochs"],
+                                 batch_size=settings["batch_size"], lr=settings["hgd_lr"], seed=seed, device=device,
+                                 progress=progress)
+        return Defended(denoiser, classifier), history
+    autoencoder = AutoEncoder(images.channels)
+    history = train_autoencoder(autoencoder, train[0], epochs=settings["magnet_epochs"], batch_size=settings["batch_size"],
+                                lr=settings["magnet_lr"], seed=seed, device=device, progress=progress)
+    magnet = MagNet(autoencoder, classifier).to(device).eval()
+    magnet.calibrate(images.tensors("val", settings["max_eval_images"], seed)[0], settings["magnet_fpr"])
+    return magnet, history
+
+
+def _defense_state(kind: str, defended: nn.Module) -> dict[str, Any]:
+    weights = defended if kind == "adversarial_training" else defended.front
+    state = {"weights": {k: v.detach().cpu() for k, v in weights.state_dict().items()}}
+    if kind == "magnet":
+        state["threshold"] = float(defended.threshold)
+    return state
+
+
+def _empty_defense(kind: str, channels: int, classifier: nn.Module) -> nn.Module:
+    if kind == "adversarial_training":
+        return copy.deepcopy(classifier)
+    if kind == "hgd":
+        return Defended(Denoiser(channels), classifier)
+    return MagNet(AutoEncoder(channels), classifier)
 

@@ -105,3 +105,23 @@ def test_magnet_accuracy_counts_rejections_for_adversarial_and_against_clean_ima
     assert as_adversarial["rejected_share"] == pytest.approx(float(rejected.float().mean()))
     assert as_adversarial["accuracy"] >= as_adversarial["rejected_share"]
     assert as_clean["accuracy"] <= 1 - as_clean["rejected_share"]
+
+
+@pytest.mark.parametrize("kind", defenses.DEFENSES)
+def test_each_defense_trains_once_then_round_trips_through_the_cache(kind, classifier, tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDSEC_CACHE", str(tmp_path))
+    from medsec_utils import data
+
+    images = data.load_dataset("phantom:ct?n=60", size=16, use_cache=False, progress=False)
+    settings = profiles.resolve_profile("smoke", max_train_images=32, max_eval_images=16, batch_size=16,
+                                        magnet_epochs=1)
+    first, history, hit = defenses.defense_for(kind, images, classifier, settings, seed=0, device=CPU, progress=False)
+    again, _, hit_again = defenses.defense_for(kind, images, classifier, settings, seed=0, device=CPU, progress=False)
+    assert (hit, hit_again) == (False, True) and len(history) >= 1
+    x = images.tensors("test")[0]
+    with torch.no_grad():
+        torch.testing.assert_close(first(x), again(x))
+    if kind == "magnet":
+        assert float(again.threshold) == float(first.threshold) < float("inf")
+    if kind == "adversarial_training":
+        assert any(not torch.equal(a, b) for a, b in zip(first.state_dict().values(), classifier.state_dict().values()))
