@@ -221,24 +221,56 @@ def train_autoencoder(autoencoder: AutoEncoder, train: torch.Tensor, *, epochs: 
     return history
 
 
-def magnet_accuracy(magnet: MagNet, x: torch.Tensor, y: torch.Tensor, adversarial: bool,
+def magnet_accuracy(magnet: MagNet, x: torch.Tensor, y: torch.Tensor, adversarial: bool | torch.Tensor,
                     batch_size: int = 128) -> dict[str, Any]:
     """Accuracy of a MagNet pipeline where the detector's rejection is an outcome.
 
     An adversarial image counts as defended when it is rejected or, if let through, diagnosed correctly;
     a clean image counts as correct only when it is let through and diagnosed correctly (a rejected
-    clean image is a patient sent back for no reason).
+    clean image is a patient sent back for no reason). ``adversarial`` says which images are which: one
+    flag for all, or a mask (e.g. the images an attack changed; the others are clean).
     """
     rejected = magnet.rejects(x, batch_size)
     device = magnet.threshold.device
     with torch.no_grad():
         pred = torch.cat([magnet(x[i:i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(x), batch_size)])
     correct = pred == y
-    good = (rejected | correct) if adversarial else (~rejected & correct)
+    is_adversarial = torch.as_tensor(adversarial).expand(len(y))
+    good = torch.where(is_adversarial, rejected | correct, ~rejected & correct)
     passed = ~rejected
     return {"accuracy": float(good.float().mean()), "n_correct": int(good.sum()), "n": len(y),
             "rejected_share": float(rejected.float().mean()),
             "accuracy_of_passed": float(correct[passed].float().mean()) if passed.any() else float("nan")}
+
+
+class DetectorAware(nn.Module):
+    """MagNet seen by an attacker who knows the detector (Carlini & Wagner 2017, "MagNet and efficient
+    defenses against adversarial attacks are not robust to adversarial examples").
+
+    Three logits: the two of the reformed image, and a "rejected" logit that wins once the reconstruction
+    error passes the threshold. A *targeted* attack towards the wrong diagnosis must then both flip the
+    diagnosis and stay under the detector's threshold.
+    """
+
+    def __init__(self, magnet: MagNet, sharpness: float = 1000.0) -> None:
+        super().__init__()
+        self.magnet = magnet
+        self.sharpness = sharpness
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.magnet(x)
+        excess = self.magnet.reconstruction_error(x) - self.magnet.threshold
+        rejected = logits.max(1).values + self.sharpness * excess
+        return torch.cat([logits, rejected[:, None]], 1)
+
+
+def detector_aware_pgd(magnet: MagNet, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps: int,
+                       sharpness: float = 1000.0) -> torch.Tensor:
+    """Targeted PGD on ``DetectorAware(magnet)`` towards the other diagnosis: adversarial images of ``x``."""
+    attack = torchattacks.PGD(DetectorAware(magnet, sharpness).eval(), eps=eps, alpha=PGD_STEP_FACTOR * eps / steps,
+                              steps=steps, random_start=True)
+    attack.set_mode_targeted_by_function(lambda images, labels: 1 - labels, quiet=True)
+    return attack(x, y).detach()
 
 
 def _block(in_channels: int, out_channels: int) -> nn.Sequential:

@@ -67,19 +67,21 @@ def test_unknown_adversarial_training_method_is_a_clear_error():
         defenses.adversarial_perturb("trades", 0.01, 3)
 
 
-def test_hgd_trains_and_an_adaptive_attack_hurts_at_least_as_much_as_gray_box(classifier):
+def test_hgd_helps_gray_box_and_an_adaptive_attack_takes_that_back(classifier):
     x, y = _task(96, 2)
-    eps = 6 / 255
+    eps = 16 / 255
+    torch.manual_seed(0)
     denoiser = defenses.Denoiser(1, width=8)
-    history = defenses.train_denoiser(denoiser, classifier, _task(256, 0), eps=[2 / 255, 6 / 255], steps=5, epochs=3,
-                                      batch_size=32, lr=1e-3, seed=0, device=CPU, progress=False)
-    assert len(history) == 3 and all(p.requires_grad for p in classifier.parameters())
+    history = defenses.train_denoiser(denoiser, classifier, _task(512, 0), eps=[8 / 255, 16 / 255], steps=5,
+                                      epochs=10, batch_size=32, lr=1e-3, seed=0, device=CPU, progress=False)
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert all(p.requires_grad for p in classifier.parameters()), "the classifier is unfrozen afterwards"
     pipeline = defenses.Defended(denoiser, classifier).eval()
     gray = attacks.evaluate_attack(classifier, "pgd", x, y, eps=eps, settings=SETTINGS, progress=False)
-    gray_pred = attacks.predict_labels(pipeline, gray.adversarial, CPU)
-    gray_accuracy = float((gray_pred == y).float().mean())
+    gray_accuracy = float((attacks.predict_labels(pipeline, gray.adversarial, CPU) == y).float().mean())
     adaptive = attacks.evaluate_attack(pipeline, "pgd", x, y, eps=eps, settings=SETTINGS, progress=False)
-    assert adaptive.robust_accuracy <= gray_accuracy
+    assert gray_accuracy >= gray.robust_accuracy + 0.1, "HGD should undo part of a gray-box attack"
+    assert adaptive.robust_accuracy < gray_accuracy
 
 
 def test_magnet_detector_rejects_the_stated_share_of_clean_images(classifier):
@@ -125,3 +127,25 @@ def test_each_defense_trains_once_then_round_trips_through_the_cache(kind, class
         assert float(again.threshold) == float(first.threshold) < float("inf")
     if kind == "adversarial_training":
         assert any(not torch.equal(a, b) for a, b in zip(first.state_dict().values(), classifier.state_dict().values()))
+
+
+def test_detector_aware_attack_evades_the_magnet_detector_more_often(classifier):
+    x, y = _task(96, 2)
+    torch.manual_seed(0)
+    autoencoder = defenses.AutoEncoder(1, width=16)
+    defenses.train_autoencoder(autoencoder, _task(512, 0)[0], epochs=30, batch_size=32, lr=3e-3, seed=0, device=CPU,
+                               progress=False)
+    magnet = defenses.MagNet(autoencoder, classifier).eval()
+    magnet.calibrate(_task(200, 1)[0], false_positive_rate=0.05)
+    assert defenses.magnet_accuracy(magnet, x, y, adversarial=False)["accuracy"] >= 0.8, "reformer must keep accuracy"
+    eps = 16 / 255
+    torch.manual_seed(0)
+    plain = attacks.make_attack("pgd", magnet, eps, SETTINGS)(x, y)
+    torch.manual_seed(0)
+    aware = defenses.detector_aware_pgd(magnet, x, y, eps=eps, steps=20)
+    assert float((aware - x).abs().max()) <= eps + 1e-6
+    plain_score = defenses.magnet_accuracy(magnet, plain, y, adversarial=True)
+    aware_score = defenses.magnet_accuracy(magnet, aware, y, adversarial=True)
+    assert plain_score["rejected_share"] >= 0.1, "the plain attack must trip the detector for this test to mean anything"
+    assert aware_score["rejected_share"] < plain_score["rejected_share"] / 2
+    assert aware_score["accuracy"] <= plain_score["accuracy"], (plain_score, aware_score)
