@@ -355,3 +355,19 @@ def compare_with_paper(records: list[dict[str, Any]], paper: pd.DataFrame) -> st
 
 def _first_of(records: list[dict[str, Any]], modality: str) -> dict[str, Any]:
     return next(r for r in records if r["modality"] == modality)
+
+
+def budgets_matching_paper(records: list[dict[str, Any]], paper: pd.DataFrame) -> pd.DataFrame:
+    """Per data set and budgeted attack in ``paper`` (%, rows modality): the budgets (x 1/255) at which the
+    paper's accuracy lies inside this run's Wilson 95 % interval; the paper's own budget is unknown, so this
+    says which budgets would reconcile the two."""
+    rows = []
+    for (dataset, modality, attack), group in pd.DataFrame(records).groupby(["dataset", "modality", "attack"], sort=False):
+        if attack not in BUDGETED or modality not in paper.index or attack not in paper.columns:
+            continue
+        quoted = float(paper.loc[modality, attack])
+        inside = [r.epsilon_255 for r in group.sort_values("epsilon").itertuples()
+                  if r.robust_accuracy_ci[0] * 100 <= quoted <= r.robust_accuracy_ci[1] * 100]
+        rows.append({"dataset": dataset, "attack": attack, "paper (%)": quoted,
+                     "budgets matching the paper (x 1/255)": ", ".join(f"{e:g}" for e in inside) or "none run"})
+    return pd.DataFrame(rows)

@@ -93,3 +93,16 @@ def test_attack_figures_draw_and_flag_phantoms():
     assert len(examples.axes) == 5 and examples.axes[0].get_title().endswith("Pathology")
     assert examples.axes[1].get_title() == "fgsm\npredicted Normal"  # the example is a flipped Pathology image
     plt.close("all")
+
+
+def test_budgets_matching_paper_lists_the_budgets_whose_interval_holds_the_quoted_value():
+    images = data.load_dataset("phantom:ct?n=40", size=32, use_cache=False, progress=False)
+    records = [reporting.attack_record(images, _outcome("fgsm", eps), {}) for eps in (1 / 255, 2 / 255)]
+    records[0]["robust_accuracy_ci"] = (0.5, 0.7)
+    records[1]["robust_accuracy_ci"] = (0.0, 0.1)
+    paper = pd.DataFrame({"fgsm": [60.0], "autoattack": [0.0]}, index=["ct"])
+    table = reporting.budgets_matching_paper(records, paper)
+    assert table.to_dict("records") == [{"dataset": images.name, "attack": "fgsm", "paper (%)": 60.0,
+                                         "budgets matching the paper (x 1/255)": "1"}]
+    paper.loc["ct", "fgsm"] = 30.0
+    assert reporting.budgets_matching_paper(records, paper).iloc[0, -1] == "none run"
