@@ -12,6 +12,12 @@ def test_wilson_interval_matches_textbook_value():
     assert metrics.wilson_interval(10, 10)[1] == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("n", [1, 7, 181, 300, 879])
+def test_wilson_interval_is_exact_at_zero_and_all(n):
+    assert metrics.wilson_interval(0, n)[0] == 0.0 and metrics.wilson_interval(n, n)[1] == 1.0
+    assert 0 < metrics.wilson_interval(0, n)[1] < 1 and 0 < metrics.wilson_interval(n, n)[0] < 1
+
+
 def test_binary_report_hand_example():
     y = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1])
     p = np.array([0.1, 0.2, 0.7, 0.3, 0.9, 0.8, 0.4, 0.6, 0.95, 0.85])
