@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -159,35 +159,23 @@ def train_denoiser(denoiser: Denoiser, classifier: nn.Module, train: Tensors, *,
     seed_everything(seed)
     classifier.eval().to(device).requires_grad_(False)
     denoiser.to(device)
-    optimizer = torch.optim.Adam(denoiser.parameters(), lr=lr)
-    generator = torch.Generator().manual_seed(seed)
     x, y = train
-    steps_per_epoch = max(1, len(x) // batch_size)
-    history = []
-    bar = tqdm(total=epochs * steps_per_epoch, desc="HGD denoiser", disable=not progress, mininterval=5, unit="batch")
-    for epoch in range(epochs):
-        started, total = time.perf_counter(), 0.0
-        order = torch.randperm(len(x), generator=generator)
-        for step in range(steps_per_epoch):
-            index = order[step * batch_size:(step + 1) * batch_size]
-            clean, labels = x[index].to(device), y[index].to(device)
-            budget = eps[int(torch.randint(len(eps), (1,), generator=generator))]
-            adversarial = torchattacks.PGD(classifier, eps=budget, alpha=PGD_STEP_FACTOR * budget / steps,
-                                           steps=steps)(clean, labels)
-            with torch.no_grad():
-                target = classifier(clean)
-            denoiser.train()
-            loss = (classifier(denoiser(adversarial)) - target).abs().sum(1).mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach())
-            bar.update()
-        history.append({"epoch": epoch + 1, "train_loss": total / steps_per_epoch,
-                        "seconds": time.perf_counter() - started})
-    bar.close()
-    classifier.requires_grad_(True)
-    return history
+
+    def batch_loss(index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        clean, labels = x[index].to(device), y[index].to(device)
+        budget = eps[int(torch.randint(len(eps), (1,), generator=generator))]
+        adversarial = torchattacks.PGD(classifier, eps=budget, alpha=PGD_STEP_FACTOR * budget / steps,
+                                       steps=steps)(clean, labels)
+        with torch.no_grad():
+            target = classifier(clean)
+        denoiser.train()
+        return (classifier(denoiser(adversarial)) - target).abs().sum(1).mean()
+
+    try:
+        return _fit(denoiser, len(x), batch_loss, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                    desc="HGD denoiser", progress=progress)
+    finally:
+        classifier.requires_grad_(True)
 
 
 def train_autoencoder(autoencoder: AutoEncoder, train: torch.Tensor, *, epochs: int, batch_size: int, lr: float,
@@ -196,20 +184,31 @@ def train_autoencoder(autoencoder: AutoEncoder, train: torch.Tensor, *, epochs: 
     """Train MagNet's auto-encoder to reconstruct clean images from copies with Gaussian noise (std ``noise``)."""
     seed_everything(seed)
     autoencoder.to(device)
-    optimizer = torch.optim.Adam(autoencoder.parameters(), lr=lr, weight_decay=1e-9)
+
+    def batch_loss(index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        clean = train[index].to(device)
+        noisy = (clean + noise * torch.randn(clean.shape, generator=generator).to(device)).clamp(0, 1)
+        autoencoder.train()
+        return F.mse_loss(autoencoder(noisy), clean)
+
+    return _fit(autoencoder, len(train), batch_loss, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                desc="MagNet auto-encoder", progress=progress, weight_decay=1e-9)
+
+
+def _fit(module: nn.Module, n: int, batch_loss: Callable[[torch.Tensor, torch.Generator], torch.Tensor], *,
+         epochs: int, batch_size: int, lr: float, seed: int, desc: str, progress: bool,
+         weight_decay: float = 0.0) -> list[dict[str, float]]:
+    """Adam on ``module`` over seeded shuffles of ``n`` items; ``batch_loss(index, generator)`` gives each loss."""
+    optimizer = torch.optim.Adam(module.parameters(), lr=lr, weight_decay=weight_decay)
     generator = torch.Generator().manual_seed(seed)
-    steps_per_epoch = max(1, len(train) // batch_size)
+    steps_per_epoch = max(1, n // batch_size)
     history = []
-    bar = tqdm(total=epochs * steps_per_epoch, desc="MagNet auto-encoder", disable=not progress, mininterval=5,
-               unit="batch")
+    bar = tqdm(total=epochs * steps_per_epoch, desc=desc, disable=not progress, mininterval=5, unit="batch")
     for epoch in range(epochs):
         started, total = time.perf_counter(), 0.0
-        order = torch.randperm(len(train), generator=generator)
-        autoencoder.train()
+        order = torch.randperm(n, generator=generator)
         for step in range(steps_per_epoch):
-            clean = train[order[step * batch_size:(step + 1) * batch_size]].to(device)
-            noisy = (clean + noise * torch.randn(clean.shape, generator=generator).to(device)).clamp(0, 1)
-            loss = F.mse_loss(autoencoder(noisy), clean)
+            loss = batch_loss(order[step * batch_size:(step + 1) * batch_size], generator)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

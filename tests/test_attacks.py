@@ -3,38 +3,23 @@
 import pytest
 import torch
 import torchattacks
-from torch import nn
 
-from medsec_utils import attacks, metrics, profiles, training
+from _toy import bright_centre_task, trained_tiny_cnn
+from medsec_utils import attacks, metrics, profiles
 
 CPU = torch.device("cpu")
 SETTINGS = profiles.resolve_profile("smoke", pgd_steps=10, apgd_steps=10, fab_steps=10, square_queries=50,
                                     cw_steps=50, cw_c=100.0, cw_lr=0.05)
 
 
-def _task(n, seed):
-    """A brighter centre means Pathology; the contrast varies, so small budgets leave survivors."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(n, 1, 16, 16, generator=g) * 0.3 + 0.35
-    y = torch.arange(n) % 2
-    contrast = torch.rand(n, generator=g) * 0.2 + 0.1
-    x[:, :, 4:12, 4:12] += (2 * y - 1).view(-1, 1, 1, 1).float() * contrast.view(-1, 1, 1, 1)
-    return x.clamp(0, 1), y
-
-
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(),
-                        nn.Linear(128, 2))
-    training.train_classifier(net, _task(256, 0), _task(64, 1), epochs=30, batch_size=32, lr=0.01,
-                              weight_decay=0.0, seed=0, device=CPU, progress=False)
-    return net.eval()
+    return trained_tiny_cnn()
 
 
 @pytest.fixture(scope="module")
 def test_set(model):
-    x, y = _task(96, 2)
+    x, y = bright_centre_task(96, 2)
     assert float((attacks.predict_labels(model, x, CPU) == y).float().mean()) >= 0.9, "fixture model too weak"
     return x, y
 

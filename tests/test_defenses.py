@@ -2,36 +2,17 @@
 
 import pytest
 import torch
-from torch import nn
 
-from medsec_utils import attacks, defenses, profiles, training
+from _toy import bright_centre_task, tiny_cnn, trained_tiny_cnn
+from medsec_utils import attacks, defenses, profiles
 
 CPU = torch.device("cpu")
 SETTINGS = profiles.resolve_profile("smoke", pgd_steps=10)
 
 
-def _task(n, seed):
-    """A brighter centre means Pathology (as in test_attacks)."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(n, 1, 16, 16, generator=g) * 0.3 + 0.35
-    y = torch.arange(n) % 2
-    contrast = torch.rand(n, generator=g) * 0.2 + 0.1
-    x[:, :, 4:12, 4:12] += (2 * y - 1).view(-1, 1, 1, 1).float() * contrast.view(-1, 1, 1, 1)
-    return x.clamp(0, 1), y
-
-
-def _tiny_cnn():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(),
-                         nn.Linear(128, 2))
-
-
 @pytest.fixture(scope="module")
 def classifier():
-    net = _tiny_cnn()
-    training.train_classifier(net, _task(256, 0), _task(64, 1), epochs=30, batch_size=32, lr=0.01,
-                              weight_decay=0.0, seed=0, device=CPU, progress=False)
-    return net.eval()
+    return trained_tiny_cnn()
 
 
 @pytest.mark.parametrize("front", [defenses.Denoiser(1, width=8), defenses.AutoEncoder(1, width=8)])
@@ -49,12 +30,12 @@ def test_untrained_denoiser_is_the_identity(classifier):
 
 
 def test_adversarial_training_raises_robust_accuracy(classifier):
-    x, y = _task(96, 2)
+    x, y = bright_centre_task(96, 2)
     eps = 8 / 255
     before = attacks.evaluate_attack(classifier, "pgd", x, y, eps=eps, settings=SETTINGS, progress=False)
-    robust = _tiny_cnn()
+    robust = tiny_cnn()
     robust.load_state_dict(classifier.state_dict())
-    history = defenses.adversarially_train(robust, _task(256, 0), _task(64, 1), method="pgd", eps=eps, steps=5,
+    history = defenses.adversarially_train(robust, bright_centre_task(256, 0), bright_centre_task(64, 1), method="pgd", eps=eps, steps=5,
                                            epochs=10, batch_size=32, lr=0.005, weight_decay=0.0, seed=0,
                                            device=CPU, progress=False)
     after = attacks.evaluate_attack(robust.eval(), "pgd", x, y, eps=eps, settings=SETTINGS, progress=False)
@@ -68,11 +49,11 @@ def test_unknown_adversarial_training_method_is_a_clear_error():
 
 
 def test_hgd_helps_gray_box_and_an_adaptive_attack_takes_that_back(classifier):
-    x, y = _task(96, 2)
+    x, y = bright_centre_task(96, 2)
     eps = 16 / 255
     torch.manual_seed(0)
     denoiser = defenses.Denoiser(1, width=8)
-    history = defenses.train_denoiser(denoiser, classifier, _task(512, 0), eps=[8 / 255, 16 / 255], steps=5,
+    history = defenses.train_denoiser(denoiser, classifier, bright_centre_task(512, 0), eps=[8 / 255, 16 / 255], steps=5,
                                       epochs=10, batch_size=32, lr=1e-3, seed=0, device=CPU, progress=False)
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     assert all(p.requires_grad for p in classifier.parameters()), "the classifier is unfrozen afterwards"
@@ -86,11 +67,11 @@ def test_hgd_helps_gray_box_and_an_adaptive_attack_takes_that_back(classifier):
 
 def test_magnet_detector_rejects_the_stated_share_of_clean_images(classifier):
     autoencoder = defenses.AutoEncoder(1, width=8)
-    history = defenses.train_autoencoder(autoencoder, _task(256, 0)[0], epochs=5, batch_size=32, lr=1e-2, seed=0,
+    history = defenses.train_autoencoder(autoencoder, bright_centre_task(256, 0)[0], epochs=5, batch_size=32, lr=1e-2, seed=0,
                                          device=CPU, progress=False)
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     magnet = defenses.MagNet(autoencoder, classifier).eval()
-    clean_val = _task(200, 1)[0]
+    clean_val = bright_centre_task(200, 1)[0]
     magnet.calibrate(clean_val, false_positive_rate=0.1)
     assert float(magnet.rejects(clean_val).float().mean()) == pytest.approx(0.1, abs=0.01)
     noisy = (clean_val + 0.3 * torch.randn_like(clean_val)).clamp(0, 1)
@@ -98,7 +79,7 @@ def test_magnet_detector_rejects_the_stated_share_of_clean_images(classifier):
 
 
 def test_magnet_accuracy_counts_rejections_for_adversarial_and_against_clean_images(classifier):
-    x, y = _task(40, 3)
+    x, y = bright_centre_task(40, 3)
     magnet = defenses.MagNet(defenses.AutoEncoder(1, width=8), classifier).eval()
     magnet.calibrate(x, false_positive_rate=0.5)
     rejected = magnet.rejects(x)
@@ -130,13 +111,13 @@ def test_each_defense_trains_once_then_round_trips_through_the_cache(kind, class
 
 
 def test_detector_aware_attack_evades_the_magnet_detector_more_often(classifier):
-    x, y = _task(96, 2)
+    x, y = bright_centre_task(96, 2)
     torch.manual_seed(0)
     autoencoder = defenses.AutoEncoder(1, width=16)
-    defenses.train_autoencoder(autoencoder, _task(512, 0)[0], epochs=30, batch_size=32, lr=3e-3, seed=0, device=CPU,
+    defenses.train_autoencoder(autoencoder, bright_centre_task(512, 0)[0], epochs=30, batch_size=32, lr=3e-3, seed=0, device=CPU,
                                progress=False)
     magnet = defenses.MagNet(autoencoder, classifier).eval()
-    magnet.calibrate(_task(200, 1)[0], false_positive_rate=0.05)
+    magnet.calibrate(bright_centre_task(200, 1)[0], false_positive_rate=0.05)
     assert defenses.magnet_accuracy(magnet, x, y, adversarial=False)["accuracy"] >= 0.8, "reformer must keep accuracy"
     eps = 16 / 255
     torch.manual_seed(0)
