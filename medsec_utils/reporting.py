@@ -282,6 +282,26 @@ def plot_adversarial_examples(outcomes: dict[str, dict[str, AttackOutcome]]) -> 
     return fig
 
 
+def plot_perturbation_sizes(outcomes: dict[str, dict[str, AttackOutcome]]) -> plt.Figure:
+    """Per data set and attack, the PSNR (dB) of every adversarial image that changed a diagnosis; higher is
+    less visible. The dotted line is the lowest PSNR an L-inf budget of 2/255 allows."""
+    rows = []
+    for name, by_attack in outcomes.items():
+        for attack, outcome in by_attack.items():
+            flipped = outcome.flipped
+            psnr = metrics.perturbation_sizes(outcome.clean[flipped], outcome.adversarial[flipped])["psnr"]
+            rows += [{"dataset": name, "attack": attack, "psnr": value} for value in psnr]
+    frame = pd.DataFrame(rows, columns=["dataset", "attack", "psnr"])
+    grid = sns.catplot(data=frame, x="attack", y="psnr", col="dataset", kind="strip", color="#3182bd", size=2,
+                       alpha=0.5, height=2.8, aspect=1.1, order=list(next(iter(outcomes.values()))))
+    grid.map(plt.axhline, y=20 * np.log10(255 / 2), color="grey", linestyle=":", linewidth=1)
+    grid.set_titles("{col_name}")
+    grid.set(ylabel="PSNR of flipped images (dB)")
+    if any(name.endswith("[PHANTOM]") for name in outcomes):
+        grid.figure.suptitle(PHANTOM_NOTICE, fontsize=8, color="darkred", y=1.02)
+    return grid.figure
+
+
 def plot_error_directions(records: list[dict[str, Any]]) -> plt.Figure:
     """Per attack, the share of correctly diagnosed Pathology images turned Normal (missed disease) and of
     Normal images turned Pathology (false alarm)."""

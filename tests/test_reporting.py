@@ -89,6 +89,8 @@ def test_attack_figures_draw_and_flag_phantoms():
     assert len(curves.axes[0].lines) == 3 and "PHANTOM" in curves._suptitle.get_text()
     directions = reporting.plot_error_directions(records)
     assert "PHANTOM" in directions._suptitle.get_text()
+    sizes = reporting.plot_perturbation_sizes({"ct [PHANTOM]": {"fgsm": _outcome(), "cw": _outcome("cw", None)}})
+    assert "PHANTOM" in sizes._suptitle.get_text() and len(sizes.axes) == 1
     examples = reporting.plot_adversarial_examples({"ct [PHANTOM]": {"fgsm": _outcome(), "cw": _outcome("cw", None)}})
     assert len(examples.axes) == 5 and examples.axes[0].get_title().endswith("Pathology")
     assert examples.axes[1].get_title() == "fgsm\npredicted Normal"  # the example is a flipped Pathology image
