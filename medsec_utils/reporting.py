@@ -285,21 +285,23 @@ def plot_adversarial_examples(outcomes: dict[str, dict[str, AttackOutcome]]) -> 
 def plot_perturbation_sizes(outcomes: dict[str, dict[str, AttackOutcome]]) -> plt.Figure:
     """Per data set and attack, the PSNR (dB) of every adversarial image that changed a diagnosis; higher is
     less visible. The dotted line is the lowest PSNR an L-inf budget of 2/255 allows."""
-    rows = []
-    for name, by_attack in outcomes.items():
-        for attack, outcome in by_attack.items():
+    fig, axes = plt.subplots(1, len(outcomes), figsize=(3.4 * len(outcomes), 2.9), squeeze=False, sharey=True)
+    rng = np.random.default_rng(0)  # horizontal jitter only
+    for ax, (name, by_attack) in zip(axes[0], outcomes.items()):
+        for position, outcome in enumerate(by_attack.values()):
             flipped = outcome.flipped
             psnr = metrics.perturbation_sizes(outcome.clean[flipped], outcome.adversarial[flipped])["psnr"]
-            rows += [{"dataset": name, "attack": attack, "psnr": value} for value in psnr]
-    frame = pd.DataFrame(rows, columns=["dataset", "attack", "psnr"])
-    grid = sns.catplot(data=frame, x="attack", y="psnr", col="dataset", kind="strip", color="#3182bd", size=2,
-                       alpha=0.5, height=2.8, aspect=1.1, order=list(next(iter(outcomes.values()))))
-    grid.map(plt.axhline, y=20 * np.log10(255 / 2), color="grey", linestyle=":", linewidth=1)
-    grid.set_titles("{col_name}")
-    grid.set(ylabel="PSNR of flipped images (dB)")
+            ax.scatter(position + rng.uniform(-0.2, 0.2, len(psnr)), psnr, s=4, alpha=0.5, color="#3182bd")
+            if len(psnr) == 0:
+                ax.text(position, 20 * np.log10(255 / 2), "none\nflipped", ha="center", va="bottom", fontsize=7)
+        ax.axhline(20 * np.log10(255 / 2), color="grey", linestyle=":", linewidth=1)
+        ax.set_xticks(range(len(by_attack)), list(by_attack))
+        ax.set(title=name, xlabel="attack")
+    axes[0][0].set_ylabel("PSNR of flipped images (dB)")
     if any(name.endswith("[PHANTOM]") for name in outcomes):
-        grid.figure.suptitle(PHANTOM_NOTICE, fontsize=8, color="darkred", y=1.02)
-    return grid.figure
+        fig.suptitle(PHANTOM_NOTICE, fontsize=8, color="darkred", y=1.02)
+    fig.tight_layout()
+    return fig
 
 
 def plot_error_directions(records: list[dict[str, Any]]) -> plt.Figure:

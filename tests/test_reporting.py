@@ -91,6 +91,11 @@ def test_attack_figures_draw_and_flag_phantoms():
     assert "PHANTOM" in directions._suptitle.get_text()
     sizes = reporting.plot_perturbation_sizes({"ct [PHANTOM]": {"fgsm": _outcome(), "cw": _outcome("cw", None)}})
     assert "PHANTOM" in sizes._suptitle.get_text() and len(sizes.axes) == 1
+    assert len(sizes.axes[0].collections[0].get_offsets()) == 3  # the three flipped images
+    nothing_flipped = _outcome()
+    nothing_flipped.adv_pred = nothing_flipped.clean_pred.clone()
+    empty = reporting.plot_perturbation_sizes({"ct": {"fgsm": nothing_flipped}})
+    assert "none" in empty.axes[0].texts[0].get_text()  # as on phantoms, where smoke classifiers flip nothing
     examples = reporting.plot_adversarial_examples({"ct [PHANTOM]": {"fgsm": _outcome(), "cw": _outcome("cw", None)}})
     assert len(examples.axes) == 5 and examples.axes[0].get_title().endswith("Pathology")
     assert examples.axes[1].get_title() == "fgsm\npredicted Normal"  # the example is a flipped Pathology image
