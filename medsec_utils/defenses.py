@@ -29,7 +29,7 @@ from torch import nn
 from tqdm import tqdm
 
 from . import cache
-from .attacks import PGD_STEP_FACTOR
+from .attacks import make_attack
 from .data import ImageSet
 from .training import Perturb, Tensors, seed_everything, train_classifier
 
@@ -54,7 +54,7 @@ def adversarial_perturb(method: str, eps: float, steps: int) -> Perturb:
 
     def perturb(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if method == "pgd":
-            attack = torchattacks.PGD(model, eps=eps, alpha=PGD_STEP_FACTOR * eps / steps, steps=steps)
+            attack = make_attack("pgd", model, eps, {"pgd_steps": steps})
         else:
             attack = torchattacks.FFGSM(model, eps=eps, alpha=1.25 * eps)
         return attack(x, y).detach()
@@ -164,8 +164,7 @@ def train_denoiser(denoiser: Denoiser, classifier: nn.Module, train: Tensors, *,
     def batch_loss(index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         clean, labels = x[index].to(device), y[index].to(device)
         budget = eps[int(torch.randint(len(eps), (1,), generator=generator))]
-        adversarial = torchattacks.PGD(classifier, eps=budget, alpha=PGD_STEP_FACTOR * budget / steps,
-                                       steps=steps)(clean, labels)
+        adversarial = make_attack("pgd", classifier, budget, {"pgd_steps": steps})(clean, labels)
         with torch.no_grad():
             target = classifier(clean)
         denoiser.train()
@@ -266,8 +265,7 @@ class DetectorAware(nn.Module):
 def detector_aware_pgd(magnet: MagNet, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps: int,
                        sharpness: float = 1000.0) -> torch.Tensor:
     """Targeted PGD on ``DetectorAware(magnet)`` towards the other diagnosis: adversarial images of ``x``."""
-    attack = torchattacks.PGD(DetectorAware(magnet, sharpness).eval(), eps=eps, alpha=PGD_STEP_FACTOR * eps / steps,
-                              steps=steps, random_start=True)
+    attack = make_attack("pgd", DetectorAware(magnet, sharpness).eval(), eps, {"pgd_steps": steps})
     attack.set_mode_targeted_by_function(lambda images, labels: 1 - labels, quiet=True)
     return attack(x, y).detach()
 
@@ -283,7 +281,7 @@ def defense_for(kind: str, images: ImageSet, classifier: nn.Module, settings: Ma
 
     ``adversarial_training`` returns a fine-tuned copy of the classifier, ``hgd`` a ``Defended`` denoiser +
     classifier, ``magnet`` a calibrated ``MagNet``. The key holds the classifier's weights, the data
-    checksum, the settings the defence uses, the seed and the code of this module and of ``training``.
+    checksum, the settings the defence uses, the seed and the code of this module, ``training`` and ``attacks``.
 
     Returns:
         ``(defended model in eval mode, training history, cache_hit)``.
@@ -295,11 +293,11 @@ def defense_for(kind: str, images: ImageSet, classifier: nn.Module, settings: Ma
         raise ValueError(f"unknown defence {kind!r}; choose from {', '.join(DEFENSES)}")
     parts = {"kind": kind, "classifier": cache.tensor_fingerprint(classifier.state_dict()), "data": images.checksum,
              "seed": seed, "settings": {key: settings[key] for key in SETTING_KEYS[kind]},
-             "code": cache.code_fingerprint("defenses", "training"), "torchattacks": torchattacks.__version__}
-    train = images.tensors("train", settings["max_train_images"], seed)
+             "code": cache.code_fingerprint("defenses", "training", "attacks"), "torchattacks": torchattacks.__version__}
     classifier = classifier.to(device).eval()
 
     def produce(folder: Path) -> None:
+        train = images.tensors("train", settings["max_train_images"], seed)
         defended, history = _train_defense(kind, images, classifier, train, settings, seed, device, progress)
         cache.torch_save_atomic(_defense_state(kind, defended), folder / "defense.pt")
         cache.write_json_atomic(folder / "history.json", history)

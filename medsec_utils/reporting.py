@@ -353,13 +353,13 @@ def compare_with_paper(records: list[dict[str, Any]], paper: pd.DataFrame) -> st
     """Markdown verdict per modality and attack: is the paper's accuracy (``paper``: %, rows modality,
     columns ``clean`` and attack names) inside this run's Wilson 95 % interval, above it or below it?"""
     lines = ["| modality | attack | paper (%) | this run (%) [95 % CI] | verdict |", "| --- | --- | --- | --- | --- |"]
-    phantom = False
+    phantom, shown = False, set()
     for record in records:
         if record["modality"] not in paper.index:
             continue
         phantom |= record["phantom"]
-        rows = [("clean", record["clean_accuracy"], record["clean_accuracy_ci"])] if record is _first_of(
-            records, record["modality"]) else []
+        rows = [] if record["dataset"] in shown else [("clean", record["clean_accuracy"], record["clean_accuracy_ci"])]
+        shown.add(record["dataset"])
         rows.append((record["attack"], record["robust_accuracy"], record["robust_accuracy_ci"]))
         for attack, value, (low, high) in rows:
             if attack not in paper.columns:
@@ -373,10 +373,6 @@ def compare_with_paper(records: list[dict[str, Any]], paper: pd.DataFrame) -> st
         lines.append("\n**These results come from built-in phantoms, not patients: the verdicts only show the "
                      "comparison runs; they say nothing about the paper.**")
     return "\n".join(lines)
-
-
-def _first_of(records: list[dict[str, Any]], modality: str) -> dict[str, Any]:
-    return next(r for r in records if r["modality"] == modality)
 
 
 def budgets_matching_paper(records: list[dict[str, Any]], paper: pd.DataFrame) -> pd.DataFrame:
