@@ -79,6 +79,27 @@ def test_chapter_2_on_real_data_records_every_attack_and_budget(real_run):
 
 
 @pytest.mark.slow
+def test_chapter_3_on_real_data_fills_every_cell_of_both_tables(real_run):
+    record = json.loads((real_run / "03_defenses" / "metrics.json").read_text())
+    parameters = record["provenance"]["parameters"]
+    cells = [r for r in record["results"] if r["attack"] != "detector_aware_pgd"]
+    for modality in ("chest_xray", "ct", "histology"):
+        rows = {(r["threat_model"], r["attack"], r["defense"]): r for r in cells if r["modality"] == modality}
+        assert set(rows) == {(t, a, d) for t in ("gray-box", "adaptive") for a in ["none", *parameters["attacks"]]
+                             for d in ["none", *parameters["defenses"]]}
+        for row in rows.values():
+            assert not row["phantom"] and row["n"] > 0
+            assert 0 <= row["ci_low"] <= row["accuracy"] <= row["ci_high"] <= 1
+        for attack in ["none", *parameters["attacks"]]:  # on the bare classifier both threat models are one attack
+            assert rows["gray-box", attack, "none"]["accuracy"] == rows["adaptive", attack, "none"]["accuracy"]
+        assert 0 <= rows["gray-box", "fgsm", "magnet"]["rejected_adversarial_share"] <= 1
+    assert {r["modality"] for r in record["results"] if r["attack"] == "detector_aware_pgd"} == {
+        "chest_xray", "ct", "histology"}
+    assert {claim["threat model"] for claim in record["claims"]} == {"gray-box", "adaptive"}
+    assert {"defense_training.png", "defense_heatmaps.png"} <= set(record["provenance"]["figures"])
+
+
+@pytest.mark.slow
 def test_book_builds_strictly_from_a_fresh_run_and_flags_changed_code(real_run, tmp_path):
     stale = tmp_path / "stale_run"
     shutil.copytree(real_run, stale)
