@@ -1,0 +1,117 @@
+"""Generators: each trains a step, samples the right shape and range, and is reproducible for a seed."""
+
+import pytest
+import torch
+
+from medsec_utils import generative
+
+CPU = torch.device("cpu")
+SETTINGS = {"latent_dim": 16, "gan_width": 8, "progan_width": 16, "ddpm_width": 8}
+
+
+def _images(n=8, channels=1, size=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, channels, size, size, generator=g)
+
+
+@pytest.mark.parametrize("size", [16, 32])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_dcgan_networks_map_latents_to_images_and_images_to_one_logit(size, channels):
+    generator, discriminator = generative.build_generative("dcgan", channels, size, SETTINGS)
+    fake = generator(torch.randn(4, 16))
+    assert fake.shape == (4, channels, size, size) and fake.abs().max() <= 1
+    assert discriminator(fake).shape == (4,)
+
+
+def test_unsupported_sizes_and_kinds_are_clear_errors():
+    with pytest.raises(ValueError, match="power of two"):
+        generative.DCGANGenerator(1, 48)
+    with pytest.raises(ValueError, match="choose from dcgan, progan, ddpm"):
+        generative.build_generative("vae", 1, 16, SETTINGS)
+
+
+def test_progan_grows_from_4_px_and_fades_each_level_in():
+    generator, discriminator = generative.build_generative("progan", 1, 32, SETTINGS)
+    z = torch.randn(3, 16)
+    for level, size in enumerate([4, 8, 16, 32]):
+        image = generator(z, level)
+        assert image.shape == (3, 1, size, size)
+        assert discriminator(image, level).shape == (3,)
+    # alpha 0 is the previous level upsampled; alpha 1 the new level alone
+    faded_out = generator(z, 2, alpha=0.0)
+    previous = generator(z, 1)
+    torch.testing.assert_close(faded_out, torch.nn.functional.interpolate(previous, scale_factor=2))
+    assert not torch.allclose(generator(z, 2, alpha=1.0), faded_out)
+
+
+def test_progan_layers_keep_their_defining_properties():
+    x = torch.randn(5, 6, 4, 4) * 3
+    assert torch.allclose(generative.PixelNorm()(x).pow(2).mean(1), torch.ones(5, 4, 4), atol=1e-4)
+    with_std = generative.MinibatchStdDev()(x)
+    assert with_std.shape == (5, 7, 4, 4)
+    assert torch.allclose(with_std[:, -1], x.std(0, unbiased=False).mean().expand(5, 4, 4))
+    conv = generative.EqualizedConv2d(6, 4, 3, padding=1)
+    assert abs(float(conv.weight.detach().std()) - 1) < 0.2 and conv.scale == pytest.approx((2 / 54) ** 0.5)
+
+
+@pytest.mark.parametrize("kind", generative.GENERATORS)
+def test_each_generator_trains_and_samples_reproducibly_in_the_image_range(kind):
+    images = _images(8, 1, 16)
+    generator, discriminator = generative.build_generative(kind, 1, 16, SETTINGS)
+    before = [p.detach().clone() for p in generator.parameters()]
+    if kind == "dcgan":
+        history = generative.train_dcgan(generator, discriminator, images, epochs=1, batch_size=4, lr=2e-4, seed=0,
+                                         device=CPU, progress=False)
+        assert {"loss_d", "loss_g", "seconds"} <= set(history[0])
+    elif kind == "progan":
+        history = generative.train_progan(generator, discriminator, images, epochs_per_level=1, batch_size=4, lr=1e-3,
+                                          seed=0, device=CPU, progress=False)
+        assert [h["resolution"] for h in history] == [4, 8, 16]
+        assert history[1]["alpha"] < 1 and history[0]["alpha"] == 1
+    else:
+        history = generative.train_ddpm(generator, images, epochs=2, batch_size=4, lr=1e-3, seed=0, device=CPU,
+                                        progress=False)
+        assert history[0]["loss"] > 0
+    assert any(not torch.equal(a, b) for a, b in zip(before, generator.parameters())), "a step must change weights"
+    first = generative.sample(generator, 5, seed=1, device=CPU, batch_size=3, ddim_steps=3)
+    again = generative.sample(generator, 5, seed=1, device=CPU, batch_size=3, ddim_steps=3)
+    other = generative.sample(generator, 5, seed=2, device=CPU, batch_size=3, ddim_steps=3)
+    assert first.shape == (5, 1, 16, 16) and 0 <= float(first.min()) and float(first.max()) <= 1
+    torch.testing.assert_close(first, again)
+    assert not torch.equal(first, other)
+
+
+@pytest.mark.parametrize("kind", generative.GENERATORS)
+def test_generator_for_trains_one_class_once_then_loads_it_from_the_cache(kind, tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDSEC_CACHE", str(tmp_path))
+    from medsec_utils import data
+
+    images = data.load_dataset("phantom:ct?n=40", size=16, use_cache=False, progress=False)
+    settings = {**SETTINGS, "gan_epochs": 1, "gan_lr": 2e-4, "progan_epochs_per_level": 1, "progan_lr": 1e-3,
+                "ddpm_epochs": 1, "ddpm_lr": 1e-3, "batch_size": 4, "max_train_images": 16}
+    first, history, hit = generative.generator_for(kind, images, 1, settings, seed=0, device=CPU, progress=False)
+    again, _, hit_again = generative.generator_for(kind, images, 1, settings, seed=0, device=CPU, progress=False)
+    other_class, _, hit_other = generative.generator_for(kind, images, 0, settings, seed=0, device=CPU, progress=False)
+    assert (hit, hit_again, hit_other) == (False, True, False) and history
+    torch.testing.assert_close(generative.sample(first, 3, seed=0, device=CPU, ddim_steps=2),
+                               generative.sample(again, 3, seed=0, device=CPU, ddim_steps=2))
+    with pytest.raises(ValueError, match="unknown generative model"):
+        generative.generator_for("vae", images, 1, settings, seed=0, device=CPU)
+
+
+def test_an_interrupted_training_resumes_to_the_same_weights(tmp_path):
+    images = _images(8, 1, 16)
+
+    def train(epochs, checkpoint):
+        torch.manual_seed(0)
+        generator, discriminator = generative.build_generative("dcgan", 1, 16, SETTINGS)
+        history = generative.train_dcgan(generator, discriminator, images, epochs=epochs, batch_size=4, lr=2e-4,
+                                         seed=0, device=CPU, progress=False, checkpoint=checkpoint)
+        return generator, history
+
+    straight, _ = train(2, None)
+    train(1, tmp_path / "checkpoint.pt")  # "interrupted" after the first epoch
+    resumed, history = train(2, tmp_path / "checkpoint.pt")
+    assert [h["epoch"] for h in history] == [1, 2]
+    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b)
