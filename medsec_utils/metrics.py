@@ -1,18 +1,26 @@
-"""Classification metrics with 95 % confidence intervals, and the size of image perturbations.
+"""Classification metrics with 95 % confidence intervals, perturbation sizes, and image-set metrics.
 
 Accuracy gets a Wilson score interval (a binomial proportion); balanced accuracy and AUC get a
 percentile bootstrap that resamples within each class, so every resample keeps both classes.
+Generated images are judged on feature vectors computed once: FID and KID (torchmetrics), precision
+and recall (Kynkaanniemi et al. 2019), and a memorisation audit by nearest training neighbours.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from scipy.stats import norm
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix, roc_auc_score, roc_curve
+from torch import nn
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.kid import KernelInceptionDistance
 
 Z95 = float(norm.ppf(0.975))
 
@@ -92,3 +100,141 @@ def perturbation_sizes(clean: torch.Tensor, adversarial: torch.Tensor) -> dict[s
     ssim = structural_similarity_index_measure(adversarial, clean, data_range=1.0, reduction="none")
     return {"linf": delta.abs().amax(1).numpy(), "l2": delta.norm(dim=1).numpy(), "psnr": psnr.numpy(),
             "ssim": ssim.numpy()}
+
+
+class _Precomputed(nn.Module):
+    """Identity on feature vectors, so torchmetrics' FID and KID run on features computed once."""
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+class ClassifierFeatures(nn.Module):
+    """The pooled features a trained classifier feeds its last layer (timm ``pre_logits``).
+
+    The default feature space of FID, KID, precision/recall and the memorisation audit here: Inception
+    weights cannot be downloaded offline, and an encoder trained on the modality sees what matters in it.
+    """
+
+    def __init__(self, classifier: nn.Module) -> None:
+        super().__init__()
+        self.classifier = classifier
+        self.num_features = int(classifier.backbone.num_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        backbone = self.classifier.backbone
+        features = backbone.forward_features((x - self.classifier.mean) / self.classifier.std)
+        return backbone.forward_head(features, pre_logits=True)
+
+
+INCEPTION_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's release v0.2.0 on GitHub
+
+
+class InceptionFeatures(nn.Module):
+    """Inception-v3 pool features (2048-d), the space of standard FID, from a local weights file.
+
+    Takes images in [0, 1] with 1 or 3 channels (grey is repeated) and feeds torchmetrics'
+    ``NoTrainInceptionV3`` the uint8 RGB it expects. Nothing is downloaded: without the file this raises.
+    """
+
+    num_features = 2048
+
+    def __init__(self, weights_path: str | Path) -> None:
+        super().__init__()
+        path = Path(weights_path)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path}: Inception weights file not found. Download {INCEPTION_WEIGHTS} (torch-fidelity release "
+                "v0.2.0) where you have internet and pass its path, or use ClassifierFeatures (the default)")
+        from torchmetrics.image.fid import NoTrainInceptionV3
+
+        self.inception = NoTrainInceptionV3("inception-v3-compat", [str(self.num_features)], str(path))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rgb = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+        return self.inception((rgb.clamp(0, 1) * 255).round().to(torch.uint8)).reshape(len(x), -1)
+
+
+@torch.no_grad()
+def image_features(encoder: nn.Module, x: torch.Tensor, device: torch.device, batch_size: int = 128) -> torch.Tensor:
+    """``encoder`` features (float64, CPU) of images ``x`` in [0, 1], one row per image."""
+    encoder.eval().to(device)
+    rows = [encoder(x[i:i + batch_size].to(device)).flatten(1).double().cpu() for i in range(0, len(x), batch_size)]
+    return torch.cat(rows) if rows else torch.zeros(0, 0, dtype=torch.float64)
+
+
+def fid_kid(real: torch.Tensor, fake: torch.Tensor, seed: int = 0, subsets: int = 100) -> dict[str, Any]:
+    """FID and KID (mean and std over random subsets) between two sets of feature vectors, by torchmetrics.
+
+    Raises:
+        ValueError: fewer than two vectors in a set.
+    """
+    if min(len(real), len(fake)) < 2:
+        raise ValueError(f"FID needs at least 2 feature vectors per set; got {len(real)} real and {len(fake)} fake")
+    width = real.shape[1]
+    fid = FrechetInceptionDistance(feature=_Precomputed(width))
+    with warnings.catch_warnings():  # "KID keeps all features in a buffer": these are the vectors we pass
+        warnings.simplefilter("ignore", UserWarning)
+        kid = KernelInceptionDistance(feature=_Precomputed(width), subsets=subsets,
+                                      subset_size=min(1000, len(real), len(fake)))
+    for metric in (fid, kid):
+        metric.update(real.double(), real=True)
+        metric.update(fake.double(), real=False)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        kid_mean, kid_std = kid.compute()
+    return {"fid": float(fid.compute()), "kid": float(kid_mean), "kid_std": float(kid_std),
+            "n_real": len(real), "n_fake": len(fake)}
+
+
+def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> dict[str, float]:
+    """Improved precision and recall (Kynkaanniemi et al. 2019) of feature vectors.
+
+    Precision: share of fake vectors inside some real vector's k-NN ball (fidelity). Recall: share of real
+    vectors inside some fake vector's k-NN ball (coverage).
+    """
+    if min(len(real), len(fake)) <= k:
+        raise ValueError(f"precision/recall with k={k} needs more than {k} vectors per set")
+    real, fake = real.double(), fake.double()
+    between = torch.cdist(fake, real)
+    precision = (between <= _knn_radii(real, k)[None]).any(1).double().mean()
+    recall = (between.T <= _knn_radii(fake, k)[None]).any(1).double().mean()
+    return {"precision": float(precision), "recall": float(recall), "k": k}
+
+
+def _knn_radii(x: torch.Tensor, k: int) -> torch.Tensor:
+    return torch.cdist(x, x).kthvalue(k + 1, dim=1).values  # k + 1: each vector is its own nearest neighbour
+
+
+def nearest_neighbours(queries: torch.Tensor, references: torch.Tensor,
+                       chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """Euclidean distance to, and index of, the nearest reference of every query (rows are vectors)."""
+    distances, indices = [], []
+    for start in range(0, len(queries), chunk):
+        nearest = torch.cdist(queries[start:start + chunk].double(), references.double()).min(1)
+        distances.append(nearest.values)
+        indices.append(nearest.indices)
+    return torch.cat(distances), torch.cat(indices)
+
+
+def memorisation_audit(train: torch.Tensor, heldout: torch.Tensor, synthetic: torch.Tensor) -> dict[str, Any]:
+    """Are synthetic images copies of training images? Compare their nearest-training distances with
+    those of held-out real images (patients the generator never saw), in one vector space.
+
+    A synthetic image closer to its nearest training image than *any* held-out image is to the
+    training set is flagged as a near-copy (``near_copy``); ``closer_than_median_share`` is a softer view.
+    Rows are vectors: flatten images for pixel space.
+    """
+    synthetic_distance, nearest = nearest_neighbours(synthetic, train)
+    heldout_distance, _ = nearest_neighbours(heldout, train)
+    threshold = float(heldout_distance.min())
+    near_copy = synthetic_distance < threshold
+    return {"synthetic_distance": synthetic_distance.numpy(), "nearest_train": nearest.numpy(),
+            "heldout_distance": heldout_distance.numpy(), "threshold": threshold, "near_copy": near_copy.numpy(),
+            "near_copy_share": float(near_copy.double().mean()),
+            "closer_than_median_share": float((synthetic_distance < heldout_distance.median()).double().mean()),
+            "n_synthetic": len(synthetic), "n_heldout": len(heldout), "n_train": len(train)}

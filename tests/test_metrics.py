@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from medsec_utils import metrics
 
@@ -41,3 +42,72 @@ def test_bootstrap_interval_narrows_with_more_data():
         return high - low
 
     assert width(2000) < width(100)
+
+
+def _features(n, seed, width=8):
+    return torch.randn(n, width, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def test_fid_of_a_set_against_itself_is_zero_and_grows_with_noise():
+    real = _features(400, 0)
+    assert metrics.fid_kid(real, real)["fid"] == pytest.approx(0, abs=1e-6)
+    fids = [metrics.fid_kid(real, real + noise * _features(400, 1))["fid"] for noise in (0.1, 0.5, 1.0)]
+    kids = [metrics.fid_kid(real, real + noise * _features(400, 1))["kid"] for noise in (0.1, 0.5, 1.0)]
+    assert 0 < fids[0] < fids[1] < fids[2] and kids[0] < kids[1] < kids[2]
+    shifted = metrics.fid_kid(real, real + 1.0)  # a mean shift of 1 in 8 dimensions adds |mu1 - mu2|^2 = 8
+    assert shifted["fid"] == pytest.approx(8.0, rel=1e-3) and shifted["n_fake"] == 400
+    with pytest.raises(ValueError, match="at least 2"):
+        metrics.fid_kid(real[:1], real)
+
+
+def test_precision_and_recall_separate_fidelity_from_coverage():
+    real = _features(300, 0)
+    same = metrics.precision_recall(real, _features(300, 1))  # one distribution: both high (finite-sample < 1)
+    assert same["precision"] > 0.75 and same["recall"] > 0.75 and same["k"] == 3
+    collapsed = real[:5].repeat(60, 1) + 1e-3 * _features(300, 2)  # faithful but covers a few modes
+    result = metrics.precision_recall(real, collapsed)
+    assert result["precision"] == 1.0 and result["recall"] < 0.1
+    far = metrics.precision_recall(real, _features(300, 3) + 10)
+    assert far["precision"] == 0.0 and far["recall"] == 0.0
+
+
+def test_the_memorisation_audit_finds_a_planted_copy_of_a_training_image():
+    train, heldout = _features(200, 0), _features(50, 1)
+    synthetic = 3 * _features(40, 2)  # wider than the real data: none is close to a training image ...
+    synthetic[7] = train[123]  # ... but this one
+    audit = metrics.memorisation_audit(train, heldout, synthetic)
+    assert audit["near_copy"][7] and audit["nearest_train"][7] == 123 and audit["synthetic_distance"][7] == 0
+    assert audit["near_copy_share"] == pytest.approx(1 / 40)
+    assert audit["threshold"] == pytest.approx(float(audit["heldout_distance"].min()))
+
+
+def test_classifier_features_are_what_the_last_layer_of_the_classifier_sees():
+    from medsec_utils.models import build_classifier
+
+    classifier = build_classifier(1, "resnet18").eval()
+    x = torch.rand(3, 1, 32, 32)
+    features = metrics.image_features(metrics.ClassifierFeatures(classifier), x, torch.device("cpu"), batch_size=2)
+    assert features.shape == (3, 512) and features.dtype == torch.float64
+    head = classifier.backbone.get_classifier()
+    torch.testing.assert_close(head(features.float()), classifier(x), rtol=1e-4, atol=1e-4)
+
+
+def test_inception_features_load_a_local_weights_file_and_never_download(tmp_path, monkeypatch):
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    with pytest.raises(FileNotFoundError, match="missing.pth: Inception weights file not found"):
+        metrics.InceptionFeatures(tmp_path / "missing.pth")
+    with monkeypatch.context() as patch:  # a randomly initialised network stands in for the real weights
+        patch.setattr(FeatureExtractorInceptionV3, "load_state_dict", lambda self, state: None)
+        patch.setattr("torch_fidelity.feature_extractor_inceptionv3.load_state_dict_from_url", lambda *a, **k: {})
+        stand_in = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    torch.save(stand_in.state_dict(), tmp_path / "weights.pth")
+    def no_download(*args, **kwargs):
+        raise AssertionError("InceptionFeatures tried to download weights")
+
+    monkeypatch.setattr("torch_fidelity.feature_extractor_inceptionv3.load_state_dict_from_url", no_download)
+    encoder = metrics.InceptionFeatures(tmp_path / "weights.pth")
+    grey = torch.rand(2, 1, 32, 32)
+    features = metrics.image_features(encoder, grey, torch.device("cpu"))
+    assert features.shape == (2, 2048)
+    torch.testing.assert_close(features, metrics.image_features(encoder, grey.expand(-1, 3, -1, -1), torch.device("cpu")))
