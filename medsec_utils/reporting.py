@@ -118,6 +118,12 @@ def data_label(images: ImageSet) -> str:
     return f"{images.name} [PHANTOM]" if images.is_phantom else images.name
 
 
+def dataset_fields(images: ImageSet) -> dict[str, Any]:
+    """The fields that tie a ``metrics.json`` record to its data set."""
+    return {"dataset": images.name, "modality": images.modality, "phantom": images.is_phantom,
+            "data_checksum": images.checksum}
+
+
 def results_table(results: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
     """Records as a table; a column with a ``<column>_ci`` partner shows as ``value [low, high]``."""
     frame = pd.DataFrame(results)
@@ -191,8 +197,7 @@ def _phantom_footer(fig: plt.Figure, sets: list[ImageSet]) -> None:
 def classifier_record(images: ImageSet, report: dict[str, Any], n_train: int,
                       history: list[dict[str, float]]) -> dict[str, Any]:
     """One ``metrics.json`` record of a classifier's test results on ``images`` and its training cost."""
-    return {"dataset": images.name, "modality": images.modality, "phantom": images.is_phantom,
-            "data_checksum": images.checksum, "n_train": n_train, "n_test": report["n"],
+    return {**dataset_fields(images), "n_train": n_train, "n_test": report["n"],
             "epochs": len(history), "train_seconds": round(sum(h["seconds"] for h in history), 1),
             **{f"test_{key}": value for key, value in report.items() if key != "n"}}
 
@@ -213,8 +218,7 @@ def attack_record(images: ImageSet, outcome: AttackOutcome, parameters: dict[str
     n, attacked, flipped = len(outcome.labels), outcome.attacked, outcome.flipped
     sizes = metrics.perturbation_sizes(outcome.clean[flipped], outcome.adversarial[flipped])
     return {
-        "dataset": images.name, "modality": images.modality, "phantom": images.is_phantom,
-        "data_checksum": images.checksum, "attack": outcome.attack, "epsilon": outcome.epsilon,
+        **dataset_fields(images), "attack": outcome.attack, "epsilon": outcome.epsilon,
         "epsilon_255": None if outcome.epsilon is None else round(outcome.epsilon * 255, 3),
         "n": n, "n_attacked": int(attacked.sum()), "n_flipped": int(flipped.sum()),
         "clean_accuracy": outcome.clean_accuracy,
@@ -420,8 +424,7 @@ def defense_record(images: ImageSet, model: torch.nn.Module, defense: str, attac
     else:
         n_correct = int((predict_labels(model, x, device) == y).sum())
     low, high = metrics.wilson_interval(n_correct, len(y))
-    return {"dataset": images.name, "modality": images.modality, "phantom": images.is_phantom,
-            "data_checksum": images.checksum, "attack": attack, "defense": defense, "threat_model": threat_model,
+    return {**dataset_fields(images), "attack": attack, "defense": defense, "threat_model": threat_model,
             "epsilon": epsilon, "epsilon_255": None if epsilon is None else round(epsilon * 255, 3),
             "accuracy": n_correct / len(y), "ci_low": low, "ci_high": high, "n": len(y), "n_correct": n_correct,
             "n_adversarial": int(changed.sum()), "attack_seconds_per_image": attack_seconds_per_image, **rejected}
@@ -555,3 +558,145 @@ def _adversarial_training_above_80(attacked: pd.DataFrame) -> tuple[bool, str] |
     worst = cells.loc[cells["ci_low"].idxmin()]
     return bool((cells["ci_low"] > 0.8).all()), (f"lowest: {worst['attack']} {worst['accuracy']:.3f} "
                                                  f"[{worst['ci_low']:.3f}, {worst['ci_high']:.3f}]")
+
+
+def plot_generator_training(histories: dict[tuple[str, str, int], list[dict[str, Any]]]) -> plt.Figure:
+    """Losses per epoch of each generator (``histories``: ``{(data set, generator, class): history}``)."""
+    frames = [pd.DataFrame(h).assign(dataset=name, generator=kind, cls=CLASS_NAMES[label])
+              for (name, kind, label), h in histories.items()]
+    frame = pd.concat(frames, ignore_index=True)
+    losses = [c for c in ("loss_d", "loss_g", "loss") if c in frame.columns]
+    long = frame.melt(id_vars=["dataset", "generator", "cls", "epoch"], value_vars=losses, var_name="loss").dropna()
+    long["loss"] = long["loss"].map({"loss_d": "discriminator", "loss_g": "generator", "loss": "noise MSE"})
+    grid = sns.relplot(data=long, x="epoch", y="value", hue="dataset", style="loss", col="generator", row="cls",
+                       kind="line", marker="o", facet_kws={"sharey": False, "sharex": False}, height=2.3, aspect=1.2)
+    grid.set_titles("{col_name}, {row_name}")
+    _phantom_notice(grid.figure, long)
+    return grid.figure
+
+
+def plot_sample_grid(real: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                     samples: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]], per_class: int = 4) -> plt.Figure:
+    """The paper's Fig. 3 idea: per data set, a row of real test images, then a row per generator;
+    ``per_class`` Normal then ``per_class`` Pathology images in each row."""
+    rows = []
+    for name, (x, y) in real.items():
+        rows += [(name, "real", x, y)] + [(name, kind, *pair) for (n, kind), pair in samples.items() if n == name]
+    fig, axes = plt.subplots(len(rows), 2 * per_class, figsize=(2 * per_class * 1.1, 1.2 * len(rows)), squeeze=False)
+    for ax_row, (name, kind, x, y) in zip(axes, rows):
+        picks = torch.cat([torch.nonzero(y == label).flatten()[:per_class] for label in (0, 1)])
+        for ax, index in zip(ax_row, picks):
+            _show(ax, x[index], CLASS_NAMES[int(y[index])])
+        for ax in ax_row[len(picks):]:
+            ax.axis("off")
+        ax_row[0].set_ylabel(f"{name}\n{kind}", fontsize=7)
+    if any(name.endswith("[PHANTOM]") for name in real):
+        fig.suptitle(PHANTOM_NOTICE, fontsize=8, color="darkred", y=1.0)
+    fig.tight_layout()
+    return fig
+
+
+def plot_memorisation(audits: dict[tuple[str, str, str], dict[str, Any]]) -> plt.Figure:
+    """Distances to the nearest training image: synthetic images against held-out real ones, per data set,
+    generator and space (``audits``: ``{(data set, generator, space): metrics.memorisation_audit(...)}``).
+    The dashed line is the near-copy threshold: the closest any held-out image comes to the training set."""
+    keys = list(audits)
+    fig, axes = plt.subplots(1, len(keys), figsize=(2.9 * len(keys), 2.5), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        audit = audits[key]
+        both = np.r_[audit["synthetic_distance"], audit["heldout_distance"]]
+        bins = np.linspace(both.min(), both.max(), 30) if both.max() > both.min() else 10
+        ax.hist(audit["heldout_distance"], bins=bins, alpha=0.6, density=True, label="held-out real", color="#7f8c8d")
+        ax.hist(audit["synthetic_distance"], bins=bins, alpha=0.6, density=True, label="synthetic", color="#c0392b")
+        ax.axvline(audit["threshold"], color="black", linestyle="--", linewidth=1)
+        ax.set_title(f"{key[0]}\n{key[1]}, {key[2]}: {audit['near_copy_share']:.1%} near-copies", fontsize=7)
+        ax.set_xlabel("distance to nearest training image", fontsize=7)
+        ax.tick_params(labelsize=6)
+    axes[0][0].legend(fontsize=6)
+    if any(key[0].endswith("[PHANTOM]") for key in keys):
+        fig.suptitle(PHANTOM_NOTICE, fontsize=8, color="darkred", y=1.04)
+    fig.tight_layout()
+    return fig
+
+
+def plot_closest_pairs(pairs: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor, dict[str, Any]]],
+                       n: int = 4) -> plt.Figure:
+    """The ``n`` synthetic images closest to a training image, each beside that training image, closest first
+    (``pairs``: ``{(data set, generator): (synthetic images, training images, their memorisation audit)}``);
+    flagged near-copies are titled in red."""
+    fig, axes = plt.subplots(len(pairs), 2 * n, figsize=(2 * n * 1.1, 1.4 * len(pairs)), squeeze=False)
+    for row, ((name, kind), (synthetic, train, audit)) in zip(axes, pairs.items()):
+        order = np.argsort(audit["synthetic_distance"], kind="stable")[:n]
+        for k in range(n):
+            if k >= len(order):
+                row[2 * k].axis("off")
+                row[2 * k + 1].axis("off")
+                continue
+            index = order[k]
+            _show(row[2 * k], synthetic[index], f"synthetic d={audit['synthetic_distance'][index]:.3g}")
+            _show(row[2 * k + 1], train[audit["nearest_train"][index]], "nearest train")
+            if audit["near_copy"][index]:
+                row[2 * k].title.set_color("red")
+        row[0].set_ylabel(f"{name}\n{kind}", fontsize=7)
+    if any(name.endswith("[PHANTOM]") for name, _ in pairs):
+        fig.suptitle(PHANTOM_NOTICE, fontsize=8, color="darkred", y=1.0)
+    fig.tight_layout()
+    return fig
+
+
+def replacement_table(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """Test accuracy ``[95 % CI]`` per data set, generator and model, for each training set, and the drop
+    (real minus synthetic, in percentage points) the paper reports."""
+    frame = _labelled(pd.DataFrame(records))
+    frame["cell"] = [f"{a:.3f} [{lo:.3f}, {hi:.3f}]" for a, lo, hi in zip(frame["accuracy"], frame["ci_low"],
+                                                                          frame["ci_high"])]
+    index = ["dataset", "generator", "model"]
+    table = frame.pivot(index=index, columns="training_set", values="cell")
+    accuracy = frame.pivot(index=index, columns="training_set", values="accuracy")
+    table = table.reindex(columns=[c for c in ("real", "synthetic", "mixed") if c in table.columns])
+    table["drop real -> synthetic (pp)"] = (100 * (accuracy["real"] - accuracy["synthetic"])).round(1)
+    return table
+
+
+def quality_record(images: ImageSet, generator: str, real: torch.Tensor, fake: torch.Tensor, feature_extractor: str,
+                   seed: int, **extra: Any) -> dict[str, Any]:
+    """One ``metrics.json`` record of image quality: FID, KID, precision and recall of the feature vectors
+    ``fake`` against the held-out ``real`` ones, with the sample counts and the feature space named."""
+    return {**dataset_fields(images), "section": "quality", "generator": generator,
+            **metrics.fid_kid(real, fake, seed=seed), **metrics.precision_recall(real, fake),
+            "n_samples": len(fake), "feature_extractor": feature_extractor, **extra}
+
+
+def plot_quality(records: list[dict[str, Any]]) -> plt.Figure:
+    """FID, precision and recall per generator and data set; "real train (floor)" is two disjoint real sets."""
+    frame = _labelled(pd.DataFrame([r for r in records if r["section"] == "quality"]))
+    long = frame.melt(id_vars=["dataset", "generator"], value_vars=["fid", "precision", "recall"], var_name="metric")
+    grid = sns.catplot(data=long, x="generator", y="value", hue="dataset", col="metric", kind="bar", sharey=False,
+                       height=2.6, aspect=1.2)
+    grid.set_titles("{col_name}")
+    grid.set_xticklabels(rotation=30, fontsize=7)
+    extractors = "; ".join(dict.fromkeys(frame["feature_extractor"]))
+    grid.figure.text(0.01, -0.06, f"features: {extractors}", fontsize=6, wrap=True)
+    _phantom_notice(grid.figure, frame)
+    return grid.figure
+
+
+def replacement_record(images: ImageSet, generator: str, model: str, training_set: str, n_train: int,
+                       y_test: torch.Tensor, p_pathology: np.ndarray) -> dict[str, Any]:
+    """One ``metrics.json`` record of the replacement experiment: test accuracy (Wilson 95 % CI), balanced
+    accuracy and AUC of ``model`` trained on ``training_set``."""
+    report = metrics.binary_report(y_test.numpy(), p_pathology, n_boot=200)
+    low, high = report["accuracy_ci"]
+    return {**dataset_fields(images), "section": "replacement", "generator": generator, "model": model,
+            "training_set": training_set, "n_train": n_train, "n_test": report["n"], "accuracy": report["accuracy"],
+            "ci_low": low, "ci_high": high, "balanced_accuracy": report["balanced_accuracy"], "auc": report["auc"]}
+
+
+def audit_record(images: ImageSet, generator: str, space: str, audit: dict[str, Any]) -> dict[str, Any]:
+    """One ``metrics.json`` record of the memorisation audit (the distances themselves stay out)."""
+    return {**dataset_fields(images), "section": "audit", "generator": generator, "space": space,
+            "near_copy_share": audit["near_copy_share"], "n_near_copies": int(audit["near_copy"].sum()),
+            "closer_than_median_share": audit["closer_than_median_share"], "threshold": audit["threshold"],
+            "median_synthetic_distance": float(np.median(audit["synthetic_distance"])),
+            "median_heldout_distance": float(np.median(audit["heldout_distance"])),
+            **{key: audit[key] for key in ("n_synthetic", "n_heldout", "n_train")}}

@@ -202,3 +202,45 @@ def test_defense_table_heat_maps_and_costs_lay_out_attack_by_defence():
     assert costs.loc[("ct", "hgd"), "training seconds"] == 5.0
     assert costs.loc[("ct", "magnet"), "clean accuracy cost"] == pytest.approx(-0.05)
     assert costs.loc[("ct", "none"), "clean accuracy"] == 0.95
+
+
+def _chapter4_records(images):
+    real = torch.randn(40, 6, dtype=torch.float64)
+    records = [reporting.quality_record(images, kind, real, real + shift, "toy features", 0, seconds_per_image=0.1)
+               for kind, shift in (("real train (floor)", 0.0), ("dcgan", 1.0))]
+    y = torch.arange(20) % 2
+    for training_set, p in (("real", y.numpy() * 0.8 + 0.1), ("synthetic", 1 - (y.numpy() * 0.8 + 0.1))):
+        for model in ("efficientnet_b3", "lbp_random_forest"):
+            records.append(reporting.replacement_record(images, "dcgan", model, training_set, 100, y, p))
+    return records
+
+
+def test_chapter_4_records_carry_the_metrics_json_fields_and_the_drop_is_real_minus_synthetic():
+    images = data.load_dataset("phantom:ct?n=40", size=16, use_cache=False, progress=False)
+    records = _chapter4_records(images)
+    floor, dcgan = records[0], records[1]
+    assert floor["fid"] == pytest.approx(0, abs=1e-6) and dcgan["fid"] == pytest.approx(6.0, rel=1e-3)
+    for key in ("fid", "kid", "precision", "recall", "n_samples", "feature_extractor", "modality", "data_checksum"):
+        assert key in dcgan
+    table = reporting.replacement_table(records[2:])
+    assert list(table.columns) == ["real", "synthetic", "drop real -> synthetic (pp)"]
+    assert (table["drop real -> synthetic (pp)"] == 100.0).all()  # all right on real, all wrong on synthetic
+    assert table.iloc[0]["real"].startswith("1.000 [")
+    texts = " ".join(t.get_text() for t in reporting.plot_quality(records).texts)
+    assert "features: toy features" in texts and reporting.PHANTOM_NOTICE in texts
+    plt.close("all")
+
+
+def test_audit_figures_show_the_closest_pairs_first_and_flag_near_copies_in_red():
+    from medsec_utils import metrics
+
+    train = torch.rand(30, 1, 8, 8)
+    synthetic = torch.rand(6, 1, 8, 8) * 0.1 + 2
+    synthetic[4] = train[9]
+    audit = metrics.memorisation_audit(train.flatten(1), torch.rand(10, 1, 8, 8).flatten(1), synthetic.flatten(1))
+    fig = reporting.plot_closest_pairs({("toy", "dcgan"): (synthetic, train, audit)}, n=2)
+    first = fig.axes[0]
+    assert first.get_title() == "synthetic d=0" and first.title.get_color() == "red"
+    assert fig.axes[2].title.get_color() != "red"
+    assert len(reporting.plot_memorisation({("toy", "dcgan", "pixels"): audit}).axes) == 1
+    plt.close("all")
