@@ -148,32 +148,25 @@ def test_reference_run_used_the_cpu_profile_on_real_data():
 
 
 @pytest.mark.slow
-def test_draft_chapter_4_on_real_ct_records_quality_replacement_and_audit(tmp_path):
-    if not (SHARED / "ct").is_dir():
-        pytest.skip(f"no real data at {SHARED}")
-    import papermill
-
-    out = tmp_path / "04"
-    papermill.execute_notebook(str(ROOT / "notebooks" / "drafts" / "04_synthetic_images.ipynb"), str(tmp_path / "04.ipynb"),
-                               parameters={"dataset": str(SHARED / "ct"), "output_dir": str(out)}, cwd=str(ROOT),
-                               kernel_name="python3", progress_bar=False)
-    record = json.loads((out / "metrics.json").read_text())
+def test_chapter_4_on_real_data_records_quality_replacement_and_audit(real_run):
+    record = json.loads((real_run / "04_synthetic_images" / "metrics.json").read_text())
     by_section = {}
     for row in record["results"]:
-        assert row["modality"] == "ct" and not row["phantom"]
+        assert not row["phantom"]
         by_section.setdefault(row["section"], []).append(row)
-    quality = {r["generator"]: r for r in by_section["quality"]}
-    assert set(quality) == {"real train (floor)", "dcgan", "progan", "ddpm"}
-    for row in quality.values():
-        assert row["fid"] >= 0 and 0 <= row["precision"] <= 1 and 0 <= row["recall"] <= 1
-        assert row["n_samples"] > 0 and "chapter-1 classifier of ct" in row["feature_extractor"]
-    assert {(r["model"], r["training_set"]) for r in by_section["replacement"]} == {
-        (m, t) for m in ("efficientnet_b3", "lbp_random_forest") for t in ("real", "synthetic", "mixed")}
-    assert {(r["generator"], r["space"]) for r in by_section["audit"]} == {
-        (g, s) for g in ("dcgan", "progan", "ddpm") for s in ("features", "pixels")}
+    for name in ("chest_xray", "ct", "histology"):
+        quality = {r["generator"]: r for r in by_section["quality"] if r["dataset"] == name}
+        assert set(quality) == {"real train (floor)", "dcgan", "progan", "ddpm"}, name
+        for row in quality.values():
+            assert row["fid"] >= 0 and 0 <= row["precision"] <= 1 and 0 <= row["recall"] <= 1
+            assert row["n_samples"] > 0 and f"chapter-1 classifier of {name}" in row["feature_extractor"]
+        assert {(r["model"], r["training_set"]) for r in by_section["replacement"] if r["dataset"] == name} == {
+            (m, t) for m in ("efficientnet_b3", "lbp_random_forest") for t in ("real", "synthetic", "mixed")}
+        assert {(r["generator"], r["space"]) for r in by_section["audit"] if r["dataset"] == name} == {
+            (g, s) for g in ("dcgan", "progan", "ddpm") for s in ("features", "pixels")}
+        assert any(r["reader"].startswith("machine") for r in by_section["reader_study"] if r["dataset"] == name)
+        kit = Path(record["reader_kits"]) / name
+        assert len(list((kit / "kit").glob("case_*.png"))) == 20 and (kit / "sealed_key" / "answer_key.csv").is_file()
     assert all(0 <= r["near_copy_share"] <= 1 for r in by_section["audit"])
-    assert any(r["reader"].startswith("machine") for r in by_section["reader_study"])
-    kit = Path(record["reader_kits"]) / "ct"
-    assert len(list((kit / "kit").glob("case_*.png"))) == 20 and (kit / "sealed_key" / "answer_key.csv").is_file()
     assert {"samples.png", "quality.png", "memorisation.png", "closest_pairs.png"} <= set(
         record["provenance"]["figures"])
