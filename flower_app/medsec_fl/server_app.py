@@ -1,0 +1,5 @@
+"""ServerApp: FedAvg of the DC-GAN across the sites (settings: the run config in pyproject.toml)."""
+
+from medsec_utils.federated import server_app
+
+app = server_app()

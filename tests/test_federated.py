@@ -1,0 +1,207 @@
+"""Federated DC-GANs on Flower: FedAvg arithmetic, site splits, the payload guard, and two rounds on
+Flower's simulation engine and on its deployment engine (one SuperLink, two SuperNodes on 127.0.0.1)."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
+
+from medsec_utils import federated
+
+ROOT = Path(__file__).resolve().parents[1]
+CPU = torch.device("cpu")
+TINY = {"dataset": "phantom:chest_xray", "image_size": 32, "rounds": 2}
+
+
+def test_flower_app_run_config_equals_the_library_defaults():
+    pyproject = tomllib.loads((ROOT / "flower_app" / "pyproject.toml").read_text())
+    assert pyproject["tool"]["flwr"]["app"]["config"] == federated.DEFAULTS
+
+
+def test_bad_settings_are_named():
+    with pytest.raises(ValueError, match="unknown federation setting.*epochs"):
+        federated.federation_config({"epochs": 3})
+    with pytest.raises(ValueError, match="networks 'critic'"):
+        federated.federation_config({"networks": "critic"})
+    with pytest.raises(ValueError, match="split 'random'"):
+        federated.federation_config({"split": "random"})
+
+
+def test_fedavg_of_two_known_weight_sets_is_their_sample_weighted_mean():
+    a = {"generator.w": torch.tensor([1.0, 2.0]), "generator.b": torch.tensor([[0.0]])}
+    b = {"generator.w": torch.tensor([5.0, -2.0]), "generator.b": torch.tensor([[4.0]])}
+    replies = [RecordDict({"arrays": ArrayRecord(state), "metrics": MetricRecord({federated.WEIGHT_KEY: n})})
+               for state, n in ((a, 1), (b, 3))]
+    mean = aggregate_arrayrecords(replies, federated.WEIGHT_KEY).to_torch_state_dict()
+    assert torch.allclose(mean["generator.w"], torch.tensor([4.0, -1.0]))
+    assert torch.allclose(mean["generator.b"], torch.tensor([[3.0]]))
+
+
+def test_iid_split_deals_equal_disjoint_halves_and_dirichlet_skews_the_classes():
+    labels = torch.tensor([0] * 60 + [1] * 40)
+    halves = federated.split_sites(labels, "iid", seed=0)
+    assert [len(h) for h in halves] == [50, 50]
+    assert sorted(torch.cat(halves).tolist()) == list(range(100))
+    skewed = federated.split_sites(labels, "dirichlet", seed=0, alpha=0.3)
+    assert sorted(torch.cat(skewed).tolist()) == list(range(100))
+    shares = [labels[s].float().mean().item() for s in skewed]
+    assert abs(shares[0] - shares[1]) > 0.2, shares
+    with pytest.raises(ValueError, match="left a site without images"):
+        federated.split_sites(torch.tensor([0, 1]), "dirichlet", seed=0, alpha=0.01)
+
+
+def test_a_site_that_shares_only_its_generator_keeps_its_discriminator():
+    config = federated.federation_config({**TINY, "networks": "generator", "local_epochs": 1})
+    x = torch.rand(8, 1, 32, 32)
+    generator, discriminator = federated.build_dcgan(config)
+    shared, kept, metrics = federated.train_locally(
+        federated.to_arrays(generator, discriminator, ["generator."]), None, x, config, 1, 0, CPU)
+    assert shared and all(k.startswith("generator.") for k in shared)
+    assert kept and all(k.startswith("discriminator.") for k in kept)
+    assert metrics[federated.WEIGHT_KEY] == 8
+    with pytest.raises(ValueError, match="3-channel images"):
+        federated.train_locally(shared, kept, torch.rand(8, 3, 32, 32), config, 1, 0, CPU)
+
+
+def test_payload_guard_passes_weights_and_refuses_images_lists_and_configs():
+    config = federated.federation_config(TINY)
+    generator, discriminator = federated.build_dcgan(config)
+    weights = federated.to_arrays(generator, discriminator, federated.PREFIXES)
+    federated.check_payload(RecordDict({"arrays": weights, "metrics": MetricRecord({"loss": 0.5})}), config)
+    leaks = {
+        "an image tensor": RecordDict({"arrays": ArrayRecord({"generator.x": torch.rand(4, 1, 32, 32)})}),
+        "a weight of the wrong shape": RecordDict({"arrays": ArrayRecord({"generator.net.0.weight": torch.rand(2)})}),
+        "a list of values": RecordDict({"metrics": MetricRecord({"pixels": [0.1, 0.2]})}),
+        "a config record": RecordDict({"notes": ConfigRecord({"path": "/data/patient_1.png"})}),
+    }
+    for what, content in leaks.items():
+        with pytest.raises(federated.PayloadError):
+            federated.check_payload(content, config)
+            pytest.fail(f"{what} passed the guard")
+
+
+@pytest.fixture(scope="module")
+def simulated(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("simulated")
+    config = {**TINY, "split": "dirichlet", "alpha": 1.0, "store": str(folder / "store")}
+    return config, federated.simulate(config)
+
+
+def test_two_rounds_on_the_simulation_engine_store_every_model_and_its_cost(simulated):
+    config, store = simulated
+    rounds = store.rounds()
+    assert [r["round"] for r in rounds] == [1, 2]
+    generator, discriminator = federated.build_dcgan(federated.federation_config(config))
+    model_bytes = federated.payload_bytes(federated.to_arrays(generator, discriminator, federated.PREFIXES))
+    for row in rounds:
+        assert row["bytes_to_sites"] == row["bytes_from_sites"] == 2 * model_bytes
+        assert row["seconds"] > 0 and set(row["sites"]) == {"0", "1"}
+    assert set(store.models(0)) == {"server"}
+    assert set(store.models(2)) == {"server", "site 0", "site 1"}
+
+
+def test_the_server_model_is_the_sample_weighted_mean_of_what_the_sites_sent(simulated):
+    config, store = simulated
+    sizes = [len(federated.site_data(federated.federation_config(config), site)[0]) for site in (0, 1)]
+    assert sizes[0] != sizes[1]
+    for server_round in (1, 2):
+        models = store.models(server_round)
+        for key, value in models["server"].items():
+            if value.is_floating_point():
+                mean = (sizes[0] * models["site 0"][key].double() + sizes[1] * models["site 1"][key].double()) / sum(sizes)
+                assert torch.allclose(value.double(), mean, atol=1e-5), key
+
+
+def test_flower_rounds_equal_the_same_rounds_in_process(simulated, tmp_path):
+    config, store = simulated
+    config = federated.federation_config({**config, "store": str(tmp_path / "in_process")})
+    sites = [federated.site_data(config, site)[0] for site in (0, 1)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in each simulated site, so the float sums run in the same order
+    try:
+        local = federated.run_in_process(config, sites, CPU)
+    finally:
+        torch.set_num_threads(threads)
+    flower, ours = store.models(2)["server"], local.models(2)["server"]
+    assert flower.keys() == ours.keys()
+    for key in flower:
+        assert torch.allclose(flower[key].double(), ours[key].double(), atol=1e-4), key
+
+
+def test_fid_per_round_covers_the_server_and_both_sites(simulated):
+    config, store = simulated
+    encoder = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(4), torch.nn.Flatten())
+    encoder.num_features = 16
+    real = torch.rand(64, 16, dtype=torch.float64)
+    rows = federated.store_fids(store, config, encoder, real, n=16, device=CPU, progress=False)
+    assert {(r["round"], r["model"]) for r in rows} == {(0, "server")} | {
+        (r, who) for r in (1, 2) for who in ("server", "site 0", "site 1")}
+    assert all(r["fid"] >= 0 for r in rows)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _stop(processes: list[subprocess.Popen]) -> list[psutil.Process]:
+    """Stop every started process and its descendants by PID; return the ones still alive."""
+    tree = []
+    for process in processes:
+        try:
+            parent = psutil.Process(process.pid)
+            tree += [parent, *parent.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            pass
+    for member in tree:
+        try:
+            member.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(tree, timeout=15)
+    for member in alive:
+        member.kill()
+    _, alive = psutil.wait_procs(alive, timeout=5)
+    return alive
+
+
+@pytest.mark.slow
+def test_two_rounds_on_the_deployment_engine_leave_no_process_behind(tmp_path):
+    home, port = tmp_path / "flwr_home", _free_port()
+    home.mkdir()
+    (home / "config.toml").write_text(f'[superlink.medsec-test]\naddress = "127.0.0.1:{port}"\ninsecure = true\n')
+    env = {**os.environ, "FLWR_HOME": str(home), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    bin_dir = Path(sys.executable).parent
+    commands = [[bin_dir / "flower-superlink", "--insecure", "--disable-runtime-dependency-installation",
+                 "--host", "127.0.0.1", "--port", str(port)]]
+    commands += [[bin_dir / "flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{port}",
+                  "--port", str(_free_port()), "--node-config", f"partition-id={site}"] for site in (0, 1)]
+    processes = []
+    try:
+        for command in commands:
+            log = open(tmp_path / f"{Path(command[0]).name}_{len(processes)}.log", "w")
+            processes.append(subprocess.Popen([str(c) for c in command], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                              start_new_session=True))
+            time.sleep(3)
+        store = tmp_path / "store"
+        done = subprocess.run([str(bin_dir / "flwr"), "run", str(ROOT / "flower_app"), "medsec-test", "--stream",
+                               "--run-config", f"store='{store}' image_size=32 rounds=2"],
+                              env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+        rounds = federated.RoundStore(store).rounds()
+        assert [r["round"] for r in rounds] == [1, 2], (done.stdout + done.stderr)[-3000:]
+        assert set(federated.RoundStore(store).models(2)) == {"server", "site 0", "site 1"}
+    finally:
+        alive = _stop(processes)
+    assert not alive, f"processes left behind: {[p.pid for p in alive]}"
