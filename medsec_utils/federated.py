@@ -129,8 +129,8 @@ def _site_data(dataset: str, whole: bool, split: str, alpha: float, profile: str
     if len(specs) not in (1, SITES):
         raise ValueError(f"dataset {dataset!r}: give one spec to split or {SITES} specs joined by '|'")
     own = whole or len(specs) == SITES
-    images = data.load_dataset(specs[site] if own and len(specs) == SITES else specs[0], size=settings.image_size,
-                               seed=seed, phantom_images=settings.phantom_images)
+    images = data.load_dataset(specs[site] if len(specs) == SITES else specs[0], size=settings.image_size, seed=seed,
+                               phantom_images=settings.phantom_images)
     x, y = images.tensors("train", settings.max_train_images, seed)
     if own:
         return x, y
@@ -174,8 +174,9 @@ def train_locally(arrays: ArrayRecord, kept: ArrayRecord | None, x: torch.Tensor
                   device: torch.device) -> tuple[ArrayRecord, ArrayRecord | None, dict[str, float]]:
     """One site's part of a round: ``local_epochs`` DC-GAN epochs from the server's weights.
 
-    ``kept`` holds the networks the site does not share (``networks`` other than both). Returns the
-    shared networks to send, the kept ones, and scalar metrics (the sample count weights FedAvg).
+    ``kept`` holds the networks the site does not share (``networks`` other than both). Adam starts
+    afresh every round: the server sends weights, not optimiser state. Returns the shared networks to
+    send, the kept ones, and scalar metrics (the sample count weights FedAvg).
     """
     settings = _settings(config)
     if x.shape[1] != config["channels"]:
@@ -191,10 +192,10 @@ def train_locally(arrays: ArrayRecord, kept: ArrayRecord | None, x: torch.Tensor
                                      seed=config["seed"] + 1000 * server_round + site, device=device, progress=False)
     shared = _shared(config["networks"])
     private = tuple(p for p in PREFIXES if p not in shared)
-    metrics = {WEIGHT_KEY: len(x), "site": site, "loss_d": history[-1]["loss_d"], "loss_g": history[-1]["loss_g"],
-               "train_seconds": time.perf_counter() - started}
+    scores = {WEIGHT_KEY: len(x), "site": site, "loss_d": history[-1]["loss_d"], "loss_g": history[-1]["loss_g"],
+              "train_seconds": time.perf_counter() - started}
     return (to_arrays(generator, discriminator, shared),
-            to_arrays(generator, discriminator, private) if private else None, metrics)
+            to_arrays(generator, discriminator, private) if private else None, scores)
 
 
 def weights_only(overrides: Mapping[str, Any] | None = None) -> Callable:
@@ -426,7 +427,7 @@ def federation_for(config: Mapping[str, Any], *, verbose: bool = False) -> tuple
 def baseline_for(config: Mapping[str, Any], site: int | None, device: torch.device) -> tuple[RoundStore, bool]:
     """Training without federation for as many epochs: on the pooled data of both sites (``site`` None,
     the centralised baseline) or on one site's data alone (local-only), checkpointed like the rounds."""
-    config = federation_config(config)
+    config = federation_config(config if site is not None else {**config, "split": "iid", "alpha": DEFAULTS["alpha"]})
 
     def produce(folder: Path) -> None:
         parts = [site_data(config, s)[0] for s in range(SITES)]
@@ -442,9 +443,11 @@ def baseline_for(config: Mapping[str, Any], site: int | None, device: torch.devi
 
 
 def store_fids(store: RoundStore, config: Mapping[str, Any], encoder: nn.Module, real_features: torch.Tensor, n: int,
-               device: torch.device, seed: int = 0, progress: bool = True) -> list[dict[str, Any]]:
+               device: torch.device, seed: int = 0, encoder_size: int | None = None, only: str | None = None,
+               progress: bool = True) -> list[dict[str, Any]]:
     """FID and KID of every stored generator (the server's and each site's upload, every round) against
-    ``real_features``, each from ``n`` seeded samples embedded by ``encoder``.
+    ``real_features``, each from ``n`` seeded samples embedded by ``encoder`` (resized to ``encoder_size``);
+    ``only`` keeps one model, e.g. "server".
 
     Rows: ``round``, ``epoch`` (local epochs so far), ``model`` ("server", "site 0", ...), ``fid``, ``kid`` ...
     """
@@ -454,10 +457,11 @@ def store_fids(store: RoundStore, config: Mapping[str, Any], encoder: nn.Module,
     for server_round in tqdm(range(len(store.rounds()) + 1), desc="FID per round", disable=not progress, unit="round"):
         for who, state in store.models(server_round).items():
             weights = {k[len(PREFIXES[0]):]: v for k, v in state.items() if k.startswith(PREFIXES[0])}
-            if not weights:
+            if not weights or (only and who != only):
                 continue
             generator.load_state_dict(weights)
-            fake = metrics.image_features(encoder, generative.sample(generator, n, seed=seed, device=device), device)
+            fake = metrics.image_features(encoder, generative.sample(generator, n, seed=seed, device=device), device,
+                                          size=encoder_size)
             rows.append({"round": server_round, "epoch": server_round * config["local_epochs"], "model": who,
                          **metrics.fid_kid(real_features, fake, seed=seed)})
     return rows

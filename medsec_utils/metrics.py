@@ -18,6 +18,7 @@ import torch
 from scipy.stats import norm
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix, roc_auc_score, roc_curve
 from torch import nn
+from torch.nn import functional as F
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
@@ -160,10 +161,21 @@ class InceptionFeatures(nn.Module):
 
 
 @torch.no_grad()
-def image_features(encoder: nn.Module, x: torch.Tensor, device: torch.device, batch_size: int = 128) -> torch.Tensor:
-    """``encoder`` features (float64, CPU) of images ``x`` in [0, 1], one row per image."""
+def image_features(encoder: nn.Module, x: torch.Tensor, device: torch.device, batch_size: int = 128,
+                   size: int | None = None) -> torch.Tensor:
+    """``encoder`` features (float64, CPU) of images ``x`` in [0, 1], one row per image.
+
+    ``size`` resizes the images first (bilinear), e.g. to the size the encoder was trained at.
+    """
     encoder.eval().to(device)
-    rows = [encoder(x[i:i + batch_size].to(device)).flatten(1).double().cpu() for i in range(0, len(x), batch_size)]
+
+    def batch(i: int) -> torch.Tensor:
+        part = x[i:i + batch_size].to(device)
+        if size is not None and part.shape[-1] != size:
+            part = F.interpolate(part, size=(size, size), mode="bilinear", align_corners=False).clamp(0, 1)
+        return encoder(part).flatten(1).double().cpu()
+
+    rows = [batch(i) for i in range(0, len(x), batch_size)]
     return torch.cat(rows) if rows else torch.zeros(0, 0, dtype=torch.float64)
 
 

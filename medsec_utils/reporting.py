@@ -700,3 +700,99 @@ def audit_record(images: ImageSet, generator: str, space: str, audit: dict[str, 
             "median_synthetic_distance": float(np.median(audit["synthetic_distance"])),
             "median_heldout_distance": float(np.median(audit["heldout_distance"])),
             **{key: audit[key] for key in ("n_synthetic", "n_heldout", "n_train")}}
+
+
+def site_pair_fields(sets: list[ImageSet]) -> dict[str, Any]:
+    """``dataset_fields`` of a federation: one data set split across the sites, or one data set per site."""
+    if len(sets) == 1:
+        return dataset_fields(sets[0])
+    return {"dataset": " | ".join(s.name for s in sets), "modality": " | ".join(s.modality for s in sets),
+            "phantom": any(s.is_phantom for s in sets), "data_checksum": " | ".join(s.checksum for s in sets)}
+
+
+def federated_records(fields: dict[str, Any], config: dict[str, Any], run: str, rows: list[dict[str, Any]],
+                      feature_extractor: str) -> list[dict[str, Any]]:
+    """``metrics.json`` records of one federation (``run`` "FedAvg") or baseline ("centralised", "local only,
+    site 0", ...): FID and KID per round and model, with the federation's settings."""
+    settings = {key: config[key] for key in ("split", "alpha", "image_size", "local_epochs", "networks")}
+    return [{**fields, "section": "federated", "run": run, **settings, **row, "feature_extractor": feature_extractor}
+            for row in rows]
+
+
+def communication_record(fields: dict[str, Any], config: dict[str, Any], rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Bytes and seconds per FedAvg round; the first round also pays for starting the simulated sites."""
+    later = rounds[1:] or rounds
+    return {**fields, "section": "communication", "split": config["split"], "image_size": config["image_size"],
+            "local_epochs": config["local_epochs"], "rounds": len(rounds),
+            "bytes_per_round": float(np.mean([r["bytes_to_sites"] + r["bytes_from_sites"] for r in rounds])),
+            "first_round_seconds": rounds[0]["seconds"], "seconds_per_later_round": float(np.mean([r["seconds"] for r in later]))}
+
+
+def _fid_curves(records: list[dict[str, Any]]) -> pd.DataFrame:
+    frame = _labelled(pd.DataFrame([r for r in records if r["section"] == "federated"]))
+    frame = frame[(frame["run"] == "FedAvg") | (frame["model"] == "server")]
+    frame["curve"] = np.where(frame["run"] == "FedAvg", "FedAvg " + frame["model"], frame["run"])
+    fed, base = frame[frame["run"] == "FedAvg"], frame[frame["run"] != "FedAvg"]
+    splits = fed.groupby(["dataset", "image_size"])["split"].unique()
+    periods = fed.groupby(["dataset", "image_size", "split"])["local_epochs"].unique()
+    panels = [fed]
+    for (name, size, split), rows in base.groupby(["dataset", "image_size", "split"]):
+        for each in (splits.get((name, size), []) if split == "pooled" else [split]):
+            for period in periods.get((name, size, each), []):
+                panels.append(rows.assign(split=each, local_epochs=period))
+    curves = pd.concat(panels, ignore_index=True)
+    curves["sites"] = curves["dataset"] + ", " + curves["split"] + ", " + curves["image_size"].astype(str) + " px"
+    return curves
+
+
+def plot_federated_fid(records: list[dict[str, Any]]) -> plt.Figure:
+    """FID against local epochs: the FedAvg server and each site's model before averaging, beside centralised
+    training on the pooled images and local-only training; one row per data set and split, one column per
+    aggregation period."""
+    curves = _fid_curves(records)
+    grid = sns.relplot(data=curves, x="epoch", y="fid", hue="curve", col="local_epochs", row="sites", kind="line",
+                       marker="o", markersize=3, height=2.1, aspect=1.5, facet_kws={"sharey": "row"})
+    grid.set_titles("{row_name}; aggregate every {col_name} epoch(s)", size=7)
+    grid.set(yscale="log", xlabel="local epochs per site", ylabel="FID")
+    extractors = "; ".join(dict.fromkeys(curves["feature_extractor"]))
+    grid.figure.text(0.01, -0.02, f"features: {extractors}", fontsize=6, wrap=True)
+    _phantom_notice(grid.figure, curves)
+    return grid.figure
+
+
+def federated_summary(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """Per data set, split, size and aggregation period: the last round's FID of the FedAvg server, of
+    centralised and of local-only training, their ratio, and the sites' heterogeneity (FID between their
+    real images)."""
+    curves = _fid_curves(records)
+    last = curves[curves["epoch"] == curves.groupby("sites")["epoch"].transform("max")]
+    keys = ["dataset", "split", "image_size", "local_epochs"]
+    table = last.pivot_table(index=keys, columns="curve", values="fid", aggfunc="mean")
+    local = [c for c in table.columns if c.startswith("local only")]
+    summary = pd.DataFrame({"server_fid": table["FedAvg server"], "centralised_fid": table["centralised"],
+                            "local_only_fid": table[local].mean(axis=1)})
+    summary["server_over_centralised"] = summary["server_fid"] / summary["centralised_fid"]
+    summary["server_over_local_only"] = summary["server_fid"] / summary["local_only_fid"]
+    hetero = _labelled(pd.DataFrame([r for r in records if r["section"] == "heterogeneity"]))
+    hetero = hetero.set_index(["dataset", "split", "image_size"])["site_fid"]
+    summary["site_heterogeneity_fid"] = [hetero.get((d, s, z), np.nan) for d, s, z, _ in summary.index]
+    return summary
+
+
+def plot_heterogeneity(summary: pd.DataFrame) -> plt.Figure:
+    """How different the sites' images are (x) against how far FedAvg stays from centralised training (y)."""
+    from scipy.stats import spearmanr
+
+    frame = summary.reset_index()
+    fig, ax = plt.subplots(figsize=(6.2, 4))
+    sns.scatterplot(data=frame, x="site_heterogeneity_fid", y="server_over_centralised", hue="dataset", style="split",
+                    size="local_epochs", sizes=(30, 120), ax=ax)
+    ax.axhline(1.0, color="grey", linestyle="--", linewidth=0.8)
+    ax.set(xscale="log", yscale="log", xlabel="FID between the two sites' real training images (heterogeneity)",
+           ylabel="final FedAvg server FID / centralised FID")
+    ax.legend(fontsize=6, bbox_to_anchor=(1.02, 1), loc="upper left")
+    if len(frame) >= 3:
+        rho, p = spearmanr(frame["site_heterogeneity_fid"], frame["server_over_centralised"])
+        ax.set_title(f"Spearman rho = {rho:.2f} (p = {p:.2g}, {len(frame)} federations)", fontsize=8)
+    _phantom_notice(fig, frame)
+    return fig
