@@ -244,3 +244,38 @@ def test_audit_figures_show_the_closest_pairs_first_and_flag_near_copies_in_red(
     assert fig.axes[2].title.get_color() != "red"
     assert len(reporting.plot_memorisation({("toy", "dcgan", "pixels"): audit}).axes) == 1
     plt.close("all")
+
+
+def _federated_records():
+    fields = {"dataset": "chest_xray", "modality": "chest_xray", "phantom": False, "data_checksum": "x"}
+    config = {"alpha": 0.5, "image_size": 32, "networks": "both"}
+
+    def curve(run, split, period, fids, model="server"):
+        return reporting.federated_records(fields, {**config, "split": split, "local_epochs": period}, run, [
+            {"round": r, "epoch": r * period, "model": model, "fid": fid} for r, fid in enumerate(fids)], "features")
+
+    records = curve("FedAvg", "iid", 1, [90, 40, 20]) + curve("FedAvg", "iid", 1, [50, 30], model="site 0")[1:]
+    records += curve("centralised", "pooled", 1, [90, 30, 10])
+    records += curve("local only, site 0", "iid", 1, [90, 60, 40]) + curve("local only, site 1", "iid", 1, [90, 70, 20])
+    records.append({**fields, "section": "heterogeneity", "split": "iid", "image_size": 32, "site_fid": 3.0})
+    return records
+
+
+def test_federated_summary_sets_the_last_server_fid_against_both_baselines_and_the_heterogeneity():
+    summary = reporting.federated_summary(_federated_records())
+    row = summary.loc[("chest_xray", "iid", 32, 1)]
+    assert row["server_fid"] == 20 and row["centralised_fid"] == 10 and row["local_only_fid"] == 30
+    assert row["server_over_centralised"] == 2.0 and row["server_over_local_only"] == pytest.approx(2 / 3)
+    assert row["site_heterogeneity_fid"] == 3.0
+
+
+def test_federated_figures_draw_the_pooled_baseline_in_each_split_panel():
+    records = _federated_records()
+    fig = reporting.plot_federated_fid(records)
+    legend = {text.get_text() for text in fig.legends[0].get_texts()}
+    assert {"FedAvg server", "FedAvg site 0", "centralised", "local only, site 0", "local only, site 1"} <= legend
+    assert len(fig.axes) == 1 and len([line for line in fig.axes[0].get_lines() if len(line.get_xdata())]) >= 5
+    plt.close(fig)
+    fig = reporting.plot_heterogeneity(reporting.federated_summary(records))
+    assert fig.axes[0].get_xlabel().startswith("FID between the two sites")
+    plt.close(fig)
