@@ -406,6 +406,14 @@ def _parts(config: Mapping[str, Any], what: str) -> dict[str, Any]:
             "code": cache.code_fingerprint("federated", "generative", "data", "_io"), "flwr": flwr.__version__}
 
 
+def _emptied(folder: Path) -> Path:
+    """``folder`` without the rounds an interrupted run left behind (a run restarts from round 1)."""
+    for stale in folder.glob("round_*/*.pt"):
+        stale.unlink()
+    (folder / "rounds.jsonl").unlink(missing_ok=True)
+    return folder
+
+
 def federation_for(config: Mapping[str, Any], *, verbose: bool = False) -> tuple[RoundStore, bool]:
     """The federation's ``RoundStore`` from the artefact cache, or simulated on Flower now and cached.
 
@@ -415,10 +423,7 @@ def federation_for(config: Mapping[str, Any], *, verbose: bool = False) -> tuple
     config = federation_config(config)
 
     def produce(folder: Path) -> None:
-        for stale in folder.glob("round_*/*.pt"):
-            stale.unlink()
-        (folder / "rounds.jsonl").unlink(missing_ok=True)
-        simulate({**config, "store": str(folder)}, verbose=verbose)
+        simulate({**config, "store": str(_emptied(folder))}, verbose=verbose)
 
     folder, hit = cache.cached("federation", _parts(config, "fedavg"), produce)
     return RoundStore(folder), hit
@@ -432,10 +437,7 @@ def baseline_for(config: Mapping[str, Any], site: int | None, device: torch.devi
     def produce(folder: Path) -> None:
         parts = [site_data(config, s)[0] for s in range(SITES)]
         x = torch.cat(parts) if site is None else parts[site]
-        for stale in folder.glob("round_*/*.pt"):
-            stale.unlink()
-        (folder / "rounds.jsonl").unlink(missing_ok=True)
-        run_in_process({**config, "store": str(folder)}, [x], device)
+        run_in_process({**config, "store": str(_emptied(folder))}, [x], device)
 
     what = "centralised" if site is None else f"local site {site}"
     folder, hit = cache.cached("federation", _parts(config, what), produce)
