@@ -245,12 +245,12 @@ def client_app(config: Mapping[str, Any] | None = None, device: str | None = Non
         site = int(context.node_config.get("partition-id", 0))
         x, _ = site_data(run, site, context.node_config.get("dataset"))
         kept = context.state.array_records.get("kept")
-        shared, kept, metrics = train_locally(msg.content["arrays"], kept, x, run,
-                                              int(msg.content["config"]["server-round"]), site,
-                                              profiles.pick_device(device))
+        shared, kept, scores = train_locally(msg.content["arrays"], kept, x, run,
+                                             int(msg.content["config"]["server-round"]), site,
+                                             profiles.pick_device(device))
         if kept is not None:
             context.state["kept"] = kept
-        return Message(RecordDict({"arrays": shared, "metrics": MetricRecord(metrics)}), reply_to=msg)
+        return Message(RecordDict({"arrays": shared, "metrics": MetricRecord(scores)}), reply_to=msg)
 
     return app
 
@@ -307,14 +307,14 @@ class RecordingFedAvg(FedAvg):
         if failed or len(replies) < SITES:
             raise RuntimeError(f"round {server_round}: {len(replies)} of {SITES} sites replied; errors: {failed}")
         uploads = {int(r.content["metrics"]["site"]): r for r in replies}
-        arrays, metrics = super().aggregate_train(server_round, replies)
+        arrays, aggregated = super().aggregate_train(server_round, replies)
         if self.store is not None:
             for site, reply in sorted(uploads.items()):
                 self.store.save(server_round, f"site_{site}", reply.content["arrays"])
         self._round.update(bytes_from_sites=sum(payload_bytes(r.content["arrays"]) for r in replies),
                            sites={site: {k: float(v) for k, v in r.content["metrics"].items()}
                                   for site, r in uploads.items()})
-        return arrays, metrics
+        return arrays, aggregated
 
     def keep_server_model(self, server_round: int, arrays: ArrayRecord) -> None:
         """``evaluate_fn`` hook: store the aggregate and log the round (Flower calls it after each round)."""
@@ -382,9 +382,9 @@ def run_in_process(config: Mapping[str, Any], sites: list[torch.Tensor], device:
     for server_round in range(1, config["rounds"] + 1):
         started, replies = time.perf_counter(), []
         for site, x in enumerate(sites):
-            shared, kept[site], metrics = train_locally(arrays, kept[site], x, config, server_round, site, device)
+            shared, kept[site], scores = train_locally(arrays, kept[site], x, config, server_round, site, device)
             store.save(server_round, f"site_{site}", shared)
-            replies.append(RecordDict({"arrays": shared, "metrics": MetricRecord(metrics)}))
+            replies.append(RecordDict({"arrays": shared, "metrics": MetricRecord(scores)}))
         arrays = aggregate_arrayrecords(replies, WEIGHT_KEY)
         store.save(server_round, "server", arrays)
         store.log({"round": server_round, "seconds": round(time.perf_counter() - started, 3)})
