@@ -307,6 +307,9 @@ class RecordingFedAvg(FedAvg):
         if failed or len(replies) < SITES:
             raise RuntimeError(f"round {server_round}: {len(replies)} of {SITES} sites replied; errors: {failed}")
         uploads = {int(r.content["metrics"]["site"]): r for r in replies}
+        if len(uploads) < len(replies):
+            raise RuntimeError(f"round {server_round}: two sites reported the same partition-id; start each "
+                               f"SuperNode with its own --node-config \"partition-id=N\"")
         arrays, aggregated = super().aggregate_train(server_round, replies)
         if self.store is not None:
             for site, reply in sorted(uploads.items()):
