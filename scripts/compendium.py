@@ -1,6 +1,7 @@
 """Run the chapter notebooks with papermill and build the Jupyter Book from a run.
 
     python scripts/compendium.py run --profile smoke --out runs/smoke [--dataset SPEC ...] [--chapter 01]
+                                     [--param 'splits=[iid]' ...]
     python scripts/compendium.py book [--run runs/smoke] --out _build/smoke [--strict]
 
 ``run`` executes every notebook of ``notebooks/`` into ``OUT/<chapter>/`` (executed notebook,
@@ -23,8 +24,9 @@ REFERENCE = ROOT / "book" / "reference"
 BOOK_SOURCES = ("_config.yml", "_toc.yml", "book", "medsec_utils/profiles.yaml")
 
 
-def run_chapters(profile: str, out: Path, datasets: list[str], chapters: list[str]) -> None:
-    """Execute the chapter notebooks with papermill, each into ``out/<stem>/``."""
+def run_chapters(profile: str, out: Path, datasets: list[str], chapters: list[str],
+                 extra: dict | None = None) -> None:
+    """Execute the chapter notebooks with papermill, each into ``out/<stem>/``; ``extra`` sets more parameters."""
     import papermill
 
     notebooks = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
@@ -37,6 +39,7 @@ def run_chapters(profile: str, out: Path, datasets: list[str], chapters: list[st
         params = {"profile": profile, "output_dir": _relative(folder)}
         if datasets:
             params["dataset"] = datasets
+        params.update(extra or {})
         print(f"== {notebook.name} -> {_relative(folder)} with {params}", flush=True)
         papermill.execute_notebook(str(notebook), str(folder / notebook.name), parameters=params, cwd=str(ROOT),
                                    kernel_name="python3", progress_bar=False, log_output=False)
@@ -70,6 +73,16 @@ def _swap_in_run(run: Path, reference: Path) -> None:
         shutil.copytree(fresh, chapter)
 
 
+def parse_param(text: str) -> tuple[str, object]:
+    """``name=value`` with a YAML value (``splits=[iid]``, ``periods=[1, 5]``), as papermill's ``-y`` reads it."""
+    import yaml
+
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip().isidentifier():
+        raise argparse.ArgumentTypeError(f"--param {text!r}: write name=value, e.g. --param 'splits=[iid]'")
+    return name.strip(), yaml.safe_load(value)
+
+
 def _relative(path: Path) -> str:
     path = path.resolve()
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
@@ -83,13 +96,15 @@ def main() -> None:
     run.add_argument("--out", type=Path, required=True)
     run.add_argument("--dataset", action="append", default=[], help="DATASET spec (repeat for several)")
     run.add_argument("--chapter", action="append", default=[], help="two-digit chapter number (repeatable)")
+    run.add_argument("--param", action="append", default=[], type=parse_param,
+                     help="name=value: a notebook parameter for every chosen chapter (repeatable)")
     book = commands.add_parser("book", help="build the HTML book")
     book.add_argument("--run", type=Path, help="a run folder whose chapters replace the reference run")
     book.add_argument("--out", type=Path, required=True)
     book.add_argument("--strict", action="store_true", help="warnings are errors")
     args = parser.parse_args()
     if args.command == "run":
-        run_chapters(args.profile, args.out, args.dataset, args.chapter)
+        run_chapters(args.profile, args.out, args.dataset, args.chapter, dict(args.param))
     else:
         build_book(args.run, args.out, args.strict)
 
