@@ -60,6 +60,20 @@ def test_fid_of_a_set_against_itself_is_zero_and_grows_with_noise():
         metrics.fid_kid(real[:1], real)
 
 
+@pytest.mark.parametrize("n_real, n_fake, width", [(40, 60, 128), (300, 500, 16), (20, 400, 64)])
+def test_frechet_distance_equals_torchmetrics_fid(n_real, n_fake, width):
+    """Fewer vectors than features, more, and one set of each: the same value as torchmetrics' FID."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    real = _features(n_real, 2, width)
+    fake = 0.7 * _features(n_fake, 3, width) @ torch.randn(width, width, generator=torch.Generator().manual_seed(4),
+                                                            dtype=torch.float64) / width ** 0.5 + 0.2
+    reference = FrechetInceptionDistance(feature=metrics._Precomputed(width))
+    reference.update(real, real=True)
+    reference.update(fake, real=False)
+    assert metrics.frechet_distance(real, fake) == pytest.approx(float(reference.compute()), rel=1e-6)
+
+
 def test_precision_and_recall_separate_fidelity_from_coverage():
     real = _features(300, 0)
     same = metrics.precision_recall(real, _features(300, 1))  # one distribution: both high (finite-sample < 1)
