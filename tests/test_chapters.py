@@ -170,3 +170,26 @@ def test_chapter_4_on_real_data_records_quality_replacement_and_audit(real_run):
     assert all(0 <= r["near_copy_share"] <= 1 for r in by_section["audit"])
     assert {"samples.png", "quality.png", "memorisation.png", "closest_pairs.png"} <= set(
         record["provenance"]["figures"])
+
+
+@pytest.mark.slow
+def test_chapter_5_on_real_data_records_every_round_baseline_and_site_pair(real_run):
+    record = json.loads((real_run / "05_federated" / "metrics.json").read_text())
+    parameters = record["provenance"]["parameters"]
+    rows = [r for r in record["results"] if not r["phantom"]]
+    assert len(rows) == len(record["results"])
+    fed = [r for r in rows if r["section"] == "federated"]
+    for name in ("chest_xray", "ct", "histology", "chest_xray | ct"):
+        fedavg = [r for r in fed if r["dataset"] == name and r["run"] == "FedAvg"]
+        rounds = {r["round"] for r in fedavg}
+        assert rounds == set(range(max(rounds) + 1)) and max(rounds) >= 1, name
+        assert {r["model"] for r in fedavg if r["round"] >= 1} == {"server", "site 0", "site 1"}, name
+        assert {r["run"] for r in fed if r["dataset"] == name} == {
+            "FedAvg", "centralised", "local only, site 0", "local only, site 1"}, name
+        assert all(r["fid"] >= 0 and "chapter-1 classifier" in r["feature_extractor"] for r in fedavg), name
+        sites = [r for r in rows if r["section"] == "heterogeneity" and r["dataset"] == name]
+        assert sites and all(r["site_fid"] >= 0 and r["n_site_0"] > 0 and r["n_site_1"] > 0 for r in sites), name
+        traffic = [r for r in rows if r["section"] == "communication" and r["dataset"] == name]
+        assert traffic and all(r["bytes_per_round"] > 0 and r["first_round_seconds"] > 0 for r in traffic), name
+    assert {r["local_epochs"] for r in fed if r["run"] == "FedAvg"} == set(parameters["periods"])
+    assert {"fid_curves.png", "heterogeneity.png"} <= set(record["provenance"]["figures"])
