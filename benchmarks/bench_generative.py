@@ -2,9 +2,10 @@
 
     python benchmarks/bench_generative.py [--profile cpu] [--images 64] [--size 64] [--channels 1]
 
-Builds DC-GAN, ProGAN and DDPM at the profile's widths (random images, CPU) and prints milliseconds per
-image for one training epoch (ProGAN: one epoch at each level from 4 px up) and for sampling (DDPM: the
-profile's DDIM steps), then the minutes one class of ``--images`` images would take at the profile's epochs.
+Builds DC-GAN, ProGAN and DDPM at the profile's widths (random images, CPU), trains one epoch of
+``--images`` images (ProGAN: one epoch at each level from 4 px up), and prints seconds per optimiser step,
+milliseconds per sampled image (DDPM: the profile's DDIM steps) and the minutes one class takes at the
+profile's step budget (``gan_steps``, ``progan_steps_per_level``, ``ddpm_steps``).
 """
 
 from __future__ import annotations
@@ -20,16 +21,16 @@ CPU = torch.device("cpu")
 
 
 def _train_one_epoch(kind: str, generator, discriminator, x: torch.Tensor, settings: profiles.Settings) -> int:
-    """One epoch of ``kind`` (ProGAN: one at every level); returns the epochs a run of the profile trains."""
+    """One epoch of ``kind`` (ProGAN: one at every level); returns the steps a class trains in the profile."""
     common = dict(batch_size=settings.batch_size, seed=0, device=CPU, progress=False)
     if kind == "dcgan":
         generative.train_dcgan(generator, discriminator, x, epochs=1, lr=settings.gan_lr, **common)
-        return settings.gan_epochs
+        return settings.gan_steps
     if kind == "progan":
         generative.train_progan(generator, discriminator, x, epochs_per_level=1, lr=settings.progan_lr, **common)
-        return settings.progan_epochs_per_level
+        return settings.progan_steps_per_level * (generator.max_level + 1)
     generative.train_ddpm(generator, x, epochs=1, lr=settings.ddpm_lr, **common)
-    return settings.ddpm_epochs
+    return settings.ddpm_steps
 
 
 def main() -> None:
@@ -42,18 +43,20 @@ def main() -> None:
     settings = profiles.resolve_profile(args.profile)
     torch.manual_seed(0)
     x = torch.rand(args.images, args.channels, args.size, args.size)
+    steps_per_epoch = max(1, args.images // settings.batch_size)
     print(f"profile {args.profile}: {args.images} images at {args.size} px, {args.channels} channel(s), "
           f"batch {settings.batch_size}, {torch.get_num_threads()} threads")
     for kind in generative.GENERATORS:
         generator, discriminator = generative.build_generative(kind, args.channels, args.size, settings)
+        levels = generator.max_level + 1 if kind == "progan" else 1
         started = time.perf_counter()
-        epochs = _train_one_epoch(kind, generator, discriminator, x, settings)
-        train_ms = (time.perf_counter() - started) / args.images * 1000
+        budget = _train_one_epoch(kind, generator, discriminator, x, settings)
+        step_s = (time.perf_counter() - started) / (steps_per_epoch * levels)
         started = time.perf_counter()
         generative.sample(generator, args.images, seed=0, device=CPU, ddim_steps=settings.ddim_steps)
         sample_ms = (time.perf_counter() - started) / args.images * 1000
-        print(f"{kind:<8} train {train_ms:8.1f} ms per image and epoch | sample {sample_ms:8.1f} ms per image | "
-              f"one class of {args.images} images x {epochs} epochs: {train_ms * args.images * epochs / 60000:6.1f} min",
+        print(f"{kind:<8} train {step_s:7.3f} s per step{' (mean over levels)' if levels > 1 else ''} | "
+              f"sample {sample_ms:8.1f} ms per image | one class, {budget} steps: {step_s * budget / 60:6.1f} min",
               flush=True)
 
 

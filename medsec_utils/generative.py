@@ -8,8 +8,9 @@
 - **DDPM** (Ho et al. 2020): diffusers' ``UNet2DModel`` trained to predict the noise of
   ``DDPMScheduler``; sampled with ``DDIMScheduler`` in a few deterministic steps.
 
-Images are in [0, 1] outside this module; the networks see [-1, 1]. Training checkpoints every epoch,
-so an interrupted run resumes where it stopped.
+Images are in [0, 1] outside this module; the networks see [-1, 1]. Training budgets are optimiser steps
+(profile keys ``gan_steps``, ``progan_steps_per_level``, ``ddpm_steps``), rounded up to whole epochs of
+the class's images. Training checkpoints every epoch, so an interrupted run resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -34,9 +35,9 @@ from .data import ImageSet
 GENERATORS = ("dcgan", "progan", "ddpm")
 DDPM_TIMESTEPS = 1000
 SETTING_KEYS = {
-    "dcgan": ("latent_dim", "gan_width", "gan_epochs", "gan_lr", "batch_size", "max_train_images"),
-    "progan": ("latent_dim", "progan_width", "progan_epochs_per_level", "progan_lr", "batch_size", "max_train_images"),
-    "ddpm": ("ddpm_width", "ddpm_epochs", "ddpm_lr", "batch_size", "max_train_images"),
+    "dcgan": ("latent_dim", "gan_width", "gan_steps", "gan_lr", "batch_size", "max_train_images"),
+    "progan": ("latent_dim", "progan_width", "progan_steps_per_level", "progan_lr", "batch_size", "max_train_images"),
+    "ddpm": ("ddpm_width", "ddpm_steps", "ddpm_lr", "batch_size", "max_train_images"),
 }
 GP_WEIGHT, DRIFT = 10.0, 0.001  # WGAN-GP gradient penalty and ProGAN's drift term
 
@@ -222,6 +223,15 @@ def build_generative(kind: str, channels: int, size: int,
     raise ValueError(f"unknown generative model {kind!r}; choose from {', '.join(GENERATORS)}")
 
 
+def epochs_for(steps: int, n: int, batch_size: int) -> int:
+    """Whole epochs over ``n`` images that give at least ``steps`` optimiser steps (at least one).
+
+    Generator budgets are steps, not epochs, so a class of 300 CT slices trains as long as one of 2000
+    radiographs instead of ten times less.
+    """
+    return max(1, math.ceil(steps / max(1, n // batch_size)))
+
+
 def latent(n: int, latent_dim: int, generator: torch.Generator) -> torch.Tensor:
     """Standard normal latent vectors drawn from ``generator`` (CPU), so samples do not depend on the device."""
     return torch.randn(n, latent_dim, generator=generator)
@@ -362,7 +372,7 @@ def _epochs(plan: list[dict[str, Any]], n: int, batch_size: int, seed: int,
                 sums[key] = sums.get(key, 0.0) + value
             bar.update()
         public = {key: value for key, value in plan[epoch].items() if key != "epoch_in_level"}
-        history.append({"epoch": epoch + 1, **public, **{key: total / steps for key, total in sums.items()},
+        history.append({"epoch": epoch + 1, "step": (epoch + 1) * steps, **public, **{key: total / steps for key, total in sums.items()},
                         "seconds": time.perf_counter() - started})
         if checkpoint is not None:
             cache.torch_save_atomic({"state": {name: obj.state_dict() for name, obj in state.items()},
@@ -452,11 +462,15 @@ def _train(kind: str, x: torch.Tensor, images: ImageSet, settings: Mapping[str, 
     generator, discriminator = build_generative(kind, images.channels, images.size, settings)
     common = {"batch_size": settings["batch_size"], "seed": seed, "device": device, "progress": progress,
               "checkpoint": checkpoint}
+
+    def epochs(steps_key: str) -> int:
+        return epochs_for(settings[steps_key], len(x), settings["batch_size"])
+
     if kind == "dcgan":
-        history = train_dcgan(generator, discriminator, x, epochs=settings["gan_epochs"], lr=settings["gan_lr"], **common)
+        history = train_dcgan(generator, discriminator, x, epochs=epochs("gan_steps"), lr=settings["gan_lr"], **common)
     elif kind == "progan":
-        history = train_progan(generator, discriminator, x, epochs_per_level=settings["progan_epochs_per_level"],
+        history = train_progan(generator, discriminator, x, epochs_per_level=epochs("progan_steps_per_level"),
                                lr=settings["progan_lr"], **common)
     else:
-        history = train_ddpm(generator, x, epochs=settings["ddpm_epochs"], lr=settings["ddpm_lr"], **common)
+        history = train_ddpm(generator, x, epochs=epochs("ddpm_steps"), lr=settings["ddpm_lr"], **common)
     return generator, history

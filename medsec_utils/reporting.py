@@ -561,16 +561,17 @@ def _adversarial_training_above_80(attacked: pd.DataFrame) -> tuple[bool, str] |
 
 
 def plot_generator_training(histories: dict[tuple[str, str, int], list[dict[str, Any]]]) -> plt.Figure:
-    """Losses per epoch of each generator (``histories``: ``{(data set, generator, class): history}``)."""
+    """Losses against optimiser steps of each generator (``histories``: ``{(data set, generator, class): history}``)."""
     frames = [pd.DataFrame(h).assign(dataset=name, generator=kind, cls=CLASS_NAMES[label])
               for (name, kind, label), h in histories.items()]
     frame = pd.concat(frames, ignore_index=True)
     losses = [c for c in ("loss_d", "loss_g", "loss") if c in frame.columns]
-    long = frame.melt(id_vars=["dataset", "generator", "cls", "epoch"], value_vars=losses, var_name="loss").dropna()
+    long = frame.melt(id_vars=["dataset", "generator", "cls", "step"], value_vars=losses, var_name="loss").dropna()
     long["loss"] = long["loss"].map({"loss_d": "discriminator", "loss_g": "generator", "loss": "noise MSE"})
-    grid = sns.relplot(data=long, x="epoch", y="value", hue="dataset", style="loss", col="generator", row="cls",
+    grid = sns.relplot(data=long, x="step", y="value", hue="dataset", style="loss", col="generator", row="cls",
                        kind="line", marker="o", facet_kws={"sharey": False, "sharex": False}, height=2.3, aspect=1.2)
     grid.set_titles("{col_name}, {row_name}")
+    grid.set_xlabels("optimiser steps (mean loss of each epoch)")
     _phantom_notice(grid.figure, long)
     return grid.figure
 

@@ -87,9 +87,11 @@ def test_generator_for_trains_one_class_once_then_loads_it_from_the_cache(kind, 
     from medsec_utils import data
 
     images = data.load_dataset("phantom:ct?n=40", size=16, use_cache=False, progress=False)
-    settings = {**SETTINGS, "gan_epochs": 1, "gan_lr": 2e-4, "progan_epochs_per_level": 1, "progan_lr": 1e-3,
-                "ddpm_epochs": 1, "ddpm_lr": 1e-3, "batch_size": 4, "max_train_images": 16}
+    settings = {**SETTINGS, "gan_steps": 3, "gan_lr": 2e-4, "progan_steps_per_level": 1, "progan_lr": 1e-3,
+                "ddpm_steps": 3, "ddpm_lr": 1e-3, "batch_size": 4, "max_train_images": 16}
     first, history, hit = generative.generator_for(kind, images, 1, settings, seed=0, device=CPU, progress=False)
+    if kind != "progan":  # a step budget of 3 is met by whole epochs of this class's images
+        assert history[-1]["step"] >= 3 and (len(history) == 1 or history[-2]["step"] < 3)
     again, _, hit_again = generative.generator_for(kind, images, 1, settings, seed=0, device=CPU, progress=False)
     other_class, _, hit_other = generative.generator_for(kind, images, 0, settings, seed=0, device=CPU, progress=False)
     assert (hit, hit_again, hit_other) == (False, True, False) and history
@@ -97,6 +99,13 @@ def test_generator_for_trains_one_class_once_then_loads_it_from_the_cache(kind, 
                                generative.sample(again, 3, seed=0, device=CPU, ddim_steps=2))
     with pytest.raises(ValueError, match="unknown generative model"):
         generative.generator_for("vae", images, 1, settings, seed=0, device=CPU)
+
+
+def test_step_budgets_round_up_to_whole_epochs_so_small_classes_train_as_long():
+    assert generative.epochs_for(2000, 2000, 32) == 33  # 62 steps per epoch
+    assert generative.epochs_for(2000, 300, 32) == 223  # 9 steps per epoch: the same budget, more epochs
+    assert generative.epochs_for(5, 3, 32) == 5  # fewer images than a batch: one step per epoch
+    assert generative.epochs_for(0, 100, 32) == 1
 
 
 def test_an_interrupted_training_resumes_to_the_same_weights(tmp_path):
