@@ -279,3 +279,39 @@ def test_federated_figures_draw_the_pooled_baseline_in_each_split_panel():
     fig = reporting.plot_heterogeneity(reporting.federated_summary(records))
     assert fig.axes[0].get_xlabel().startswith("FID between the two sites")
     plt.close(fig)
+
+
+def _claims_records(modality, heterogeneity, server, centralised, period=1, size=64):
+    fields = {"dataset": modality, "modality": modality, "phantom": False, "data_checksum": "x"}
+    config = {"alpha": 0.5, "image_size": size, "networks": "both"}
+
+    def curve(run, split, local_epochs, fids):
+        return reporting.federated_records(fields, {**config, "split": split, "local_epochs": local_epochs}, run, [
+            {"round": r, "epoch": r * local_epochs, "model": "server", "fid": fid} for r, fid in enumerate(fids)], "f")
+
+    records = curve("FedAvg", "iid", period, server) + curve("centralised", "pooled", 1, centralised)
+    records += curve("local only, site 0", "iid", 1, centralised) + curve("local only, site 1", "iid", 1, centralised)
+    return records + [{**fields, "section": "heterogeneity", "split": "iid", "image_size": size,
+                       "site_fid": heterogeneity}]
+
+
+def test_federated_claims_judge_each_finding_by_its_stated_rule():
+    smooth = [100, 80, 60, 50, 40, 35, 30]
+    records = (_claims_records("chest_xray", 1.0, [100, 82, 61, 50, 41, 36, 33], smooth)  # ratio 1.1: converges
+               + _claims_records("ct", 2.0, [100, 40, 90, 35, 95, 40, 60], smooth)  # swings: unstable
+               + _claims_records("histology", 3.0, [100, 90, 95, 92, 96, 94, 150], smooth))  # ratio 5: fails
+    claims = reporting.federated_claims(records).set_index("finding")["verdict"]
+    assert claims["chest X-ray: FedAvg converges"] == "reproduced"
+    assert claims["CT: FedAvg is unstable"] == "reproduced"
+    assert claims["histology: FedAvg fails"] == "reproduced"
+    assert claims["every 5 epochs at 128 px: FedAvg fails"] == "not testable here"
+    assert claims["FedAvg does worse the more the sites' images differ"] == "reproduced"
+    swapped = (_claims_records("chest_xray", 3.0, [100, 90, 95, 92, 96, 94, 150], smooth)
+               + _claims_records("ct", 2.0, [100, 82, 61, 50, 41, 36, 33], smooth)
+               + _claims_records("histology", 1.0, [100, 82, 61, 50, 41, 36, 33], smooth)
+               + _claims_records("histology", 1.0, [100, 61, 41, 33], smooth, period=2, size=128))
+    claims = reporting.federated_claims(swapped).set_index("finding")["verdict"]
+    assert claims["chest X-ray: FedAvg converges"] == "not reproduced"
+    assert claims["CT: FedAvg is unstable"] == "not reproduced"
+    assert claims["histology: FedAvg fails"] == "not reproduced"
+    assert claims["FedAvg does worse the more the sites' images differ"] == "reproduced"
