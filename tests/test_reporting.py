@@ -314,4 +314,4 @@ def test_federated_claims_judge_each_finding_by_its_stated_rule():
     assert claims["chest X-ray: FedAvg converges"] == "not reproduced"
     assert claims["CT: FedAvg is unstable"] == "not reproduced"
     assert claims["histology: FedAvg fails"] == "not reproduced"
-    assert claims["FedAvg does worse the more the sites' images differ"] == "reproduced"
+    assert claims["FedAvg does worse the more the sites' images differ"] == "inconclusive (p >= 0.05)"
