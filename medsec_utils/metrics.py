@@ -181,7 +181,8 @@ def image_features(encoder: nn.Module, x: torch.Tensor, device: torch.device, ba
 
 def fid_kid(real: torch.Tensor, fake: torch.Tensor, seed: int = 0, subsets: int = 100) -> dict[str, Any]:
     """FID (:func:`frechet_distance`) and KID (torchmetrics; mean and std over random subsets) between two
-    sets of feature vectors.
+    sets of feature vectors. ``fid_relative`` divides the FID by the sets' total variance (tr S1 + tr S2),
+    so it does not change when the features are scaled: compare it across feature spaces, not the FID.
 
     Raises:
         ValueError: fewer than two vectors in a set.
@@ -198,8 +199,10 @@ def fid_kid(real: torch.Tensor, fake: torch.Tensor, seed: int = 0, subsets: int 
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         kid_mean, kid_std = kid.compute()
-    return {"fid": frechet_distance(real, fake), "kid": float(kid_mean), "kid_std": float(kid_std),
-            "n_real": len(real), "n_fake": len(fake)}
+    fid = frechet_distance(real, fake)
+    spread = float(sum(_covariance_factor(x.double()).square().sum() for x in (real, fake)))
+    return {"fid": fid, "fid_relative": fid / spread if spread > 0 else float("nan"), "kid": float(kid_mean),
+            "kid_std": float(kid_std), "n_real": len(real), "n_fake": len(fake)}
 
 
 def frechet_distance(real: torch.Tensor, fake: torch.Tensor) -> float:

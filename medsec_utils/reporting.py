@@ -762,22 +762,36 @@ def plot_federated_fid(records: list[dict[str, Any]]) -> plt.Figure:
 
 
 def federated_summary(records: list[dict[str, Any]]) -> pd.DataFrame:
-    """Per data set, split, size and aggregation period: the last round's FID of the FedAvg server, of
-    centralised and of local-only training, their ratio, and the sites' heterogeneity (FID between their
-    real images)."""
+    """Per data set, split, size and aggregation period: the FID of the FedAvg server, of centralised and
+    of local-only training over the second half of training (the median, as single rounds of a GAN jump by
+    orders of magnitude), the untrained generator's FID, their ratios, and the sites' heterogeneity: the
+    FID between their real images, raw and relative to the features' spread (comparable across
+    modalities, whose feature spaces differ in scale)."""
     curves = _fid_curves(records)
-    last = curves[curves["epoch"] == curves.groupby("sites")["epoch"].transform("max")]
     keys = ["dataset", "split", "image_size", "local_epochs"]
-    table = last.pivot_table(index=keys, columns="curve", values="fid", aggfunc="mean")
+    end = curves.groupby(keys)["epoch"].transform("max")
+    late = curves[(curves["epoch"] > 0) & (curves["epoch"] >= end / 2)]
+    table = late.pivot_table(index=keys, columns="curve", values="fid", aggfunc="median")
     local = [c for c in table.columns if c.startswith("local only")]
+    start = curves[(curves["epoch"] == 0) & (curves["curve"] == "FedAvg server")].groupby(keys)["fid"].first()
     summary = pd.DataFrame({"server_fid": table["FedAvg server"], "centralised_fid": table["centralised"],
-                            "local_only_fid": table[local].mean(axis=1)})
+                            "local_only_fid": table[local].mean(axis=1), "untrained_fid": start})
     summary["server_over_centralised"] = summary["server_fid"] / summary["centralised_fid"]
     summary["server_over_local_only"] = summary["server_fid"] / summary["local_only_fid"]
+    summary["server_over_untrained"] = summary["server_fid"] / summary["untrained_fid"]
     hetero = _labelled(pd.DataFrame([r for r in records if r["section"] == "heterogeneity"]))
-    hetero = hetero.set_index(["dataset", "split", "image_size"])["site_fid"]
-    summary["site_heterogeneity_fid"] = [hetero.get((d, s, z), np.nan) for d, s, z, _ in summary.index]
+    hetero = hetero.set_index(["dataset", "split", "image_size"])
+    for column, name in (("site_fid", "site_heterogeneity_fid"), ("site_fid_relative", "site_heterogeneity_relative")):
+        values = hetero[column] if column in hetero else pd.Series(dtype=float)
+        summary[name] = [values.get((d, s, z), np.nan) for d, s, z, _ in summary.index]
     return summary
+
+
+def _heterogeneity_axis(frame: pd.DataFrame) -> tuple[str, str]:
+    """The scale-free heterogeneity when the run recorded it, else the raw FID between the sites."""
+    if "site_heterogeneity_relative" in frame and frame["site_heterogeneity_relative"].notna().all():
+        return "site_heterogeneity_relative", "FID between the two sites' real images / their feature spread"
+    return "site_heterogeneity_fid", "FID between the two sites' real training images (heterogeneity)"
 
 
 def plot_heterogeneity(summary: pd.DataFrame) -> plt.Figure:
@@ -785,15 +799,15 @@ def plot_heterogeneity(summary: pd.DataFrame) -> plt.Figure:
     from scipy.stats import spearmanr
 
     frame = summary.reset_index()
+    x, label = _heterogeneity_axis(frame)
     fig, ax = plt.subplots(figsize=(6.2, 4))
-    sns.scatterplot(data=frame, x="site_heterogeneity_fid", y="server_over_centralised", hue="dataset", style="split",
+    sns.scatterplot(data=frame, x=x, y="server_over_centralised", hue="dataset", style="split",
                     size="local_epochs", sizes=(30, 120), ax=ax)
     ax.axhline(1.0, color="grey", linestyle="--", linewidth=0.8)
-    ax.set(xscale="log", yscale="log", xlabel="FID between the two sites' real training images (heterogeneity)",
-           ylabel="final FedAvg server FID / centralised FID")
+    ax.set(xscale="log", yscale="log", xlabel=label, ylabel="FedAvg server FID / centralised FID (second half)")
     ax.legend(fontsize=6, bbox_to_anchor=(1.02, 1), loc="upper left")
     if len(frame) >= 3:
-        rho, p = spearmanr(frame["site_heterogeneity_fid"], frame["server_over_centralised"])
+        rho, p = spearmanr(frame[x], frame["server_over_centralised"])
         ax.set_title(f"Spearman rho = {rho:.2f} (p = {p:.2g}, {len(frame)} federations)", fontsize=8)
     _phantom_notice(fig, frame)
     return fig
@@ -807,18 +821,22 @@ FEDERATED_FINDINGS = (  # the study's findings per modality, and the outcome eac
 
 
 def federated_claims(records: list[dict[str, Any]], converged_within: float = 1.5, failed_beyond: float = 3.0,
-                     unstable_above: float = 1.5) -> pd.DataFrame:
+                     unstable_above: float = 1.5, learned_below: float = 0.5) -> pd.DataFrame:
     """The study's findings on FedAvg, each judged on this run's IID federations (the study's split).
 
-    Per federation: it *converges* when its last server FID is within ``converged_within`` times the
-    centralised FID, *fails* beyond ``failed_beyond`` times, and is *unstable* when its server FID swings
-    ``unstable_above`` times as much as centralised training's over the same epochs (:func:`_swing`; a
-    floor of 0.02 keeps a perfectly smooth baseline from making any wobble unstable). A finding is "reproduced" when it holds for every
-    aggregation period and size of its modality, "not reproduced" when for none, "partly" otherwise.
-    The last row tests the study's explanation across all federations: the more the sites' images differ,
-    the further FedAvg stays from centralised training (Spearman rho > 0 at p < 0.05).
+    Per federation, on the FIDs of :func:`federated_summary` (second half of training): the server has
+    *learned* when its FID is below ``learned_below`` times the untrained generator's; the federation
+    *converges* when it has learned and is within ``converged_within`` times the centralised FID, *fails*
+    when it has not learned or is beyond ``failed_beyond`` times (neither is testable when centralised
+    training did not learn either: the GAN, not FedAvg, failed), and is *unstable* when its server FID
+    swings ``unstable_above`` times as much as centralised training's over the same epochs
+    (:func:`_swing`; a floor of 0.02 keeps a smooth baseline from making any wobble unstable). A finding
+    is "reproduced" when it holds for every aggregation period and size of its modality, "not
+    reproduced" when for none, "partly" otherwise. The last row tests the study's explanation across all
+    federations: the more the sites' images differ (relative FID when recorded), the further FedAvg stays
+    from centralised training (Spearman rho > 0 at p < 0.05).
     """
-    table = _federation_outcomes(records, converged_within, failed_beyond, unstable_above)
+    table = _federation_outcomes(records, converged_within, failed_beyond, unstable_above, learned_below)
     iid = table[table["split"] == "iid"]
     rows = []
     for finding, modality, outcome in FEDERATED_FINDINGS:
@@ -830,8 +848,8 @@ def federated_claims(records: list[dict[str, Any]], converged_within: float = 1.
 
 
 def _federation_outcomes(records: list[dict[str, Any]], converged_within: float, failed_beyond: float,
-                         unstable_above: float) -> pd.DataFrame:
-    """One row per federation: its FID ratios, volatilities and the three outcomes."""
+                         unstable_above: float, learned_below: float) -> pd.DataFrame:
+    """One row per federation: its FID ratios, swings and the three outcomes."""
     curves = _fid_curves(records)
     modality = dict(zip(curves["dataset"], curves["modality"]))
     rows = []
@@ -842,11 +860,16 @@ def _federation_outcomes(records: list[dict[str, Any]], converged_within: float,
         server = server[server.index > 0]  # round 0 is the untrained model every run starts from
         pooled = panel[panel["curve"] == "centralised"].set_index("epoch")["fid"].reindex(server.index)
         swing, pooled_swing = _swing(server), _swing(pooled)
-        ratio = row["server_over_centralised"]
+        ratio, learned = row["server_over_centralised"], bool(row["server_over_untrained"] < learned_below)
+        testable = bool(row["centralised_fid"] < learned_below * row["untrained_fid"])
         rows.append({**keys, "modality": modality[key[0]], "server_over_centralised": ratio,
+                     "server_over_untrained": row["server_over_untrained"],
+                     "centralised_over_untrained": row["centralised_fid"] / row["untrained_fid"],
                      "server_swing": swing, "centralised_swing": pooled_swing,
                      "site_heterogeneity_fid": row["site_heterogeneity_fid"],
-                     "converges": bool(ratio <= converged_within), "fails": bool(ratio >= failed_beyond),
+                     "site_heterogeneity_relative": row["site_heterogeneity_relative"],
+                     "converges": learned and bool(ratio <= converged_within) if testable else None,
+                     "fails": not learned or bool(ratio >= failed_beyond) if testable else None,
                      "unstable": bool(swing >= unstable_above * max(pooled_swing, 0.02))
                      if np.isfinite(swing * pooled_swing) else None})
     return pd.DataFrame(rows)
@@ -865,7 +888,8 @@ def _verdict(finding: str, results: list[tuple[pd.Series, bool | None]]) -> dict
                else "not reproduced" if not any(held) else "partly reproduced")
     evidence = "; ".join(
         f"{r['dataset']} {r['image_size']} px every {r['local_epochs']}: server/centralised "
-        f"{r['server_over_centralised']:.2f}, swing {r['server_swing']:.2f} vs {r['centralised_swing']:.2f}"
+        f"{r['server_over_centralised']:.2f}, server/untrained {r['server_over_untrained']:.2f}, "
+        f"centralised/untrained {r['centralised_over_untrained']:.2f}, swing {r['server_swing']:.2f} vs {r['centralised_swing']:.2f}"
         for r, _ in results)
     return {"finding": finding, "verdict": verdict, "evidence": evidence or "no such federation in this run"}
 
@@ -874,10 +898,11 @@ def _homogeneity_verdict(table: pd.DataFrame) -> dict[str, str]:
     from scipy.stats import spearmanr
 
     finding = "FedAvg does worse the more the sites' images differ"
-    usable = table.dropna(subset=["site_heterogeneity_fid", "server_over_centralised"])
-    if len(usable) < 3 or usable["site_heterogeneity_fid"].nunique() < 2:
+    x, _ = _heterogeneity_axis(table)
+    usable = table.dropna(subset=[x, "server_over_centralised"])
+    if len(usable) < 3 or usable[x].nunique() < 2:
         return {"finding": finding, "verdict": "not testable here", "evidence": f"{len(usable)} federation(s)"}
-    rho, p = spearmanr(usable["site_heterogeneity_fid"], usable["server_over_centralised"])
+    rho, p = spearmanr(usable[x], usable["server_over_centralised"])
     verdict = "not reproduced" if rho <= 0 else "reproduced" if p < 0.05 else "inconclusive (p >= 0.05)"
     return {"finding": finding, "verdict": verdict,
-            "evidence": f"Spearman rho {rho:.2f} (p = {p:.2g}) over {len(usable)} federations"}
+            "evidence": f"Spearman rho {rho:.2f} (p = {p:.2g}) over {len(usable)} federations, heterogeneity as {x}"}

@@ -74,6 +74,13 @@ def test_frechet_distance_equals_torchmetrics_fid(n_real, n_fake, width):
     assert metrics.frechet_distance(real, fake) == pytest.approx(float(reference.compute()), rel=1e-6)
 
 
+def test_relative_fid_does_not_change_when_the_features_are_scaled():
+    real, fake = _features(50, 5, 16), _features(60, 6, 16) + 0.5
+    plain, scaled = metrics.fid_kid(real, fake), metrics.fid_kid(100 * real, 100 * fake)
+    assert scaled["fid"] == pytest.approx(1e4 * plain["fid"], rel=1e-9)
+    assert scaled["fid_relative"] == pytest.approx(plain["fid_relative"], rel=1e-9) and plain["fid_relative"] > 0
+
+
 def test_precision_and_recall_separate_fidelity_from_coverage():
     real = _features(300, 0)
     same = metrics.precision_recall(real, _features(300, 1))  # one distribution: both high (finite-sample < 1)

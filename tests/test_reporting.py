@@ -264,9 +264,11 @@ def _federated_records():
 def test_federated_summary_sets_the_last_server_fid_against_both_baselines_and_the_heterogeneity():
     summary = reporting.federated_summary(_federated_records())
     row = summary.loc[("chest_xray", "iid", 32, 1)]
-    assert row["server_fid"] == 20 and row["centralised_fid"] == 10 and row["local_only_fid"] == 30
-    assert row["server_over_centralised"] == 2.0 and row["server_over_local_only"] == pytest.approx(2 / 3)
-    assert row["site_heterogeneity_fid"] == 3.0
+    # medians over the second half of training (epochs 1 and 2 of 2)
+    assert row["server_fid"] == 30 and row["centralised_fid"] == 20 and row["local_only_fid"] == 47.5
+    assert row["server_over_centralised"] == 1.5 and row["server_over_local_only"] == pytest.approx(30 / 47.5)
+    assert row["untrained_fid"] == 90 and row["server_over_untrained"] == pytest.approx(1 / 3)
+    assert row["site_heterogeneity_fid"] == 3.0 and np.isnan(row["site_heterogeneity_relative"])
 
 
 def test_federated_figures_draw_the_pooled_baseline_in_each_split_panel():
@@ -315,3 +317,11 @@ def test_federated_claims_judge_each_finding_by_its_stated_rule():
     assert claims["CT: FedAvg is unstable"] == "not reproduced"
     assert claims["histology: FedAvg fails"] == "not reproduced"
     assert claims["FedAvg does worse the more the sites' images differ"] == "inconclusive (p >= 0.05)"
+
+
+def test_federated_claims_do_not_blame_fedavg_when_centralised_training_learned_nothing():
+    flat = [100, 99, 98, 99, 97, 98, 99]
+    records = _claims_records("chest_xray", 1.0, [100, 98, 99, 97, 99, 98, 98], flat)
+    claims = reporting.federated_claims(records).set_index("finding")
+    assert claims.loc["chest X-ray: FedAvg converges", "verdict"] == "not testable here"
+    assert "centralised/untrained 0.98" in claims.loc["chest X-ray: FedAvg converges", "evidence"]
