@@ -2,7 +2,8 @@
 
     python benchmarks/bench_generative.py [--profile cpu] [--images 64] [--size 64] [--channels 1]
 
-Builds DC-GAN, ProGAN and DDPM at the profile's widths (random images, CPU), trains one epoch of
+Builds DC-GAN, ProGAN and DDPM at the profile's widths (random images, CPU; the GANs with the profile's
+DiffAugment), trains one epoch of
 ``--images`` images (ProGAN: one epoch at each level from 4 px up), and prints seconds per optimiser step,
 milliseconds per sampled image (DDPM: the profile's DDIM steps) and the minutes one class takes at the
 profile's step budget (``gan_steps``, ``progan_steps_per_level``, ``ddpm_steps``).
@@ -24,10 +25,12 @@ def _train_one_epoch(kind: str, generator, discriminator, x: torch.Tensor, setti
     """One epoch of ``kind`` (ProGAN: one at every level); returns the steps a class trains in the profile."""
     common = dict(batch_size=settings.batch_size, seed=0, device=CPU, progress=False)
     if kind == "dcgan":
-        generative.train_dcgan(generator, discriminator, x, epochs=1, lr=settings.gan_lr, **common)
+        generative.train_dcgan(generator, discriminator, x, epochs=1, lr=settings.gan_lr, augment=settings.gan_augment,
+                               **common)
         return settings.gan_steps
     if kind == "progan":
-        generative.train_progan(generator, discriminator, x, epochs_per_level=1, lr=settings.progan_lr, **common)
+        generative.train_progan(generator, discriminator, x, epochs_per_level=1, lr=settings.progan_lr,
+                                augment=settings.gan_augment, **common)
         return settings.progan_steps_per_level * (generator.max_level + 1)
     generative.train_ddpm(generator, x, epochs=1, lr=settings.ddpm_lr, **common)
     return settings.ddpm_steps

@@ -189,7 +189,8 @@ def train_locally(arrays: ArrayRecord, kept: ArrayRecord | None, x: torch.Tensor
     started = time.perf_counter()
     history = generative.train_dcgan(generator, discriminator, x, epochs=config["local_epochs"],
                                      batch_size=settings.batch_size, lr=settings.gan_lr,
-                                     seed=config["seed"] + 1000 * server_round + site, device=device, progress=False)
+                                     augment=settings.gan_augment, seed=config["seed"] + 1000 * server_round + site,
+                                     device=device, progress=False)
     shared = _shared(config["networks"])
     private = tuple(p for p in PREFIXES if p not in shared)
     scores = {WEIGHT_KEY: len(x), "site": site, "loss_d": history[-1]["loss_d"], "loss_g": history[-1]["loss_g"],

@@ -1,12 +1,16 @@
 """Generative models of medical images: DC-GAN, ProGAN and DDPM, trained one class at a time and cached.
 
 - **DC-GAN** (Radford et al. 2015): transposed-convolution generator, strided-convolution
-  discriminator with batch norm, non-saturating BCE loss.
+  discriminator with batch norm, N(0, 0.02) initial weights, non-saturating BCE loss.
 - **ProGAN** (Karras et al. 2018): grows from 4 px by doubling; each new level fades in during the first
   half of its epochs; equalised learning rate, pixel norm, minibatch standard deviation; WGAN-GP loss
   with the drift term.
 - **DDPM** (Ho et al. 2020): diffusers' ``UNet2DModel`` trained to predict the noise of
   ``DDPMScheduler``; sampled with ``DDIMScheduler`` in a few deterministic steps.
+
+Both GANs can train with **DiffAugment** (Zhao et al. 2020): the same random differentiable transforms on
+every image the discriminator sees, real or generated, so that it cannot memorise a few hundred training
+images (profile key ``gan_augment``; without it the DC-GAN's discriminator wins at once on the CT slices).
 
 Images are in [0, 1] outside this module; the networks see [-1, 1]. Training budgets are optimiser steps
 (profile keys ``gan_steps``, ``progan_steps_per_level``, ``ddpm_steps``), rounded up to whole epochs of
@@ -35,11 +39,13 @@ from .data import ImageSet
 GENERATORS = ("dcgan", "progan", "ddpm")
 DDPM_TIMESTEPS = 1000
 SETTING_KEYS = {
-    "dcgan": ("latent_dim", "gan_width", "gan_steps", "gan_lr", "batch_size", "max_train_images"),
-    "progan": ("latent_dim", "progan_width", "progan_steps_per_level", "progan_lr", "batch_size", "max_train_images"),
+    "dcgan": ("latent_dim", "gan_width", "gan_steps", "gan_lr", "gan_augment", "batch_size", "max_train_images"),
+    "progan": ("latent_dim", "progan_width", "progan_steps_per_level", "progan_lr", "gan_augment", "batch_size",
+               "max_train_images"),
     "ddpm": ("ddpm_width", "ddpm_steps", "ddpm_lr", "batch_size", "max_train_images"),
 }
 GP_WEIGHT, DRIFT = 10.0, 0.001  # WGAN-GP gradient penalty and ProGAN's drift term
+AUGMENTS = ("color", "translation", "cutout")  # DiffAugment's transforms, in the order they apply
 
 
 def to_model_range(x: torch.Tensor) -> torch.Tensor:
@@ -59,6 +65,15 @@ def _levels(size: int) -> int:
     return int(math.log2(size)) - 2
 
 
+def _dcgan_init(module: nn.Module) -> None:
+    """The DC-GAN paper's initialisation: convolution weights N(0, 0.02), batch-norm scales N(1, 0.02)."""
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+        nn.init.normal_(module.weight, 0.0, 0.02)
+    elif isinstance(module, nn.BatchNorm2d):
+        nn.init.normal_(module.weight, 1.0, 0.02)
+        nn.init.zeros_(module.bias)
+
+
 class DCGANGenerator(nn.Module):
     """Latent vector -> image in [-1, 1]: a 4 px seed doubled by transposed convolutions."""
 
@@ -72,6 +87,7 @@ class DCGANGenerator(nn.Module):
             layers += [nn.ConvTranspose2d(wide, narrow, 4, 2, 1, bias=False), nn.BatchNorm2d(narrow), nn.ReLU(True)]
         layers += [nn.ConvTranspose2d(widths[-1], channels, 4, 2, 1, bias=False), nn.Tanh()]
         self.net = nn.Sequential(*layers)
+        self.apply(_dcgan_init)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z.view(len(z), self.latent_dim, 1, 1))
@@ -88,6 +104,7 @@ class DCGANDiscriminator(nn.Module):
             layers += [nn.Conv2d(narrow, wide, 4, 2, 1, bias=False), nn.BatchNorm2d(wide), nn.LeakyReLU(0.2, True)]
         layers += [nn.Conv2d(widths[-1], 1, 4, 1, 0, bias=False)]
         self.net = nn.Sequential(*layers)
+        self.apply(_dcgan_init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x).view(-1)
@@ -223,6 +240,52 @@ def build_generative(kind: str, channels: int, size: int,
     raise ValueError(f"unknown generative model {kind!r}; choose from {', '.join(GENERATORS)}")
 
 
+def diff_augment(x: torch.Tensor, policy: str, rng: torch.Generator) -> torch.Tensor:
+    """DiffAugment (Zhao, Liu, Lin, Zhu & Han, NeurIPS 2020, arXiv:2006.10738) of images in [-1, 1].
+
+    ``policy`` names transforms from ``AUGMENTS``, comma-separated ("" for none): **color** (random
+    brightness, saturation for RGB, contrast), **translation** (up to 1/8 of the side, zero fill) and
+    **cutout** (a zeroed square of half the side). Each image draws its own parameters from ``rng``;
+    every transform is differentiable, so the generator learns through it.
+
+    Raises:
+        ValueError: an unknown transform, named.
+    """
+    names = [name.strip() for name in policy.split(",") if name.strip()]
+    unknown = sorted(set(names) - set(AUGMENTS))
+    if unknown:
+        raise ValueError(f"gan_augment {policy!r}: unknown transform(s) {', '.join(unknown)}; "
+                         f"use a comma-separated subset of {', '.join(AUGMENTS)} or '' for none")
+    n, channels, height, width = x.shape
+
+    def uniform(*shape: int) -> torch.Tensor:
+        return torch.rand(n, *shape, generator=rng).to(x.device)
+
+    if "color" in names:
+        x = x + (uniform(1, 1, 1) - 0.5)
+        if channels > 1:
+            grey = x.mean(1, keepdim=True)
+            x = (x - grey) * (uniform(1, 1, 1) * 2) + grey
+        mean = x.mean((1, 2, 3), keepdim=True)
+        x = (x - mean) * (uniform(1, 1, 1) + 0.5) + mean
+    rows = torch.arange(height, device=x.device).view(1, -1, 1)
+    cols = torch.arange(width, device=x.device).view(1, 1, -1)
+    if "translation" in names:
+        shift_y, shift_x = int(height * 0.125 + 0.5), int(width * 0.125 + 0.5)
+        dy = torch.randint(-shift_y, shift_y + 1, (n, 1, 1), generator=rng).to(x.device)
+        dx = torch.randint(-shift_x, shift_x + 1, (n, 1, 1), generator=rng).to(x.device)
+        padded = F.pad(x, [1, 1, 1, 1]).permute(0, 2, 3, 1)  # a zero border that shifted-in pixels read
+        batch = torch.arange(n, device=x.device).view(-1, 1, 1)
+        x = padded[batch, (rows + dy + 1).clamp(0, height + 1), (cols + dx + 1).clamp(0, width + 1)].permute(0, 3, 1, 2)
+    if "cutout" in names:
+        side_y, side_x = int(height * 0.5 + 0.5), int(width * 0.5 + 0.5)
+        top = torch.randint(0, height + 1 - side_y % 2, (n, 1, 1), generator=rng).to(x.device) - side_y // 2
+        left = torch.randint(0, width + 1 - side_x % 2, (n, 1, 1), generator=rng).to(x.device) - side_x // 2
+        inside = (rows >= top) & (rows < top + side_y) & (cols >= left) & (cols < left + side_x)
+        x = x * (~inside).unsqueeze(1).to(x.dtype)
+    return x
+
+
 def epochs_for(steps: int, n: int, batch_size: int) -> int:
     """Whole epochs over ``n`` images that give at least ``steps`` optimiser steps (at least one).
 
@@ -238,9 +301,10 @@ def latent(n: int, latent_dim: int, generator: torch.Generator) -> torch.Tensor:
 
 
 def train_dcgan(generator: DCGANGenerator, discriminator: DCGANDiscriminator, images: torch.Tensor, *, epochs: int,
-                batch_size: int, lr: float, seed: int, device: torch.device, progress: bool = True,
-                checkpoint: Path | None = None) -> list[dict[str, float]]:
-    """Train a DC-GAN on ``images`` in [0, 1] with Adam (beta1 0.5) and the non-saturating loss."""
+                batch_size: int, lr: float, seed: int, device: torch.device, augment: str = "",
+                progress: bool = True, checkpoint: Path | None = None) -> list[dict[str, float]]:
+    """Train a DC-GAN on ``images`` in [0, 1] with Adam (beta1 0.5) and the non-saturating loss; the
+    discriminator sees every image through :func:`diff_augment` with policy ``augment``."""
     generator.to(device).train()
     discriminator.to(device).train()
     opt_g = torch.optim.Adam(generator.parameters(), lr=lr, betas=(0.5, 0.999))
@@ -250,10 +314,11 @@ def train_dcgan(generator: DCGANGenerator, discriminator: DCGANDiscriminator, im
     def step(index: torch.Tensor, plan: dict[str, Any], fraction: float, rng: torch.Generator) -> dict[str, float]:
         real = to_model_range(images[index].to(device))
         fake = generator(latent(len(real), generator.latent_dim, rng).to(device))
-        real_score, fake_score = discriminator(real), discriminator(fake.detach())
+        real_score = discriminator(diff_augment(real, augment, rng))
+        fake_score = discriminator(diff_augment(fake.detach(), augment, rng))
         loss_d = bce(real_score, torch.ones_like(real_score)) + bce(fake_score, torch.zeros_like(fake_score))
         _update(opt_d, loss_d)
-        fooled = discriminator(fake)
+        fooled = discriminator(diff_augment(fake, augment, rng))
         loss_g = bce(fooled, torch.ones_like(fooled))
         _update(opt_g, loss_g)
         return {"loss_d": loss_d.item(), "loss_g": loss_g.item()}
@@ -265,11 +330,12 @@ def train_dcgan(generator: DCGANGenerator, discriminator: DCGANDiscriminator, im
 
 def train_progan(generator: ProGANGenerator, discriminator: ProGANDiscriminator, images: torch.Tensor, *,
                  epochs_per_level: int, batch_size: int, lr: float, seed: int, device: torch.device,
-                 progress: bool = True, checkpoint: Path | None = None) -> list[dict[str, Any]]:
+                 augment: str = "", progress: bool = True, checkpoint: Path | None = None) -> list[dict[str, Any]]:
     """Grow a ProGAN on ``images`` in [0, 1] from 4 px to their size with WGAN-GP.
 
     Each level trains ``epochs_per_level`` epochs; above 4 px its first half fades the level in (real
-    images are faded the same way). The history's ``alpha`` is the epoch's mean fade-in weight.
+    images are faded the same way). The critic sees every image through :func:`diff_augment` with policy
+    ``augment``. The history's ``alpha`` is the epoch's mean fade-in weight.
     """
     generator.to(device).train()
     discriminator.to(device).train()
@@ -285,12 +351,13 @@ def train_progan(generator: ProGANGenerator, discriminator: ProGANDiscriminator,
         if alpha < 1:
             real = alpha * real + (1 - alpha) * F.interpolate(F.avg_pool2d(real, 2), scale_factor=2)
         fake = generator(latent(len(real), generator.latent_dim, rng).to(device), level, alpha)
+        real, seen_fake = diff_augment(real, augment, rng), diff_augment(fake, augment, rng)
         real_score = discriminator(real, level, alpha)
-        fake_score = discriminator(fake.detach(), level, alpha)
+        fake_score = discriminator(seen_fake.detach(), level, alpha)
         loss_d = (fake_score.mean() - real_score.mean() + DRIFT * real_score.pow(2).mean()
-                  + GP_WEIGHT * _gradient_penalty(discriminator, real, fake.detach(), level, alpha, rng))
+                  + GP_WEIGHT * _gradient_penalty(discriminator, real, seen_fake.detach(), level, alpha, rng))
         _update(opt_d, loss_d)
-        loss_g = -discriminator(fake, level, alpha).mean()
+        loss_g = -discriminator(seen_fake, level, alpha).mean()
         _update(opt_g, loss_g)
         return {"loss_d": loss_d.item(), "loss_g": loss_g.item(), "alpha": alpha}
 
@@ -467,10 +534,11 @@ def _train(kind: str, x: torch.Tensor, images: ImageSet, settings: Mapping[str, 
         return epochs_for(settings[steps_key], len(x), settings["batch_size"])
 
     if kind == "dcgan":
-        history = train_dcgan(generator, discriminator, x, epochs=epochs("gan_steps"), lr=settings["gan_lr"], **common)
+        history = train_dcgan(generator, discriminator, x, epochs=epochs("gan_steps"), lr=settings["gan_lr"],
+                              augment=settings["gan_augment"], **common)
     elif kind == "progan":
         history = train_progan(generator, discriminator, x, epochs_per_level=epochs("progan_steps_per_level"),
-                               lr=settings["progan_lr"], **common)
+                               lr=settings["progan_lr"], augment=settings["gan_augment"], **common)
     else:
         history = train_ddpm(generator, x, epochs=epochs("ddpm_steps"), lr=settings["ddpm_lr"], **common)
     return generator, history

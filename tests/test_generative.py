@@ -23,6 +23,62 @@ def test_dcgan_networks_map_latents_to_images_and_images_to_one_logit(size, chan
     assert discriminator(fake).shape == (4,)
 
 
+def test_dcgan_starts_from_the_papers_initialisation():
+    generator, discriminator = generative.build_generative("dcgan", 1, 64, {**SETTINGS, "gan_width": 32})
+    for net in (generator, discriminator):
+        convs = torch.cat([m.weight.detach().flatten() for m in net.modules()
+                           if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))])
+        scales = torch.cat([m.weight.detach() for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)])
+        assert abs(float(convs.mean())) < 1e-3 and float(convs.std()) == pytest.approx(0.02, rel=0.05)
+        assert float(scales.mean()) == pytest.approx(1.0, abs=0.01) and float(scales.std()) < 0.03
+
+
+def _augment(x, policy, seed=0):
+    return generative.diff_augment(x, policy, torch.Generator().manual_seed(seed))
+
+
+def test_diffaugment_translation_shifts_each_image_by_at_most_an_eighth_and_fills_zeros():
+    x = torch.rand(6, 1, 16, 16) + 0.5  # no zeros of its own
+    moved = _augment(x, "translation")
+    for original, image in zip(x, moved):
+        shifts = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
+                  if torch.equal(image, _shifted(original, dy, dx))]
+        assert len(shifts) == 1, "each image is its original moved by one shift of up to 2 px (1/8 of 16)"
+    torch.testing.assert_close(moved, _augment(x, "translation"))  # the same generator seed, the same shifts
+    assert not torch.equal(moved, _augment(x, "translation", seed=1))
+
+
+def _shifted(image, dy, dx):
+    out = torch.zeros_like(image)
+    h, w = image.shape[-2:]
+    out[:, max(0, -dy):h - max(0, dy), max(0, -dx):w - max(0, dx)] = image[:, max(0, dy):h - max(0, -dy),
+                                                                            max(0, dx):w - max(0, -dx)]
+    return out
+
+
+def test_diffaugment_cutout_zeroes_one_square_of_half_the_side():
+    x = torch.ones(50, 3, 16, 16)
+    cut = _augment(x, "cutout")
+    zeros = (cut == 0).all(1)  # a cut pixel is zero in every channel
+    assert ((cut == 0) == zeros.unsqueeze(1)).all()
+    for mask in zeros:
+        rows, cols = mask.any(1).nonzero().flatten(), mask.any(0).nonzero().flatten()
+        assert 0 < len(rows) <= 8 and 0 < len(cols) <= 8 and mask.sum() == len(rows) * len(cols)
+    assert (zeros.sum((1, 2)) == 64).any(), "a square inside the image has 8 x 8 pixels"
+
+
+def test_diffaugment_is_differentiable_and_off_when_the_policy_is_empty():
+    x = torch.rand(4, 3, 16, 16, requires_grad=True)
+    assert _augment(x, "") is x
+    out = _augment(x, "color,translation,cutout")
+    out.sum().backward()
+    assert out.shape == x.shape and x.grad is not None and x.grad.abs().sum() > 0
+    brighter = _augment(torch.zeros(200, 1, 4, 4), "color")  # brightness +-0.5; contrast keeps a flat image flat
+    assert brighter.abs().max() <= 0.5 and brighter.std() > 0.2 and (brighter.std((1, 2, 3)) < 1e-6).all()
+    with pytest.raises(ValueError, match="unknown transform.*flip"):
+        _augment(x, "color,flip")
+
+
 def test_unsupported_sizes_and_kinds_are_clear_errors():
     with pytest.raises(ValueError, match="power of two"):
         generative.DCGANGenerator(1, 48)
@@ -61,11 +117,11 @@ def test_each_generator_trains_and_samples_reproducibly_in_the_image_range(kind)
     before = [p.detach().clone() for p in generator.parameters()]
     if kind == "dcgan":
         history = generative.train_dcgan(generator, discriminator, images, epochs=1, batch_size=4, lr=2e-4, seed=0,
-                                         device=CPU, progress=False)
+                                         device=CPU, augment="color,translation,cutout", progress=False)
         assert {"loss_d", "loss_g", "seconds"} <= set(history[0])
     elif kind == "progan":
         history = generative.train_progan(generator, discriminator, images, epochs_per_level=1, batch_size=4, lr=1e-3,
-                                          seed=0, device=CPU, progress=False)
+                                          seed=0, device=CPU, augment="color,translation,cutout", progress=False)
         assert [h["resolution"] for h in history] == [4, 8, 16]
         assert history[1]["alpha"] < 1 and history[0]["alpha"] == 1
     else:
@@ -87,7 +143,8 @@ def test_generator_for_trains_one_class_once_then_loads_it_from_the_cache(kind, 
     from medsec_utils import data
 
     images = data.load_dataset("phantom:ct?n=40", size=16, use_cache=False, progress=False)
-    settings = {**SETTINGS, "gan_steps": 3, "gan_lr": 2e-4, "progan_steps_per_level": 1, "progan_lr": 1e-3,
+    settings = {**SETTINGS, "gan_steps": 3, "gan_lr": 2e-4, "gan_augment": "color,translation,cutout",
+                "progan_steps_per_level": 1, "progan_lr": 1e-3,
                 "ddpm_steps": 3, "ddpm_lr": 1e-3, "batch_size": 4, "max_train_images": 16}
     first, history, hit = generative.generator_for(kind, images, 1, settings, seed=0, device=CPU, progress=False)
     if kind != "progan":  # a step budget of 3 is met by whole epochs of this class's images
