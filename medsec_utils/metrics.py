@@ -4,24 +4,29 @@ Accuracy gets a Wilson score interval (a binomial proportion); balanced accuracy
 percentile bootstrap that resamples within each class, so every resample keeps both classes.
 Generated images are judged on feature vectors computed once: FID (exact, by a small SVD), KID
 (torchmetrics), precision and recall (Kynkaanniemi et al. 2019), and a memorisation audit by nearest
-training neighbours.
+training neighbours. The default feature space is a seeded random-init VGG-16 (:class:`RandomVGGFeatures`):
+it needs no download, and unlike a trained Normal/Pathology classifier's features its FID grows steadily
+with noise and blur (:func:`degradation_fids` checks this on every run).
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torchvision
 from scipy.stats import norm
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix, roc_auc_score, roc_curve
 from torch import nn
 from torch.nn import functional as F
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 from torchmetrics.image.kid import KernelInceptionDistance
+
+from .models import IMAGENET_MEAN, IMAGENET_STD
 
 Z95 = float(norm.ppf(0.975))
 
@@ -114,11 +119,41 @@ class _Precomputed(nn.Module):
         return x
 
 
+FEATURE_SPACES = ("random_vgg16", "classifier", "inception")
+
+
+class RandomVGGFeatures(nn.Module):
+    """fc2 activations (4096-d) of a VGG-16 with seeded random weights: the default feature space here.
+
+    Naeem, Oh, Uh, Choi & Yoo (*Reliable fidelity and diversity metrics for generative models*, ICML 2020,
+    arXiv:2002.09797) proposed randomly initialised VGG-16 embeddings for data unlike ImageNet. They need
+    no weights file, and the same seed gives the same network everywhere. Grey images are repeated to RGB
+    and normalised with ImageNet statistics.
+    """
+
+    num_features = 4096
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        self.seed = seed
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            vgg = torchvision.models.vgg16(weights=None)
+        self.features, self.pool, self.head = vgg.features, vgg.avgpool, vgg.classifier[:5]
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rgb = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+        return self.head(self.pool(self.features((rgb - self.mean) / self.std)).flatten(1))
+
+
 class ClassifierFeatures(nn.Module):
     """The pooled features a trained classifier feeds its last layer (timm ``pre_logits``).
 
-    The default feature space of FID, KID, precision/recall and the memorisation audit here: Inception
-    weights cannot be downloaded offline, and an encoder trained on the modality sees what matters in it.
+    Not the default: a Normal/Pathology classifier's features are made to separate two classes, not to
+    measure image quality, and its FID can rank pure noise above a working generator (the chapter-4 page
+    shows this in its feature-space check).
     """
 
     def __init__(self, classifier: nn.Module) -> None:
@@ -150,7 +185,7 @@ class InceptionFeatures(nn.Module):
         if not path.is_file():
             raise FileNotFoundError(
                 f"{path}: Inception weights file not found. Download {INCEPTION_WEIGHTS} (torch-fidelity release "
-                "v0.2.0) where you have internet and pass its path, or use ClassifierFeatures (the default)")
+                "v0.2.0) where you have internet and pass its path, or use RandomVGGFeatures (the default)")
         from torchmetrics.image.fid import NoTrainInceptionV3
 
         self.inception = NoTrainInceptionV3("inception-v3-compat", [str(self.num_features)], str(path))
@@ -158,6 +193,63 @@ class InceptionFeatures(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rgb = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
         return self.inception((rgb.clamp(0, 1) * 255).round().to(torch.uint8)).reshape(len(x), -1)
+
+
+def feature_space(name: str, *, classifier: nn.Module | None = None, inception_weights: str | Path | None = None,
+                  seed: int = 0) -> tuple[nn.Module, str]:
+    """The encoder of feature space ``name`` (one of ``FEATURE_SPACES``) and the description every table
+    and figure prints with its numbers.
+
+    Raises:
+        ValueError: an unknown name, or a space without what it needs (classifier, weights file).
+    """
+    if name == "random_vgg16":
+        return RandomVGGFeatures(seed), f"random-init VGG-16 fc2 (4096-d, seed {seed}; Naeem et al. 2020)"
+    if name == "classifier":
+        if classifier is None:
+            raise ValueError("feature space 'classifier' needs the chapter-1 classifier")
+        encoder = ClassifierFeatures(classifier)
+        return encoder, f"penultimate features ({encoder.num_features}-d) of the chapter-1 classifier"
+    if name == "inception":
+        if inception_weights is None:
+            raise ValueError(f"feature space 'inception' needs inception_weights: the path of {INCEPTION_WEIGHTS}")
+        return InceptionFeatures(inception_weights), "Inception-v3 pool (2048-d, standard FID)"
+    raise ValueError(f"unknown feature space {name!r}; choose from {', '.join(FEATURE_SPACES)}")
+
+
+DEGRADATIONS = {"gaussian noise (std)": (0.0, 0.05, 0.1, 0.2), "box blur (px)": (1, 3, 5, 7)}
+
+
+def degrade(x: torch.Tensor, kind: str, level: float, seed: int = 0) -> torch.Tensor:
+    """Images ``x`` in [0, 1] with Gaussian noise of std ``level`` or a ``level``-px box blur (clamped)."""
+    if kind == "gaussian noise (std)":
+        noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed)).to(x.device)
+        return (x + level * noise).clamp(0, 1)
+    if kind == "box blur (px)":
+        k = int(level)
+        return x if k <= 1 else F.avg_pool2d(F.pad(x, [k // 2, (k - 1) // 2] * 2, mode="replicate"), k, 1)
+    raise ValueError(f"unknown degradation {kind!r}; choose from {', '.join(DEGRADATIONS)}")
+
+
+def degradation_fids(encoder: nn.Module, reference: torch.Tensor, heldout: torch.Tensor, device: torch.device,
+                     sentinels: Mapping[str, torch.Tensor] | None = None, seed: int = 0,
+                     size: int | None = None) -> list[dict[str, Any]]:
+    """Does FID in this feature space grow as real images get worse? Held-out real images, degraded step
+    by step (``DEGRADATIONS``), against ``reference`` real images: one row per degradation and level, with
+    ``fid`` and ``fid_relative``; then one row per ``sentinels`` set (images nobody would take for real,
+    such as pure noise or an untrained generator's), with ``sentinel`` naming it. A usable space is lowest
+    at level 0, grows with every level and puts every sentinel beyond every degraded real set.
+    """
+    ref = image_features(encoder, reference, device, size=size)
+
+    def row(x: torch.Tensor, **where: Any) -> dict[str, Any]:
+        scores = fid_kid(ref, image_features(encoder, x, device, size=size), seed=seed)
+        return {**where, "fid": scores["fid"], "fid_relative": scores["fid_relative"], "n_real": len(ref),
+                "n_fake": len(x)}
+
+    rows = [row(degrade(heldout, kind, level, seed), degradation=kind, level=level, sentinel=None)
+            for kind, levels in DEGRADATIONS.items() for level in levels]
+    return rows + [row(x, degradation=None, level=None, sentinel=name) for name, x in (sentinels or {}).items()]
 
 
 @torch.no_grad()

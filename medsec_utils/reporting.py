@@ -659,6 +659,62 @@ def replacement_table(records: list[dict[str, Any]]) -> pd.DataFrame:
     return table
 
 
+def _over_floor(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Feature-check rows with ``over_floor``: FID over the real-vs-real floor (level 0) of the same data set and
+    space, a scale-free number that starts at 1, so spaces of any scale share an axis."""
+    frame = _labelled(pd.DataFrame(rows))
+    floor = frame[frame["level"].isin([0, 1]) & frame["sentinel"].isna()].groupby(
+        ["dataset", "feature_extractor"])["fid"].min()
+    return frame.assign(over_floor=[fid / floor[d, f] for d, f, fid in
+                                    zip(frame["dataset"], frame["feature_extractor"], frame["fid"])])
+
+
+def feature_check_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Per data set and feature space (``metrics.degradation_fids`` rows with both added): Spearman's rho of
+    each degradation's level against FID (1: it grows at every step), the farthest degraded real set and each
+    sentinel as multiples of the real-vs-real floor, and whether the space passes: every rho 1 and every
+    sentinel beyond every degraded set."""
+    from scipy.stats import spearmanr
+
+    frame = _over_floor(rows)
+    table = {}
+    for key, part in frame.groupby(["dataset", "feature_extractor"], sort=False):
+        degraded, sentinels = part[part["sentinel"].isna()], part[part["sentinel"].notna()]
+        entry = {f"rho, {kind}": float(spearmanr(curve["level"].astype(float), curve["fid"])[0])
+                 for kind, curve in degraded.groupby("degradation", sort=False)}
+        entry["floor FID"] = float(degraded["fid"].min())
+        entry["farthest degraded / floor"] = float(degraded["over_floor"].max())
+        entry.update({f"{name} / floor": value for name, value in zip(sentinels["sentinel"], sentinels["over_floor"])})
+        entry["passes"] = bool(all(entry[k] == 1 for k in entry if k.startswith("rho"))
+                               and (sentinels["fid"] > degraded["fid"].max()).all())
+        table[key] = entry
+    return pd.DataFrame.from_dict(table, orient="index").rename_axis(["dataset", "feature space"])
+
+
+def plot_feature_check(rows: list[dict[str, Any]]) -> plt.Figure:
+    """FID over the real-vs-real floor against the strength of each degradation, per data set and feature
+    space (log scale); dotted lines mark the sentinels (pure noise, an untrained generator) in each space's
+    colour."""
+    frame = _over_floor(rows)
+    degraded = frame[frame["sentinel"].isna()]
+    spaces = list(dict.fromkeys(frame["feature_extractor"]))
+    palette = dict(zip(spaces, sns.color_palette(n_colors=len(spaces))))
+    grid = sns.relplot(data=degraded, x="level", y="over_floor", hue="feature_extractor", palette=palette,
+                       col="degradation", row="dataset", kind="line", marker="o", height=2.2, aspect=1.5,
+                       facet_kws={"sharex": "col", "sharey": "row"})
+    for (name, _), ax in grid.axes_dict.items():
+        for _, sentinel in frame[(frame["dataset"] == name) & frame["sentinel"].notna()].iterrows():
+            colour = palette[sentinel["feature_extractor"]]
+            ax.axhline(sentinel["over_floor"], color=colour, linestyle=":", linewidth=1)
+            ax.annotate(sentinel["sentinel"], (1.0, sentinel["over_floor"]), xycoords=("axes fraction", "data"),
+                        fontsize=5, ha="right", va="bottom", color=colour)
+    grid.set_titles("{row_name}: {col_name}", size=7)
+    grid.set(yscale="log", ylabel="FID / real-vs-real floor")
+    sns.move_legend(grid, "lower center", bbox_to_anchor=(0.4, -0.08), ncol=1, title="feature space", fontsize=7)
+    _phantom_notice(grid.figure, frame)
+    return grid.figure
+
+
 def quality_record(images: ImageSet, generator: str, real: torch.Tensor, fake: torch.Tensor, feature_extractor: str,
                    seed: int, **extra: Any) -> dict[str, Any]:
     """One ``metrics.json`` record of image quality: FID, KID, precision and recall of the feature vectors

@@ -159,7 +159,11 @@ def test_chapter_4_on_real_data_records_quality_replacement_and_audit(real_run):
         assert set(quality) == {"real train (floor)", "dcgan", "progan", "ddpm"}, name
         for row in quality.values():
             assert row["fid"] >= 0 and 0 <= row["precision"] <= 1 and 0 <= row["recall"] <= 1
-            assert row["n_samples"] > 0 and f"chapter-1 classifier of {name}" in row["feature_extractor"]
+            assert row["n_samples"] > 0 and "random-init VGG-16" in row["feature_extractor"]
+        checks = [r for r in by_section["feature_check"] if r["dataset"] == name]
+        assert {(r["feature_extractor"].split(" (")[0], r["degradation"]) for r in checks} == {
+            (space, kind) for space in ("random-init VGG-16 fc2", "penultimate features")
+            for kind in ("gaussian noise (std)", "box blur (px)")}, name
         assert {(r["model"], r["training_set"]) for r in by_section["replacement"] if r["dataset"] == name} == {
             (m, t) for m in ("efficientnet_b3", "lbp_random_forest") for t in ("real", "synthetic", "mixed")}
         assert {(r["generator"], r["space"]) for r in by_section["audit"] if r["dataset"] == name} == {
@@ -168,7 +172,7 @@ def test_chapter_4_on_real_data_records_quality_replacement_and_audit(real_run):
         kit = Path(record["reader_kits"]) / name
         assert len(list((kit / "kit").glob("case_*.png"))) == 20 and (kit / "sealed_key" / "answer_key.csv").is_file()
     assert all(0 <= r["near_copy_share"] <= 1 for r in by_section["audit"])
-    assert {"samples.png", "quality.png", "memorisation.png", "closest_pairs.png"} <= set(
+    assert {"feature_check.png", "samples.png", "quality.png", "memorisation.png", "closest_pairs.png"} <= set(
         record["provenance"]["figures"])
 
 
@@ -186,7 +190,7 @@ def test_chapter_5_on_real_data_records_every_round_baseline_and_site_pair(real_
         assert {r["model"] for r in fedavg if r["round"] >= 1} == {"server", "site 0", "site 1"}, name
         assert {r["run"] for r in fed if r["dataset"] == name} == {
             "FedAvg", "centralised", "local only, site 0", "local only, site 1"}, name
-        assert all(r["fid"] >= 0 and "chapter-1 classifier" in r["feature_extractor"] for r in fedavg), name
+        assert all(r["fid"] >= 0 and "random-init VGG-16" in r["feature_extractor"] for r in fedavg), name
         sites = [r for r in rows if r["section"] == "heterogeneity" and r["dataset"] == name]
         assert sites and all(r["site_fid"] >= 0 and r["n_site_0"] > 0 and r["n_site_1"] > 0 for r in sites), name
         traffic = [r for r in rows if r["section"] == "communication" and r["dataset"] == name]

@@ -132,3 +132,55 @@ def test_inception_features_load_a_local_weights_file_and_never_download(tmp_pat
     features = metrics.image_features(encoder, grey, torch.device("cpu"))
     assert features.shape == (2, 2048)
     torch.testing.assert_close(features, metrics.image_features(encoder, grey.expand(-1, 3, -1, -1), torch.device("cpu")))
+
+
+def test_random_vgg_features_are_seeded_and_treat_grey_as_rgb():
+    grey = torch.rand(3, 1, 32, 32)
+    first = metrics.image_features(metrics.RandomVGGFeatures(0), grey, torch.device("cpu"))
+    again = metrics.image_features(metrics.RandomVGGFeatures(0), grey.expand(-1, 3, -1, -1), torch.device("cpu"))
+    other = metrics.image_features(metrics.RandomVGGFeatures(1), grey, torch.device("cpu"))
+    assert first.shape == (3, 4096) and first.dtype == torch.float64
+    torch.testing.assert_close(first, again)
+    assert not torch.allclose(first, other)
+    state = torch.random.get_rng_state()
+    metrics.RandomVGGFeatures(5)
+    assert torch.equal(state, torch.random.get_rng_state()), "building the network must not move the global RNG"
+
+
+def test_feature_space_names_its_space_and_says_what_is_missing():
+    encoder, described = metrics.feature_space("random_vgg16", seed=3)
+    assert isinstance(encoder, metrics.RandomVGGFeatures) and encoder.seed == 3 and "seed 3" in described
+    with pytest.raises(ValueError, match="needs the chapter-1 classifier"):
+        metrics.feature_space("classifier")
+    with pytest.raises(ValueError, match="needs inception_weights"):
+        metrics.feature_space("inception")
+    with pytest.raises(ValueError, match="choose from random_vgg16, classifier, inception"):
+        metrics.feature_space("clip")
+
+
+def test_degradations_start_from_the_images_themselves():
+    x = torch.rand(4, 1, 16, 16)
+    torch.testing.assert_close(metrics.degrade(x, "gaussian noise (std)", 0.0), x)
+    torch.testing.assert_close(metrics.degrade(x, "box blur (px)", 1), x)
+    flat = torch.full((2, 3, 16, 16), 0.3)
+    torch.testing.assert_close(metrics.degrade(flat, "box blur (px)", 4), flat)  # even kernels keep the size too
+    assert metrics.degrade(x, "box blur (px)", 5).std() < x.std()
+    with pytest.raises(ValueError, match="unknown degradation"):
+        metrics.degrade(x, "jpeg", 50)
+
+
+def test_random_vgg_fid_grows_as_real_images_get_worse():
+    """On the built-in CT phantoms: the check every chapter-4 run repeats on its own data."""
+    from medsec_utils import data
+
+    images = data.load_dataset("phantom:ct?n=96", size=32, use_cache=False, progress=False)
+    x, _ = images.tensors("train")
+    noise = torch.rand(48, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    rows = metrics.degradation_fids(metrics.RandomVGGFeatures(0), x[:48], x[48:96], torch.device("cpu"),
+                                    sentinels={"uniform noise": noise})
+    for kind in metrics.DEGRADATIONS:
+        curve = [r["fid_relative"] for r in rows if r["degradation"] == kind]
+        assert curve == sorted(curve) and curve[-1] > 2 * curve[0], (kind, curve)
+    sentinel = [r for r in rows if r["sentinel"] == "uniform noise"]
+    assert len(sentinel) == 1 and sentinel[0]["degradation"] is None and sentinel[0]["fid"] > 2 * rows[0]["fid"]
+    assert {r["n_real"] for r in rows} == {48} and len(rows) == 1 + sum(map(len, metrics.DEGRADATIONS.values()))

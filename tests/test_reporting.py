@@ -231,6 +231,28 @@ def test_chapter_4_records_carry_the_metrics_json_fields_and_the_drop_is_real_mi
     plt.close("all")
 
 
+def _check_rows(space, noise_curve, sentinel):
+    fields = {"dataset": "ct", "phantom": False, "feature_extractor": space}
+    rows = [{**fields, "degradation": "gaussian noise (std)", "level": level, "fid": value, "sentinel": None}
+            for level, value in zip((0.0, 0.05, 0.1, 0.2), noise_curve)]
+    rows += [{**fields, "degradation": "box blur (px)", "level": level, "fid": value, "sentinel": None}
+             for level, value in zip((1, 3, 5, 7), (0.1, 0.2, 0.4, 0.8))]
+    return rows + [{**fields, "degradation": None, "level": None, "fid": sentinel, "sentinel": "noise"}]
+
+
+def test_feature_check_passes_a_space_whose_fid_grows_and_keeps_sentinels_beyond():
+    rows = (_check_rows("good", (0.1, 0.3, 1.0, 2.0), 9.0) + _check_rows("bumpy", (0.1, 1.0, 0.3, 2.0), 9.0)
+            + _check_rows("fooled", (0.1, 0.3, 1.0, 2.0), 1.5))
+    table = reporting.feature_check_table(rows).loc["ct"]
+    assert table["passes"].to_dict() == {"good": True, "bumpy": False, "fooled": False}
+    assert table.loc["bumpy", "rho, gaussian noise (std)"] == pytest.approx(0.8)
+    assert table.loc["good", "farthest degraded / floor"] == pytest.approx(20.0)
+    assert table.loc["fooled", "noise / floor"] == pytest.approx(15.0) and table.loc["good", "floor FID"] == 0.1
+    figure = reporting.plot_feature_check(rows)
+    assert len(figure.axes) == 2
+    plt.close(figure)
+
+
 def test_audit_figures_show_the_closest_pairs_first_and_flag_near_copies_in_red():
     from medsec_utils import metrics
 
