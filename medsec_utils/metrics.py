@@ -291,8 +291,7 @@ def fid_kid(real: torch.Tensor, fake: torch.Tensor, seed: int = 0, subsets: int 
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         kid_mean, kid_std = kid.compute()
-    fid = frechet_distance(real, fake)
-    spread = float(sum(_covariance_factor(x.double()).square().sum() for x in (real, fake)))
+    fid, spread = _frechet(real, fake)
     return {"fid": fid, "fid_relative": fid / spread if spread > 0 else float("nan"), "kid": float(kid_mean),
             "kid_std": float(kid_std), "n_real": len(real), "n_fake": len(fake)}
 
@@ -307,11 +306,16 @@ def frechet_distance(real: torch.Tensor, fake: torch.Tensor) -> float:
     or more (``benchmarks/bench_fid.py``), equal to torchmetrics' value to 1e-6 relative (tested). With
     more vectors than features the factor comes from an eigendecomposition and costs about as much.
     """
+    return _frechet(real, fake)[0]
+
+
+def _frechet(real: torch.Tensor, fake: torch.Tensor) -> tuple[float, float]:
+    """The Frechet distance and the spread ``tr S1 + tr S2`` it contains, from one factor per set."""
     real, fake = real.double(), fake.double()
     factors = [_covariance_factor(x) for x in (real, fake)]
     cross = torch.linalg.svdvals(factors[0].T @ factors[1]).sum()
-    spread = sum(f.square().sum() for f in factors)  # tr S = |F|_F^2
-    return float((real.mean(0) - fake.mean(0)).square().sum() + spread - 2 * cross)
+    spread = float(sum(f.square().sum() for f in factors))  # tr S = |F|_F^2
+    return float((real.mean(0) - fake.mean(0)).square().sum() + spread - 2 * cross), spread
 
 
 def _covariance_factor(x: torch.Tensor) -> torch.Tensor:
