@@ -35,14 +35,29 @@ def artefact_key(parts: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
+def _source_digests() -> dict[str, str]:
+    return {path.stem: hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+            for path in sorted(PACKAGE_DIR.glob("*.py")) if path.stem != "__init__"}
+
+
+_DIGESTS = _source_digests()  # the code as this process loaded it: edits during a long run do not count
+
+
 def code_fingerprint(*modules: str) -> dict[str, str]:
     """SHA-256 (12 digits) of the source of ``medsec_utils`` modules, e.g. ``code_fingerprint("training")``.
 
     With no names, every module of the package. Used in cache keys and to tell the book when the
-    library has changed since a reference run.
+    library has changed since a reference run. Digests are taken once, when the package is imported, so
+    a run that lasts hours keys its artefacts and records its provenance by the code it runs, even when
+    the files are edited meanwhile.
+
+    Raises:
+        KeyError: a name that is no module of the package.
     """
-    names = modules or tuple(sorted(p.stem for p in PACKAGE_DIR.glob("*.py") if p.stem != "__init__"))
-    return {name: hashlib.sha256((PACKAGE_DIR / f"{name}.py").read_bytes()).hexdigest()[:12] for name in names}
+    unknown = [name for name in modules if name not in _DIGESTS]
+    if unknown:
+        raise KeyError(f"no medsec_utils module {', '.join(unknown)}")
+    return {name: _DIGESTS[name] for name in modules or _DIGESTS}
 
 
 def tensor_fingerprint(*tensors: torch.Tensor | dict[str, torch.Tensor]) -> str:

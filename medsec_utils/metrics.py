@@ -4,9 +4,9 @@ Accuracy gets a Wilson score interval (a binomial proportion); balanced accuracy
 percentile bootstrap that resamples within each class, so every resample keeps both classes.
 Generated images are judged on feature vectors computed once: FID (exact, by a small SVD), KID
 (torchmetrics), precision and recall (Kynkaanniemi et al. 2019), and a memorisation audit by nearest
-training neighbours. The default feature space is a seeded random-init VGG-16 (:class:`RandomVGGFeatures`):
-it needs no download, and unlike a trained Normal/Pathology classifier's features its FID grows steadily
-with noise and blur (:func:`degradation_fids` checks this on every run).
+training neighbours. The default feature space is a seeded random-init VGG-16 (:class:`RandomVGGFeatures`),
+which needs no download; :func:`degradation_fids` checks on each run that FID in a space grows as real
+images are degraded and keeps pure noise and an untrained generator's images beyond them.
 """
 
 from __future__ import annotations
@@ -152,8 +152,8 @@ class ClassifierFeatures(nn.Module):
     """The pooled features a trained classifier feeds its last layer (timm ``pre_logits``).
 
     Not the default: a Normal/Pathology classifier's features are made to separate two classes, not to
-    measure image quality, and its FID can rank pure noise above a working generator (the chapter-4 page
-    shows this in its feature-space check).
+    measure image quality, and need not keep an untrained generator's noise away from real images (the
+    chapter-4 page checks both spaces on every data set).
     """
 
     def __init__(self, classifier: nn.Module) -> None:

@@ -49,6 +49,7 @@ class Run:
         self.figures: list[str] = []
         self.started = time.time()
         self.started_utc = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        self.git = git_state()  # the commit the run started from, not the one checked out when it ends
 
     def add_dataset(self, images: ImageSet) -> None:
         """Record a data set used by this run."""
@@ -65,7 +66,7 @@ class Run:
         """Everything needed to trace this run's numbers back to code, data and machine."""
         return {
             "chapter": self.chapter, "parameters": self.params, "settings": self.settings,
-            "datasets": self.datasets, "git": git_state(), "library": cache.code_fingerprint(*used_modules()),
+            "datasets": self.datasets, "git": self.git, "library": cache.code_fingerprint(*used_modules()),
             "versions": package_versions(), "device": device_name(self.device),
             "started_utc": self.started_utc, "wall_time_s": round(time.time() - self.started, 1),
             "figures": self.figures,

@@ -51,14 +51,18 @@ def test_cache_root_follows_environment(monkeypatch, tmp_path):
     assert cache.cache_root() == tmp_path / "c"
 
 
-def test_code_fingerprint_covers_every_module_and_changes_with_source(tmp_path, monkeypatch):
+def test_code_fingerprint_is_the_source_as_loaded_and_follows_its_changes(tmp_path, monkeypatch):
     everything = cache.code_fingerprint()
     assert {"data", "training", "models", "cache", "reporting"} <= set(everything)
     (tmp_path / "mod.py").write_text("x = 1\n")
     monkeypatch.setattr(cache, "PACKAGE_DIR", tmp_path)
-    before = cache.code_fingerprint("mod")
+    loaded = cache._source_digests()
     (tmp_path / "mod.py").write_text("x = 2\n")
-    assert cache.code_fingerprint("mod") != before
+    assert cache._source_digests()["mod"] != loaded["mod"]
+    monkeypatch.setattr(cache, "_DIGESTS", loaded)  # the digests a process took when it imported the package
+    assert cache.code_fingerprint("mod") == {"mod": loaded["mod"]}, "an edit during a run must not change keys"
+    with pytest.raises(KeyError, match="no medsec_utils module nope"):
+        cache.code_fingerprint("nope")
 
 
 def test_tensor_fingerprint_follows_values_shape_and_dtype():

@@ -37,6 +37,13 @@ def test_run_writes_metrics_with_full_provenance(tmp_path):
     assert provenance["library"]["data"] == reporting.cache.code_fingerprint("data")["data"]
 
 
+def test_run_records_the_commit_it_started_from(tmp_path, monkeypatch):
+    monkeypatch.setattr(reporting, "git_state", lambda: {"commit": "a" * 40, "dirty": False})
+    run = reporting.Run("99_test", tmp_path, params={}, settings={}, device=torch.device("cpu"))
+    monkeypatch.setattr(reporting, "git_state", lambda: {"commit": "b" * 40, "dirty": True})  # committed meanwhile
+    assert run.provenance()["git"] == {"commit": "a" * 40, "dirty": False}
+
+
 def test_phantom_results_are_labelled_everywhere():
     images = data.load_dataset("phantom:chest_xray?n=40", size=32, use_cache=False, progress=False)
     assert "PHANTOM" in reporting.data_label(images)
