@@ -21,7 +21,7 @@ book: run
 	@echo "open _build/smoke/_build/html/index.html"
 
 test: env
-	$(PY) -m pytest --nbval-lax tests notebooks
+	$(PY) -m pytest --nbval-lax tests notebooks --durations=30
 
 reference: env
 	$(PY) scripts/compendium.py run --profile cpu --out book/reference \

@@ -168,9 +168,12 @@ def test_chapter_4_on_real_data_records_quality_replacement_and_audit(real_run):
             assert row["fid"] >= 0 and 0 <= row["precision"] <= 1 and 0 <= row["recall"] <= 1
             assert row["n_samples"] > 0 and "random-init VGG-16" in row["feature_extractor"]
         checks = [r for r in by_section["feature_check"] if r["dataset"] == name]
-        assert {(r["feature_extractor"].split(" (")[0], r["degradation"]) for r in checks} == {
-            (space, kind) for space in ("random-init VGG-16 fc2", "penultimate features")
-            for kind in ("gaussian noise (std)", "box blur (px)")}, name
+        spaces = ("random-init VGG-16 fc2", "penultimate features")
+        assert {(r["feature_extractor"].split(" (")[0], r["degradation"]) for r in checks if r["sentinel"] is None} == {
+            (space, kind) for space in spaces for kind in ("gaussian noise (std)", "box blur (px)")}, name
+        assert {(r["feature_extractor"].split(" (")[0], r["sentinel"]) for r in checks if r["sentinel"]} == {
+            (space, sentinel) for space in spaces for sentinel in ("uniform noise", "untrained DC-GAN")}, name
+        assert all(r["fid"] >= 0 for r in checks), name
         assert {(r["model"], r["training_set"]) for r in by_section["replacement"] if r["dataset"] == name} == {
             (m, t) for m in ("efficientnet_b3", "lbp_random_forest") for t in ("real", "synthetic", "mixed")}
         assert {(r["generator"], r["space"]) for r in by_section["audit"] if r["dataset"] == name} == {
