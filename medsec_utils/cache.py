@@ -35,9 +35,16 @@ def artefact_key(parts: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
+def module_name(path: Path) -> str:
+    """Dotted name of a source file inside ``medsec_utils``: ``reporting/federated.py`` -> ``reporting.federated``,
+    a sub-package's ``__init__.py`` -> the sub-package."""
+    parts = path.relative_to(PACKAGE_DIR).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
 def _source_digests() -> dict[str, str]:
-    return {path.stem: hashlib.sha256(path.read_bytes()).hexdigest()[:12]
-            for path in sorted(PACKAGE_DIR.glob("*.py")) if path.stem != "__init__"}
+    return {module_name(path): hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+            for path in sorted(PACKAGE_DIR.rglob("*.py")) if path != PACKAGE_DIR / "__init__.py"}
 
 
 _DIGESTS = _source_digests()  # the code as this process loaded it: edits during a long run do not count
@@ -46,18 +53,28 @@ _DIGESTS = _source_digests()  # the code as this process loaded it: edits during
 def code_fingerprint(*modules: str) -> dict[str, str]:
     """SHA-256 (12 digits) of the source of ``medsec_utils`` modules, e.g. ``code_fingerprint("training")``.
 
-    With no names, every module of the package. Used in cache keys and to tell the book when the
-    library has changed since a reference run. Digests are taken once, when the package is imported, so
-    a run that lasts hours keys its artefacts and records its provenance by the code it runs, even when
-    the files are edited meanwhile.
+    A sub-package's name covers every module in it (``"generative"`` is ``generative``, ``generative.dcgan``,
+    ...); a dotted name is one module (``"reporting.federated"``). With no names, every module of the
+    package. Used in cache keys and to tell the book when the library has changed since a reference run.
+    Digests are taken once, when the package is imported, so a run that lasts hours keys its artefacts and
+    records its provenance by the code it runs, even when the files are edited meanwhile.
 
     Raises:
         KeyError: a name that is no module of the package.
     """
-    unknown = [name for name in modules if name not in _DIGESTS]
-    if unknown:
-        raise KeyError(f"no medsec_utils module {', '.join(unknown)}")
-    return {name: _DIGESTS[name] for name in modules or _DIGESTS}
+    chosen: dict[str, str] = {}
+    for name in modules:
+        found = {key: digest for key, digest in _DIGESTS.items() if key == name or key.startswith(f"{name}.")}
+        if not found:
+            raise KeyError(f"no medsec_utils module {name}")
+        chosen.update(found)
+    return chosen if modules else dict(_DIGESTS)
+
+
+def module_digests(names: list[str]) -> dict[str, str | None]:
+    """The digest of each named module exactly (a sub-package's ``__init__`` only); None where no such module is
+    left. What a run's provenance records and what the book compares with the code of today."""
+    return {name: _DIGESTS.get(name) for name in names}
 
 
 def tensor_fingerprint(*tensors: torch.Tensor | dict[str, torch.Tensor]) -> str:
