@@ -1,11 +1,15 @@
 # make          the main job: install, run every chapter (smoke profile, built-in phantoms), build the book
 # make test     install, then pytest (library, notebooks through nbval, book build): what CI runs
 # make reference  rerun every chapter in the cpu profile on ../shared/data into book/reference/
+# make chapter NB=01 [DATASET="spec ..."] [PROFILE=cpu] [PARAMS="epochs=3 seed=1"]
+#               one chapter notebook with papermill into $(RUNS)/<profile>/<notebook>/
 VENV ?= .venv
 PY := $(VENV)/bin/python
 SHARED ?= ../shared/data
+PROFILE ?= smoke
+RUNS ?= runs
 
-.PHONY: all env run book test reference clean
+.PHONY: all env run book test reference chapter clean
 all: book
 
 env: $(VENV)/.installed
@@ -27,6 +31,11 @@ reference: env
 	$(PY) scripts/compendium.py run --profile cpu --out book/reference \
 	  --dataset $(SHARED)/chest_xray --dataset $(SHARED)/ct --dataset $(SHARED)/histology
 	$(PY) scripts/compendium.py book --out _build/reference --strict
+
+chapter: env
+	$(if $(NB),,$(error say which chapter: make chapter NB=01 [DATASET=spec] [PROFILE=cpu] [PARAMS="epochs=3"]))
+	$(PY) scripts/compendium.py run --chapter $(NB) --profile $(PROFILE) --out $(RUNS)/$(PROFILE) \
+	  $(foreach spec,$(DATASET),--dataset '$(spec)') $(foreach param,$(PARAMS),--param '$(param)')
 
 clean:
 	rm -rf runs _build

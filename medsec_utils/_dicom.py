@@ -34,7 +34,7 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, c
 from pydicom.pixels.utils import as_pixel_options, get_expected_length
 from pydicom.sequence import Sequence
 
-from ._io import DataError, _min_max
+from ._common import DataError, min_max
 
 LUNG_WINDOW: tuple[float, float] = (-600.0, 1500.0)
 MEDIASTINAL_WINDOW: tuple[float, float] = (40.0, 400.0)
@@ -326,7 +326,7 @@ def _grayscale(pixels: np.ndarray, dataset: Dataset, photometric: str, window: t
     values = apply_modality_lut(pixels, dataset)
     if str(dataset.get("Modality") or "").upper() == "CT":
         return _window(np.asarray(values, dtype=np.float64), window)
-    image = _voi(values, dataset) if _has_voi(dataset) else _min_max(np.asarray(values, dtype=np.float64))
+    image = _voi(values, dataset) if _has_voi(dataset) else min_max(np.asarray(values, dtype=np.float64))
     return 1.0 - image if photometric == "MONOCHROME1" else image
 
 

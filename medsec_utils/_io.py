@@ -8,12 +8,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ._common import DataError, min_max
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 DICOM_SUFFIXES = {".dcm", ".dicom"}
-
-
-class DataError(ValueError):
-    """Bad input data. The message is one line naming the file or row and the fix."""
 
 
 def read_image(path: Path, *, channels: int, window: tuple[float, float] | None = None) -> np.ndarray:
@@ -47,16 +45,11 @@ def _read_pil(path: Path) -> np.ndarray:
                 mode = "RGB" if img.mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr", "LAB", "HSV") else "L"
                 if img.mode in ("I", "I;16", "I;16B", "F"):
                     array = np.asarray(img, dtype=np.float32)
-                    return _min_max(array)
+                    return min_max(array)
                 return np.asarray(img.convert(mode), dtype=np.float32) / 255.0
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise DataError(f"{path}: unreadable or truncated image ({reason}); re-export the file or remove its row") from None
-
-
-def _min_max(array: np.ndarray) -> np.ndarray:
-    low, high = float(np.nanmin(array)), float(np.nanmax(array))
-    return (array - low) / (high - low) if high > low else np.zeros_like(array)
 
 
 def check_finite(array: np.ndarray, source: Path | str) -> np.ndarray:

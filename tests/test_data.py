@@ -7,6 +7,7 @@ written to ``tmp_path``. ``MEDSEC_CACHE`` and ``MEDSEC_DATA`` point to temporary
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import os
@@ -24,7 +25,6 @@ import torch
 import yaml
 from PIL import Image
 
-import medsec_utils.data as data
 from medsec_utils.data import DataError, ImageSet, assign_splits, check, load_dataset, main
 
 from _paths import REPO, SHARED, pydicom_data_dir
@@ -265,7 +265,7 @@ def test_npz_multiclass_needs_label_map(tmp_path, monkeypatch):
         load(source)
     manifests = tmp_path / "manifests"
     _descriptor(manifests, "xray_multi", source, label_map={0: 0, 2: 1}, drop_other_labels=True)
-    monkeypatch.setattr(data, "MANIFESTS_DIR", manifests)
+    monkeypatch.setenv("MEDSEC_MANIFESTS", str(manifests))
     s = load("xray_multi")
     assert s.labels.tolist() == [0, 1, 0, 1, 1, 0, 1]  # class 2 -> 1, class 1 left out
     assert any("3 images of other classes left out" in note for note in s.notes)
@@ -275,7 +275,7 @@ def test_named_descriptor_downloads_verifies_and_loads(tmp_path, monkeypatch):
     source = npz(tmp_path / "src" / "remote.npz", {"train": [0, 1] * 6, "val": [0, 1], "test": [1, 0, 1]})
     manifests = tmp_path / "manifests"
     _descriptor(manifests, "tiny_xray", source)
-    monkeypatch.setattr(data, "MANIFESTS_DIR", manifests)
+    monkeypatch.setenv("MEDSEC_MANIFESTS", str(manifests))
     s = load("tiny_xray")
     target = Path(os.environ["MEDSEC_DATA"]) / "tiny_xray.npz"
     assert target.read_bytes() == source.read_bytes()
@@ -289,7 +289,7 @@ def test_named_descriptor_wrong_md5_removes_file(tmp_path, monkeypatch):
     source = npz(tmp_path / "src" / "remote.npz", {"train": [0, 1] * 3})
     manifests = tmp_path / "manifests"
     _descriptor(manifests, "tiny_xray", source, md5="0" * 32)
-    monkeypatch.setattr(data, "MANIFESTS_DIR", manifests)
+    monkeypatch.setenv("MEDSEC_MANIFESTS", str(manifests))
     with pytest.raises(DataError) as caught:
         load("tiny_xray")
     message = str(caught.value)
@@ -303,7 +303,7 @@ def test_named_descriptor_unreachable_url_says_where_to_put_file(tmp_path, monke
     npz(ghost, {"train": [0, 1]})
     _descriptor(manifests, "tiny_xray", ghost)
     ghost.unlink()
-    monkeypatch.setattr(data, "MANIFESTS_DIR", manifests)
+    monkeypatch.setenv("MEDSEC_MANIFESTS", str(manifests))
     with pytest.raises(DataError) as caught:
         load("tiny_xray")
     message = str(caught.value)
@@ -760,3 +760,69 @@ def test_dicom_pseudonym_is_not_keyed_by_the_published_checksum(dicom_tree):
         patient_id = str(pydicom.dcmread(path, stop_before_pixels=True).PatientID)
         guess = hmac.new(images.checksum.encode(), patient_id.encode(), hashlib.sha256).hexdigest()[:16]
         assert guess not in pseudonym
+
+
+# ----------------------------------------------------------------------------- import structure
+
+PACKAGE = REPO / "medsec_utils"
+
+
+def _module_name(path: Path) -> str:
+    """``medsec_utils/reporting/attacks.py`` -> ``reporting.attacks``; a package's ``__init__`` -> the package."""
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _internal_imports(path: Path, modules: set[str]) -> set[str]:
+    """Modules of ``medsec_utils`` that ``path`` imports anywhere (top level or inside functions)."""
+    name = _module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            targets = [alias.name.removeprefix("medsec_utils.") for alias in node.names
+                       if alias.name.startswith("medsec_utils.")]
+        elif isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("medsec_utils")):
+            if node.level:
+                base = package.split(".") if package else []
+                base = base[: len(base) - node.level + 1] + (node.module.split(".") if node.module else [])
+            else:
+                base = node.module.split(".")[1:]
+            stem = ".".join(base)
+            targets = [f"{stem}.{alias.name}".strip(".") for alias in node.names]
+            targets = [t for t in targets if t in modules] or [stem]
+        else:
+            continue
+        found.update(t for t in targets if t in modules)
+    return found
+
+
+def test_no_module_of_the_package_takes_part_in_an_import_cycle():
+    paths = sorted(PACKAGE.rglob("*.py"))
+    modules = {_module_name(p) for p in paths} - {""}
+    graph = {_module_name(p): _internal_imports(p, modules) for p in paths}
+    state: dict[str, str] = {}
+    stack: list[str] = []
+
+    def visit(module: str) -> None:
+        state[module] = "open"
+        stack.append(module)
+        for target in sorted(graph.get(module, ())):
+            if state.get(target) == "open":
+                cycle = stack[stack.index(target):] + [target]
+                pytest.fail(f"import cycle: {' -> '.join(cycle)}")
+            if target not in state:
+                visit(target)
+        stack.pop()
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module)
+    assert graph["_io"] >= {"_common", "_dicom"} and "_io" not in graph["_dicom"], "the checker must see lazy imports"
+
+
+def test_data_error_is_one_class_wherever_it_is_imported():
+    from medsec_utils import _dicom, _io
+
+    assert DataError is _io.DataError is _dicom.DataError

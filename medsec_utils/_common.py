@@ -1,0 +1,18 @@
+"""What the image readers share (private to ``data``): the DataError exception and min-max scaling.
+
+``_io`` and ``_dicom`` both import from here, so neither needs the other at import time.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class DataError(ValueError):
+    """Bad input data. The message is one line naming the file or row and the fix."""
+
+
+def min_max(array: np.ndarray) -> np.ndarray:
+    """Scale ``array`` linearly to [0, 1]; a constant array becomes zeros."""
+    low, high = float(np.nanmin(array)), float(np.nanmax(array))
+    return (array - low) / (high - low) if high > low else np.zeros_like(array)

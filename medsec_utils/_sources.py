@@ -1,0 +1,284 @@
+"""What a DATASET spec names, before decoding (private to ``data``): manifest CSV, ImageFolder tree or MedMNIST
+``.npz``, read into one row per image; then its checksum, DICOM pseudonyms and the decoded pixels."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from ._common import DataError
+from ._downloads import fetch, manifests_dir, read_descriptor
+from ._io import DICOM_SUFFIXES, IMAGE_SUFFIXES, check_finite, read_image, resize, to_channels
+
+SPLITS = ("train", "val", "test")
+REQUIRED_COLUMNS = ("path", "label")
+NORMAL_NAMES = {"normal", "benign", "negative", "healthy", "lung_n", "colon_n", "no_finding", "control"}
+PATHOLOGY_NAMES = {"pneumonia", "abnormal", "pathology", "malignant", "tumor", "tumour", "cancer", "positive",
+                   "disease", "lung_aca", "colon_aca", "opacity", "nodule", "covid"}
+KNOWN_CAVEATS = {  # by a word of the manifest's ``source`` column: caveats to repeat wherever results appear
+    "LC25000": "LC25000 holds 250 originals per class, each augmented 20x: near-duplicates cross any split, "
+               "so accuracy is optimistic",
+    "IQ-OTH/NCCD": "IQ-OTH/NCCD gives no patient ids: slices of one patient cross splits, so accuracy is optimistic",
+    "Kermany": "Kermany chest X-rays: classes imbalanced about 1:3, read balanced accuracy and AUC",
+}
+DICOM_PATIENT = "<dicom>"  # placeholder: replaced by a pseudonym of the header's PatientID
+
+
+@dataclass
+class Source:
+    """What a spec resolved to before decoding: one row per image."""
+
+    name: str
+    rows: pd.DataFrame  # path (Path, or index for npz), key (relative id), label, patient_id, split, where
+    modality: str | None
+    notes: list[str] = field(default_factory=list)
+    arrays: dict[str, np.ndarray] | None = None  # npz: split -> image array; rows hold the index in 'path'
+
+
+def resolve(base: str, options: dict[str, str]) -> Source:
+    """Read what ``base`` names: a manifest CSV, a folder (with ``manifest.csv``, or an ImageFolder tree), an
+    ``.npz`` or the name of a descriptor in ``data_manifests/``."""
+    path = Path(base).expanduser()
+    if path.is_file() and path.suffix.lower() == ".csv":
+        return _from_manifest(path)
+    if path.is_file() and path.suffix.lower() == ".npz":
+        return _from_npz(path, {})
+    if path.is_dir() and (path / "manifest.csv").is_file():
+        return _from_manifest(path / "manifest.csv")
+    if path.is_dir():
+        return _from_tree(path, options)
+    if (manifests_dir() / f"{base}.yaml").is_file():
+        return _from_named(base)
+    raise DataError(f"{base}: no such file, folder or data manifest; give a folder, manifest.csv, .npz, "
+                    f"a name from {manifests_dir()} or phantom:MODALITY")
+
+
+def _from_manifest(csv_path: Path) -> Source:
+    try:
+        frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
+        raise DataError(f"{csv_path}: not a readable CSV ({str(err).splitlines()[0]}); save it as UTF-8 CSV") from None
+    missing = [column for column in REQUIRED_COLUMNS if column not in frame.columns]
+    if missing:
+        raise DataError(f"{csv_path}: missing column(s) {', '.join(missing)}; a manifest needs path,label "
+                        "(patient_id, split optional)")
+    for column in ("patient_id", "split"):
+        if column not in frame.columns:
+            frame[column] = ""
+    frame["where"] = [f"{csv_path} line {i + 2} ({p})" for i, p in enumerate(frame["path"])]
+    raw_sources = frame["source"] if "source" in frame.columns else []
+    frame["label"] = [_parse_label(value, where) for value, where in zip(frame["label"], frame["where"])]
+    _check_splits(frame)
+    duplicated = frame["path"].duplicated(keep="first")
+    if duplicated.any():
+        row = frame[duplicated].iloc[0]
+        raise DataError(f"{row['where']}: duplicate path (listed twice); keep one row per image")
+    frame["key"] = frame["path"]
+    frame["path"] = [csv_path.parent / p for p in frame["path"]]
+    from_header = (frame["patient_id"] == "") & np.array([p.suffix.lower() in DICOM_SUFFIXES for p in frame["path"]])
+    frame.loc[from_header, "patient_id"] = DICOM_PATIENT
+    frame = frame[["path", "key", "label", "patient_id", "split", "where"]].reset_index(drop=True)
+    sources = " ".join(set(raw_sources))
+    notes = [caveat for word, caveat in KNOWN_CAVEATS.items() if word in sources]
+    return Source(name=csv_path.parent.name, rows=_require_classes(frame, csv_path), modality=_modality_hint(frame),
+                   notes=notes)
+
+
+def _parse_label(value: str, where: str) -> int:
+    value = str(value).strip()
+    if value not in ("0", "1", "0.0", "1.0"):
+        raise DataError(f"{where}: label {value!r} is not 0 or 1; use 0 = Normal, 1 = Pathology")
+    return int(float(value))
+
+
+def _check_splits(frame: pd.DataFrame) -> None:
+    split = frame["split"].str.strip().str.lower()
+    bad = ~split.isin(("", *SPLITS))
+    if bad.any():
+        row = frame[bad].iloc[0]
+        raise DataError(f"{row['where']}: split {row['split']!r} is not train, val or test; fix or leave it empty")
+    if (split == "").any() and (split != "").any():
+        row = frame[split == ""].iloc[0]
+        raise DataError(f"{row['where']}: empty split while other rows have one; fill it or empty the column")
+    frame["split"] = split
+
+
+def _require_classes(frame: pd.DataFrame, origin: Path) -> pd.DataFrame:
+    for label, name in ((0, "Normal (0)"), (1, "Pathology (1)")):
+        if not (frame["label"] == label).any():
+            raise DataError(f"{origin}: class {name} has no images; a binary task needs both classes")
+    return frame
+
+
+def _modality_hint(frame: pd.DataFrame) -> str | None:
+    """The modality a DICOM file's header names (first file), else None."""
+    first = Path(frame["path"].iloc[0])
+    if first.suffix.lower() in DICOM_SUFFIXES and first.is_file():
+        from ._dicom import dicom_modality
+
+        return dicom_modality(first)
+    return None
+
+
+def _from_tree(root: Path, options: dict[str, str]) -> Source:
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    split_names = {"train": "train", "val": "val", "validation": "val", "valid": "val", "test": "test"}
+    if folders and all(p.name.lower() in split_names for p in folders):
+        layers = [(split_names[p.name.lower()], p) for p in folders]
+    else:
+        layers = [("", root)]
+    class_map = _class_map(root, {c.name for _, layer in layers for c in layer.iterdir() if c.is_dir()})
+    regex = re.compile(options["patient_regex"]) if options.get("patient_regex") else None
+    records = []
+    for split, layer in layers:
+        for class_dir in sorted(c for c in layer.iterdir() if c.is_dir() and c.name in class_map):
+            files = sorted(f for f in class_dir.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES | DICOM_SUFFIXES)
+            if not files:
+                raise DataError(f"{class_dir}: class folder has no images (.png/.jpg/.tif/.dcm); add images "
+                                "or remove the folder")
+            records += [{"path": f, "key": f.relative_to(root).as_posix(), "label": class_map[class_dir.name],
+                         "patient_id": _patient_from_name(f, regex),
+                         "split": split, "where": str(f)} for f in files]
+    frame = pd.DataFrame(records)
+    return Source(name=root.name, rows=_require_classes(frame, root), modality=_modality_hint(frame))
+
+
+def _class_map(root: Path, names: set[str]) -> dict[str, int]:
+    classes_file = root / "classes.yaml"
+    if classes_file.is_file():
+        mapping = yaml.safe_load(classes_file.read_text()) or {}
+        if not isinstance(mapping, dict) or set(mapping.values()) - {0, 1}:
+            raise DataError(f"{classes_file}: must map each class folder to 0 (Normal) or 1 (Pathology), "
+                            "e.g. {normal: 0, abnormal: 1}")
+        unknown = sorted(names - set(mapping))
+        if unknown:
+            raise DataError(f"{classes_file}: class folder(s) {', '.join(unknown)} not mapped; add them or move "
+                            "them out of the tree")
+        return {str(k): int(v) for k, v in mapping.items()}
+    mapping = {}
+    for name in names:
+        key = name.lower()
+        if key in NORMAL_NAMES or key in PATHOLOGY_NAMES:
+            mapping[name] = 0 if key in NORMAL_NAMES else 1
+        else:
+            raise DataError(f"{root}: cannot tell whether class folder {name!r} is Normal or Pathology; add "
+                            f"{classes_file} mapping every class folder to 0 or 1")
+    return mapping
+
+
+def _patient_from_name(path: Path, regex: re.Pattern[str] | None) -> str:
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        return DICOM_PATIENT
+    if regex is None:
+        return ""
+    match = regex.search(path.name)
+    if not match:
+        raise DataError(f"{path}: file name does not match patient_regex {regex.pattern!r}; fix the regex")
+    return match.group(1) if match.groups() else match.group(0)
+
+
+def _from_npz(path: Path, descriptor: dict[str, Any]) -> Source:
+    try:
+        archive = np.load(path, allow_pickle=False)
+        keys = set(archive.files)
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path}: not a readable .npz ({str(err).splitlines()[0]}); download it again") from None
+    splits = [s for s in SPLITS if f"{s}_images" in keys]
+    if "train" not in splits or any(f"{s}_labels" not in keys for s in splits):
+        raise DataError(f"{path}: expected MedMNIST arrays train_images/train_labels (val_, test_ optional); "
+                        f"found {', '.join(sorted(keys)) or 'none'}")
+    label_map = {int(k): int(v) for k, v in (descriptor.get("label_map") or {0: 0, 1: 1}).items()}
+    arrays, records, dropped = {}, [], 0
+    for split in splits:
+        labels = np.asarray(archive[f"{split}_labels"]).reshape(-1)
+        images = archive[f"{split}_images"]
+        if len(images) != len(labels):
+            raise DataError(f"{path}: {split}_images has {len(images)} images but {split}_labels {len(labels)} labels")
+        unknown = sorted(set(np.unique(labels).tolist()) - set(label_map))
+        if unknown and not descriptor.get("drop_other_labels"):
+            raise DataError(f"{path}: {split}_labels holds {unknown}, not 0/1; map them with label_map in a "
+                            f"data manifest (see {manifests_dir() / 'pathmnist_64.yaml'})")
+        keep = np.flatnonzero(np.isin(labels, list(label_map)))
+        dropped += len(labels) - len(keep)
+        arrays[split] = images
+        records += [{"path": int(i), "key": f"{split}/{i}", "label": label_map[int(labels[i])], "patient_id": "",
+                     "split": split,
+                     "where": f"{path} {split}_images[{i}]"} for i in keep]
+    notes = [f"{dropped} images of other classes left out, as the data manifest says"] if dropped else []
+    frame = pd.DataFrame(records)
+    name = descriptor.get("name") or path.stem
+    return Source(name=name, rows=_require_classes(frame, path), modality=descriptor.get("modality"), notes=notes,
+                   arrays=arrays)
+
+
+def _from_named(name: str) -> Source:
+    return _from_npz(fetch(name), read_descriptor(name))
+
+
+def pseudonymise_dicom_patients(source: Source, key: bytes) -> None:
+    """Replace DICOM placeholders by keyed hashes of PatientID; the raw id never leaves the reader.
+
+    The key is derived from the files' bytes but is not the published checksum, so a pseudonym cannot
+    be reversed by trying candidate ids without the data itself (which holds the ids anyway).
+    """
+    marked = source.rows["patient_id"] == DICOM_PATIENT
+    if not marked.any():
+        return
+    from ._dicom import dicom_patient_key
+
+    source.rows.loc[marked, "patient_id"] = [dicom_patient_key(Path(p), key) or "" for p in source.rows.loc[marked, "path"]]
+
+
+def source_checksum(source: Source) -> tuple[str, bytes]:
+    """SHA-256 over the file list, labels, patient ids, given splits and every file's bytes.
+
+    Also returns a second digest of the bytes alone, never published, to key DICOM pseudonyms.
+    """
+    digest, secret = hashlib.sha256(), hashlib.sha256(b"medsec pseudonym key|")
+    if source.arrays is not None:
+        for split, array in sorted(source.arrays.items()):
+            digest.update(split.encode() + np.ascontiguousarray(array).tobytes())
+    for row in source.rows.itertuples():
+        digest.update(f"{row.key}|{row.label}|{row.patient_id}|{row.split}|".encode())
+        if source.arrays is None and Path(row.path).is_file():
+            content = hashlib.sha256(Path(row.path).read_bytes()).digest()
+            digest.update(content)
+            secret.update(content)
+    return f"sha256:{digest.hexdigest()}", secret.digest()
+
+
+def decode_all(source: Source, size: int, channels: int, window: tuple[float, float] | None,
+                progress: bool) -> tuple[torch.Tensor, np.ndarray]:
+    """Decode, resize and quantise every image to uint8 ``(N, C, size, size)``; keep native sizes."""
+    rows = source.rows
+    images = torch.empty((len(rows), channels, size, size), dtype=torch.uint8)
+    sizes = np.zeros((len(rows), 2), dtype=np.int64)
+    for i, row in enumerate(tqdm(rows.itertuples(), total=len(rows), desc=f"decode {source.name}",
+                                 disable=not progress, mininterval=2)):
+        array = _read_row(source, row, channels, window)
+        sizes[i] = array.shape[:2]
+        array = resize(array, size, row.where)
+        images[i] = torch.from_numpy(np.round(array * 255).astype(np.uint8).transpose(2, 0, 1))
+    return images, sizes
+
+
+def _read_row(source: Source, row: Any, channels: int, window: tuple[float, float] | None) -> np.ndarray:
+    if source.arrays is None:
+        if not Path(row.path).is_file():
+            raise DataError(f"{row.where}: file not found at {row.path}; fix the path or restore the file")
+        return read_image(Path(row.path), channels=channels, window=window)
+    raw = np.asarray(source.arrays[row.split][row.path])
+    array = raw.astype(np.float32) / 255.0 if raw.dtype == np.uint8 else raw.astype(np.float32)
+    check_finite(array, row.where)
+    if array.min() < 0 or array.max() > 1:
+        raise DataError(f"{row.where}: float pixels outside [0, 1]; store uint8 images or scale them to [0, 1]")
+    return to_channels(array, channels, row.where)
