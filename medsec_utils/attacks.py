@@ -1,10 +1,14 @@
-"""White-box attacks on the Normal/Pathology classifiers: thin wrappers over torchattacks.
+"""White-box attacks on the Normal/Pathology classifiers: one table of kinds over torchattacks.
 
 Images are in [0, 1] and the normalisation is inside the model, so a budget ``eps`` is in pixel units
 (2/255 = two grey levels of an 8-bit image). Only images the model classifies correctly are attacked;
 an image it already gets wrong counts as an error under every attack (the AutoAttack convention).
 Robust accuracy is read off the model's predictions on the returned images, never off the
 perturbation: torchattacks returns an image unperturbed when its attack fails.
+
+``ATTACKS`` is the table of kinds: each is a small builder of a ``torchattacks`` attack registered with
+``register_attack`` (the profile keys that size it, whether it has an L-inf budget, a paragraph for the
+book). Adding an attack is one such entry plus its sizes in ``profiles.yaml``.
 
 AutoAttack (Croce & Hein 2020) as torchattacks ships it fails on two-logit models: its targeted
 sub-attacks (APGD-T, FAB-T) and the DLR loss rank the third-largest logit. ``two_class_autoattack`` is
@@ -15,7 +19,7 @@ sequence on the images that survived the previous ones (``AUTOATTACK_PARTS``).
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,44 +28,95 @@ import numpy as np
 import torch
 import torchattacks
 from torch import nn
+from torchattacks.attack import Attack
 from tqdm import tqdm
 
 from . import cache
 
-ATTACKS = ("fgsm", "pgd", "autoattack", "cw")
-BUDGETED = ("fgsm", "pgd", "autoattack")  # CW minimises the L2 size itself and has no L-inf budget
 AUTOATTACK_PARTS = (
     "APGD-CE (untargeted, cross-entropy loss)",
     "FAB (untargeted; FAB-T needs a third class)",
     "Square (black-box, margin loss)",
 )
+_AUTOATTACK_KEYS = ("apgd_steps", "apgd_restarts", "fab_steps", "square_queries")
 PGD_STEP_FACTOR = 2.5  # PGD step size = 2.5 * eps / steps (Madry et al. 2018)
 
+AttackBuilder = Callable[[nn.Module, float, Mapping[str, Any], int], Attack]
+Describer = Callable[[float | None, Mapping[str, Any]], dict[str, Any]]
 
-def make_attack(name: str, model: nn.Module, eps: float, settings: Mapping[str, Any],
-                seed: int = 0) -> torchattacks.Attack:
-    """The torchattacks object for ``name`` at L-inf budget ``eps``, sized by the profile ``settings``.
 
-    ``settings`` needs ``pgd_steps``, ``apgd_steps``, ``apgd_restarts``, ``fab_steps``,
-    ``square_queries``, ``cw_steps``, ``cw_c`` and ``cw_lr``; ``eps`` is ignored by CW.
+@dataclass(frozen=True)
+class AttackKind:
+    """One attack of the table: its builder, the profile keys that size it and a paragraph for the book.
+
+    ``build(model, eps, settings, seed)`` returns the torchattacks object; ``budgeted`` says whether it has an
+    L-inf budget ``eps`` (CW minimises the L2 size itself and takes none); ``describe``, when given, replaces
+    the default record of ``parameters``.
+    """
+
+    name: str
+    build: AttackBuilder
+    settings_keys: tuple[str, ...]
+    budgeted: bool
+    about: str
+    describe: Describer | None = None
+
+    def parameters(self, eps: float | None, settings: Mapping[str, Any]) -> dict[str, Any]:
+        """What ran, for cache keys, ``metrics.json`` and the book: by default the budget and the settings read."""
+        if self.describe is not None:
+            return self.describe(eps, settings)
+        return {**({"eps": eps} if self.budgeted else {}), **{key: settings[key] for key in self.settings_keys}}
+
+
+ATTACKS: dict[str, AttackKind] = {}
+
+
+def register_attack(name: str, *, settings_keys: Sequence[str], budgeted: bool, about: str,
+                    parameters: Describer | None = None) -> Callable[[AttackBuilder], AttackBuilder]:
+    """Decorator: enter the builder below it in ``ATTACKS`` as ``name`` (see ``AttackKind`` for the rest).
 
     Raises:
-        ValueError: unknown attack name or a budget outside [0, 1].
+        ValueError: ``name`` is taken (its cached outcomes would be mistaken for the new attack's).
     """
-    if name not in ATTACKS:
-        raise ValueError(f"unknown attack {name!r}; choose from {', '.join(ATTACKS)}")
-    if not 0 <= eps <= 1:
-        raise ValueError(f"eps={eps} is not in [0, 1]: budgets are in pixel units of images in [0, 1] (2/255 ~ 0.0078)")
-    if name == "fgsm":
-        return torchattacks.FGSM(model, eps=eps)
-    if name == "pgd":
-        steps = settings["pgd_steps"]
-        return torchattacks.PGD(model, eps=eps, alpha=PGD_STEP_FACTOR * eps / steps, steps=steps, random_start=True)
-    if name == "autoattack":
-        return two_class_autoattack(model, eps, settings, seed)
-    return torchattacks.CW(model, c=settings["cw_c"], kappa=0, steps=settings["cw_steps"], lr=settings["cw_lr"])
+    if name in ATTACKS:
+        raise ValueError(f"attack {name!r} is already registered")
+
+    def register(build: AttackBuilder) -> AttackBuilder:
+        ATTACKS[name] = AttackKind(name, build, tuple(settings_keys), budgeted, about, parameters)
+        return build
+
+    return register
 
 
+def budgeted_attacks() -> tuple[str, ...]:
+    """Names of the attacks with an L-inf budget, in table order."""
+    return tuple(name for name, kind in ATTACKS.items() if kind.budgeted)
+
+
+@register_attack("fgsm", settings_keys=(), budgeted=True, about=(
+    "FGSM, the fast gradient sign method (Goodfellow, Shlens & Szegedy 2015): one step of size eps along the "
+    "sign of the loss gradient, so every pixel moves by exactly eps (then clipped to [0, 1])."))
+def _fgsm(model: nn.Module, eps: float, settings: Mapping[str, Any], seed: int) -> Attack:
+    return torchattacks.FGSM(model, eps=eps)
+
+
+@register_attack("pgd", settings_keys=("pgd_steps",), budgeted=True, about=(
+    "PGD, projected gradient descent (Madry et al. 2018): iterated gradient-sign steps of 2.5 eps / steps from a "
+    "random start inside the L-inf ball of radius eps, each projected back into the ball."),
+    parameters=lambda eps, settings: {"eps": eps, "steps": settings["pgd_steps"],
+                                      "step_size": PGD_STEP_FACTOR * eps / settings["pgd_steps"],
+                                      "random_start": True})
+def _pgd(model: nn.Module, eps: float, settings: Mapping[str, Any], seed: int) -> Attack:
+    steps = settings["pgd_steps"]
+    return torchattacks.PGD(model, eps=eps, alpha=PGD_STEP_FACTOR * eps / steps, steps=steps, random_start=True)
+
+
+@register_attack("autoattack", settings_keys=_AUTOATTACK_KEYS, budgeted=True, about=(
+    "AutoAttack (Croce & Hein 2020), the parameter-free ensemble used to compare robust models, in the "
+    "two-class form its authors document: APGD-CE, then FAB, then the black-box Square attack, each run on the "
+    "images the previous ones did not break; the targeted parts and the DLR loss need a third class."),
+    parameters=lambda eps, settings: {"eps": eps, "sub_attacks": list(AUTOATTACK_PARTS),
+                                      **{key: settings[key] for key in _AUTOATTACK_KEYS}})
 def two_class_autoattack(model: nn.Module, eps: float, settings: Mapping[str, Any],
                          seed: int = 0) -> torchattacks.MultiAttack:
     """AutoAttack for two-logit models: APGD-CE, then FAB, then Square, each on the survivors of the last."""
@@ -75,18 +130,48 @@ def two_class_autoattack(model: nn.Module, eps: float, settings: Mapping[str, An
     ])
 
 
+@register_attack("cw", settings_keys=("cw_steps", "cw_c", "cw_lr"), budgeted=False, about=(
+    "Carlini-Wagner L2 (Carlini & Wagner 2017): Adam on a change of variables that keeps images in [0, 1], "
+    "minimising the L2 size of the perturbation plus c times a margin loss (confidence kappa = 0); it has no "
+    "L-inf budget and makes the smallest change it can find."),
+    parameters=lambda eps, settings: {"c": settings["cw_c"], "kappa": 0, "steps": settings["cw_steps"],
+                                      "lr": settings["cw_lr"]})
+def _cw(model: nn.Module, eps: float, settings: Mapping[str, Any], seed: int) -> Attack:
+    return torchattacks.CW(model, c=settings["cw_c"], kappa=0, steps=settings["cw_steps"], lr=settings["cw_lr"])
+
+
+def make_attack(name: str, model: nn.Module, eps: float, settings: Mapping[str, Any],
+                seed: int = 0) -> Attack:
+    """The torchattacks object for ``name`` at L-inf budget ``eps``, sized by the profile ``settings``.
+
+    ``settings`` needs the attack's ``settings_keys``; ``eps`` is ignored by attacks without a budget (CW).
+
+    Raises:
+        ValueError: unknown attack name or a budget outside [0, 1].
+    """
+    return _kind(name, eps).build(model, eps, settings, seed)
+
+
 def attack_parameters(name: str, eps: float | None, settings: Mapping[str, Any]) -> dict[str, Any]:
-    """What ran, for ``metrics.json`` and the book: the settings ``make_attack`` uses for ``name``."""
-    if name == "fgsm":
-        return {"eps": eps}
-    if name == "pgd":
-        steps = settings["pgd_steps"]
-        return {"eps": eps, "steps": steps, "step_size": PGD_STEP_FACTOR * eps / steps, "random_start": True}
-    if name == "autoattack":
-        return {"eps": eps, "sub_attacks": list(AUTOATTACK_PARTS), "apgd_steps": settings["apgd_steps"],
-                "apgd_restarts": settings["apgd_restarts"], "fab_steps": settings["fab_steps"],
-                "square_queries": settings["square_queries"]}
-    return {"c": settings["cw_c"], "kappa": 0, "steps": settings["cw_steps"], "lr": settings["cw_lr"]}
+    """What ran, for ``metrics.json`` and the book: the settings ``make_attack`` uses for ``name``.
+
+    Raises:
+        ValueError: unknown attack name or a budget outside [0, 1].
+    """
+    return _kind(name, eps).parameters(eps, settings)
+
+
+def _kind(name: str, eps: float | None) -> AttackKind:
+    if name not in ATTACKS:
+        raise ValueError(f"unknown attack {name!r}; choose from {', '.join(ATTACKS)}")
+    if eps is not None and not 0 <= eps <= 1:
+        raise ValueError(f"eps={eps} is not in [0, 1]: budgets are in pixel units of images in [0, 1] (2/255 ~ 0.0078)")
+    return ATTACKS[name]
+
+
+def changed_images(clean: torch.Tensor, adversarial: torch.Tensor) -> torch.Tensor:
+    """Mask of the images an attack changed (torchattacks returns an image unchanged when it fails)."""
+    return (adversarial != clean).flatten(1).any(1)
 
 
 @dataclass
@@ -180,20 +265,11 @@ def evaluate_attack(
     return AttackOutcome(name, eps, y.clone(), clean_pred, adv_pred, x, adversarial, seconds)
 
 
-def evaluate_attack_cached(
-    model: nn.Module,
-    name: str,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    eps: float | None,
-    settings: Mapping[str, Any],
-    seed: int = 0,
-    device: torch.device | None = None,
-    batch_size: int = 32,
-    progress: bool = True,
-) -> tuple[AttackOutcome, bool]:
-    """``evaluate_attack`` through the artefact cache: ``(outcome, cache_hit)``.
+def evaluate_attack_cached(model: nn.Module, name: str, x: torch.Tensor, y: torch.Tensor, *, eps: float | None,
+                           settings: Mapping[str, Any], seed: int = 0, batch_size: int = 32,
+                           **run: Any) -> tuple[AttackOutcome, bool]:
+    """``evaluate_attack`` through the artefact cache: ``(outcome, cache_hit)``; ``run`` passes ``device`` and
+    ``progress`` on.
 
     The key holds the model's weights, the images, labels, attack settings, seed, batch size and the
     code of this module, so an interrupted chapter resumes at the first attack it had not finished,
@@ -205,8 +281,8 @@ def evaluate_attack_cached(
              "torchattacks": torchattacks.__version__}
 
     def produce(folder: Path) -> None:
-        outcome = evaluate_attack(model, name, x, y, eps=eps, settings=settings, seed=seed, device=device,
-                                  batch_size=batch_size, progress=progress)
+        outcome = evaluate_attack(model, name, x, y, eps=eps, settings=settings, seed=seed, batch_size=batch_size,
+                                  **run)
         cache.torch_save_atomic({"adversarial": outcome.adversarial, "clean_pred": outcome.clean_pred,
                                  "adv_pred": outcome.adv_pred, "seconds": outcome.seconds}, folder / "outcome.pt")
 

@@ -1,13 +1,10 @@
 """Defences against adversarial images, each composed with the classifier into one ``nn.Module``.
 
-- **Adversarial training** (Madry et al. 2018): fine-tune the classifier on PGD images of each batch;
-  ``method="fgsm_rs"`` is the cheap variant, FGSM from a random start (Wong, Rice & Kolter 2020).
-- **HGD**, the high-level representation guided denoiser (Liao et al. 2018): a small U-Net that
-  predicts the perturbation and subtracts it, trained with the logits-guided loss (LGD): the L1 distance
-  between the frozen classifier's logits on the denoised adversarial image and on the clean image.
-- **MagNet** (Meng & Chen 2017): an auto-encoder trained on clean images. Its reconstruction error is a
-  detector (threshold at a stated false-positive rate on clean validation images); its output, the
-  "reformed" image, is what the classifier sees.
+``DEFENSES`` is the table of kinds: each is a training function registered with ``register_defense``, with the
+profile keys it reads, a builder of an untrained module of the same shape (to load cached weights into) and a
+paragraph for the book. Adding a defence is one such entry plus its sizes in ``profiles.yaml``: ``defense_for``
+trains or loads any kind and ``score_defense`` scores it. A defended model that can refuse inputs has a
+``rejects(x)`` method (``Rejecting``, e.g. ``MagNet``), and scoring counts its refusals as outcomes.
 
 A defended model maps images in [0, 1] to two logits and is differentiable end to end, so the attacks of
 ``medsec_utils.attacks`` can target the bare classifier (gray-box) or the whole pipeline (adaptive).
@@ -18,9 +15,10 @@ from __future__ import annotations
 import copy
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -29,18 +27,59 @@ from torch import nn
 from tqdm import tqdm
 
 from . import cache
-from .attacks import make_attack
+from .attacks import make_attack, predict_labels
 from .data import ImageSet
 from .training import Perturb, Tensors, seed_everything, train_classifier
 
 ADVERSARIAL_TRAINING = ("pgd", "fgsm_rs")
-DEFENSES = ("adversarial_training", "hgd", "magnet")
-SETTING_KEYS = {
-    "adversarial_training": ("adv_train_method", "adv_train_eps_255", "adv_train_epochs", "adv_train_lr",
-                             "defense_pgd_steps", "batch_size", "weight_decay", "max_train_images", "max_eval_images"),
-    "hgd": ("hgd_epochs", "hgd_eps_255", "hgd_lr", "defense_pgd_steps", "batch_size", "max_train_images"),
-    "magnet": ("magnet_epochs", "magnet_lr", "magnet_fpr", "batch_size", "max_train_images", "max_eval_images"),
-}
+
+History = list[dict[str, float]]
+DefenseTrainer = Callable[[ImageSet, nn.Module, Tensors, Mapping[str, Any], int, torch.device, bool],
+                          tuple[nn.Module, History]]
+DefenseBuilder = Callable[[int, nn.Module], nn.Module]
+
+
+@dataclass(frozen=True)
+class DefenseKind:
+    """One defence of the table.
+
+    ``train(images, classifier, train, settings, seed, device, progress)`` returns the defended model and its
+    training history; ``build(channels, classifier)`` an untrained one of the same shape; ``settings_keys`` are
+    the profile keys ``train`` reads (they go into the cache key).
+    """
+
+    name: str
+    settings_keys: tuple[str, ...]
+    train: DefenseTrainer
+    build: DefenseBuilder
+    about: str
+
+
+DEFENSES: dict[str, DefenseKind] = {}
+
+
+def register_defense(name: str, *, settings_keys: Sequence[str], build: DefenseBuilder,
+                     about: str) -> Callable[[DefenseTrainer], DefenseTrainer]:
+    """Decorator: enter the training function below it in ``DEFENSES`` as ``name`` (see ``DefenseKind``).
+
+    Raises:
+        ValueError: ``name`` is taken (its cached weights would be mistaken for the new defence's).
+    """
+    if name in DEFENSES:
+        raise ValueError(f"defence {name!r} is already registered")
+
+    def register(train: DefenseTrainer) -> DefenseTrainer:
+        DEFENSES[name] = DefenseKind(name, tuple(settings_keys), train, build, about)
+        return train
+
+    return register
+
+
+@runtime_checkable
+class Rejecting(Protocol):
+    """A defended model that can refuse inputs: ``rejects(x)`` is the mask of the images it refuses."""
+
+    def rejects(self, x: torch.Tensor) -> torch.Tensor: ...
 
 
 def adversarial_perturb(method: str, eps: float, steps: int) -> Perturb:
@@ -64,7 +103,7 @@ def adversarial_perturb(method: str, eps: float, steps: int) -> Perturb:
 
 def adversarially_train(model: nn.Module, train: Tensors, val: Tensors, *, method: str, eps: float, steps: int,
                         epochs: int, batch_size: int, lr: float, weight_decay: float, seed: int,
-                        device: torch.device, flip: bool = False, progress: bool = True) -> list[dict[str, float]]:
+                        device: torch.device, flip: bool = False, progress: bool = True) -> History:
     """Fine-tune ``model`` in place on adversarial images of every batch; keeps the best clean validation AUC."""
     return train_classifier(model, train, val, epochs=epochs, batch_size=batch_size, lr=lr,
                             weight_decay=weight_decay, seed=seed, device=device, flip=flip,
@@ -120,7 +159,7 @@ class AutoEncoder(nn.Module):
 
 
 class MagNet(Defended):
-    """Reformer (the auto-encoder) in front of the classifier, with a reconstruction-error detector."""
+    """Reformer (the auto-encoder) in front of the classifier, with a reconstruction-error detector (``Rejecting``)."""
 
     def __init__(self, autoencoder: AutoEncoder, classifier: nn.Module, threshold: float = float("inf")) -> None:
         super().__init__(autoencoder, classifier)
@@ -149,7 +188,7 @@ class MagNet(Defended):
 
 def train_denoiser(denoiser: Denoiser, classifier: nn.Module, train: Tensors, *, eps: list[float], steps: int,
                    epochs: int, batch_size: int, lr: float, seed: int, device: torch.device,
-                   progress: bool = True) -> list[dict[str, float]]:
+                   progress: bool = True) -> History:
     """Train ``denoiser`` with the logits-guided loss against the frozen ``classifier``.
 
     Each batch is attacked with PGD at a budget drawn from ``eps`` (so the denoiser sees several
@@ -179,7 +218,7 @@ def train_denoiser(denoiser: Denoiser, classifier: nn.Module, train: Tensors, *,
 
 def train_autoencoder(autoencoder: AutoEncoder, train: torch.Tensor, *, epochs: int, batch_size: int, lr: float,
                       seed: int, device: torch.device, noise: float = 0.025,
-                      progress: bool = True) -> list[dict[str, float]]:
+                      progress: bool = True) -> History:
     """Train MagNet's auto-encoder to reconstruct clean images from copies with Gaussian noise (std ``noise``)."""
     seed_everything(seed)
     autoencoder.to(device)
@@ -196,7 +235,7 @@ def train_autoencoder(autoencoder: AutoEncoder, train: torch.Tensor, *, epochs: 
 
 def _fit(module: nn.Module, n: int, batch_loss: Callable[[torch.Tensor, torch.Generator], torch.Tensor], *,
          epochs: int, batch_size: int, lr: float, seed: int, desc: str, progress: bool,
-         weight_decay: float = 0.0) -> list[dict[str, float]]:
+         weight_decay: float = 0.0) -> History:
     """Adam on ``module`` over seeded shuffles of ``n`` items; ``batch_loss(index, generator)`` gives each loss."""
     optimizer = torch.optim.Adam(module.parameters(), lr=lr, weight_decay=weight_decay)
     generator = torch.Generator().manual_seed(seed)
@@ -233,8 +272,7 @@ def magnet_accuracy(magnet: MagNet, x: torch.Tensor, y: torch.Tensor, adversaria
     with torch.no_grad():
         pred = torch.cat([magnet(x[i:i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(x), batch_size)])
     correct = pred == y
-    is_adversarial = torch.as_tensor(adversarial).expand(len(y))
-    good = torch.where(is_adversarial, rejected | correct, ~rejected & correct)
+    good = _right_outcomes(rejected, correct, torch.as_tensor(adversarial).expand(len(y)))
     passed = ~rejected
     return {"accuracy": float(good.float().mean()), "n_correct": int(good.sum()), "n": len(y),
             "rejected_share": float(rejected.float().mean()),
@@ -270,18 +308,111 @@ def detector_aware_pgd(magnet: MagNet, x: torch.Tensor, y: torch.Tensor, *, eps:
     return attack(x, y).detach()
 
 
+def detector_aware_attack(magnet: MagNet, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps: int,
+                          batch_size: int, seed: int, device: torch.device) -> torch.Tensor:
+    """``detector_aware_pgd`` on the images of ``x`` that ``magnet`` diagnoses right and lets through, in batches;
+    the other images are returned as they are (there is nothing to attack)."""
+    torch.manual_seed(seed)
+    ok = (predict_labels(magnet, x, device) == y) & ~magnet.rejects(x)
+    adversarial = x.clone()
+    adversarial[ok] = torch.cat([detector_aware_pgd(magnet, xb.to(device), yb.to(device), eps=eps, steps=steps).cpu()
+                                 for xb, yb in zip(x[ok].split(batch_size), y[ok].split(batch_size))] or [x[:0]])
+    return adversarial
+
+
+def score_defense(model: nn.Module, x: torch.Tensor, y: torch.Tensor, changed: torch.Tensor,
+                  device: torch.device | None = None) -> dict[str, Any]:
+    """How ``model`` fares on ``(x, y)``, where ``changed`` marks the adversarial images (the others are clean).
+
+    ``n_correct`` counts the right diagnoses. For a ``Rejecting`` model a refusal is an outcome, as in
+    ``magnet_accuracy``: right for an adversarial image, wrong for a clean one; it also gets the shares of
+    adversarial and clean images refused and the accuracy on the adversarial images it let through.
+    """
+    device = device or next(model.parameters()).device
+    correct = predict_labels(model, x, device) == y
+    if not isinstance(model, Rejecting):
+        return {"n_correct": int(correct.sum())}
+    flagged = model.rejects(x)
+    return {"n_correct": int(_right_outcomes(flagged, correct, changed).sum()),
+            "rejected_adversarial_share": _share(flagged[changed]), "rejected_clean_share": _share(flagged[~changed]),
+            "accuracy_of_passed_adversarial": _share(correct[changed & ~flagged])}
+
+
+def _right_outcomes(rejected: torch.Tensor, correct: torch.Tensor, adversarial: torch.Tensor) -> torch.Tensor:
+    """An adversarial image is defended when rejected or diagnosed right; a clean one must pass and be right."""
+    return torch.where(adversarial, rejected | correct, ~rejected & correct)
+
+
+def _share(mask: torch.Tensor) -> float:
+    return float(mask.float().mean()) if len(mask) else float("nan")
+
+
 def _block(in_channels: int, out_channels: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.BatchNorm2d(out_channels), nn.ReLU(),
                          nn.Conv2d(out_channels, out_channels, 3, padding=1), nn.BatchNorm2d(out_channels), nn.ReLU())
 
 
+@register_defense(
+    "adversarial_training", build=lambda channels, classifier: copy.deepcopy(classifier),
+    settings_keys=("adv_train_method", "adv_train_eps_255", "adv_train_epochs", "adv_train_lr", "defense_pgd_steps",
+                   "batch_size", "weight_decay", "max_train_images", "max_eval_images"),
+    about=("Adversarial training (Madry et al. 2018): the classifier is fine-tuned on adversarial images of each "
+           "batch (PGD, or with adv_train_method fgsm_rs the cheap variant, FGSM from a random start; Wong, Rice & "
+           "Kolter 2020), keeping the epoch with the best clean validation AUC."))
+def _adversarial_training(images: ImageSet, classifier: nn.Module, train: Tensors, settings: Mapping[str, Any],
+                          seed: int, device: torch.device, progress: bool) -> tuple[nn.Module, History]:
+    robust = copy.deepcopy(classifier)
+    history = adversarially_train(
+        robust, train, images.tensors("val", settings["max_eval_images"], seed), method=settings["adv_train_method"],
+        eps=settings["adv_train_eps_255"] / 255, steps=settings["defense_pgd_steps"],
+        epochs=settings["adv_train_epochs"], batch_size=settings["batch_size"], lr=settings["adv_train_lr"],
+        weight_decay=settings["weight_decay"], seed=seed, device=device, flip=images.modality == "histology",
+        progress=progress)
+    return robust, history
+
+
+@register_defense(
+    "hgd", build=lambda channels, classifier: Defended(Denoiser(channels), classifier),
+    settings_keys=("hgd_epochs", "hgd_eps_255", "hgd_lr", "defense_pgd_steps", "batch_size", "max_train_images"),
+    about=("HGD, the high-level representation guided denoiser (Liao et al. 2018): a small U-Net in front of the "
+           "classifier that predicts the perturbation and subtracts it, trained on PGD images of several budgets "
+           "with the logits-guided loss: the L1 distance between the frozen classifier's logits on the denoised "
+           "adversarial image and on the clean image."))
+def _hgd(images: ImageSet, classifier: nn.Module, train: Tensors, settings: Mapping[str, Any], seed: int,
+         device: torch.device, progress: bool) -> tuple[nn.Module, History]:
+    denoiser = Denoiser(images.channels)
+    history = train_denoiser(denoiser, classifier, train, eps=[e / 255 for e in settings["hgd_eps_255"]],
+                             steps=settings["defense_pgd_steps"], epochs=settings["hgd_epochs"],
+                             batch_size=settings["batch_size"], lr=settings["hgd_lr"], seed=seed, device=device,
+                             progress=progress)
+    return Defended(denoiser, classifier), history
+
+
+@register_defense(
+    "magnet", build=lambda channels, classifier: MagNet(AutoEncoder(channels), classifier),
+    settings_keys=("magnet_epochs", "magnet_lr", "magnet_fpr", "batch_size", "max_train_images", "max_eval_images"),
+    about=("MagNet (Meng & Chen 2017): an auto-encoder trained on clean images. Its reconstruction error is a "
+           "detector, with the threshold set to reject magnet_fpr of the clean validation images; its output, the "
+           "'reformed' image, is what the classifier sees. A rejected adversarial image counts as defended, a "
+           "rejected clean image as an error."))
+def _magnet(images: ImageSet, classifier: nn.Module, train: Tensors, settings: Mapping[str, Any], seed: int,
+            device: torch.device, progress: bool) -> tuple[nn.Module, History]:
+    autoencoder = AutoEncoder(images.channels)
+    history = train_autoencoder(autoencoder, train[0], epochs=settings["magnet_epochs"], batch_size=settings["batch_size"],
+                                lr=settings["magnet_lr"], seed=seed, device=device, progress=progress)
+    magnet = MagNet(autoencoder, classifier).to(device).eval()
+    magnet.calibrate(images.tensors("val", settings["max_eval_images"], seed)[0], settings["magnet_fpr"])
+    return magnet, history
+
+
 def defense_for(kind: str, images: ImageSet, classifier: nn.Module, settings: Mapping[str, Any], *, seed: int,
-                device: torch.device, progress: bool = True) -> tuple[nn.Module, list[dict[str, float]], bool]:
+                device: torch.device, progress: bool = True) -> tuple[nn.Module, History, bool]:
     """The defended model of ``kind`` for ``classifier`` on ``images``: from the artefact cache, or trained now.
 
-    ``adversarial_training`` returns a fine-tuned copy of the classifier, ``hgd`` a ``Defended`` denoiser +
-    classifier, ``magnet`` a calibrated ``MagNet``. The key holds the classifier's weights, the data
-    checksum, the settings the defence uses, the seed and the code of this module, ``training`` and ``attacks``.
+    The cache holds the defended module's whole ``state_dict``, loaded into ``build``'s untrained copy. The key
+    holds the classifier's weights, the data checksum, the settings the defence reads (its ``settings_keys`` and
+    ``max_train_images``, which picks its training images), the seed and the code of this module, ``training``
+    and ``attacks``.
 
     Returns:
         ``(defended model in eval mode, training history, cache_hit)``.
@@ -291,64 +422,19 @@ def defense_for(kind: str, images: ImageSet, classifier: nn.Module, settings: Ma
     """
     if kind not in DEFENSES:
         raise ValueError(f"unknown defence {kind!r}; choose from {', '.join(DEFENSES)}")
+    defense = DEFENSES[kind]
     parts = {"kind": kind, "classifier": cache.tensor_fingerprint(classifier.state_dict()), "data": images.checksum,
-             "seed": seed, "settings": {key: settings[key] for key in SETTING_KEYS[kind]},
+             "seed": seed, "settings": {key: settings[key] for key in ("max_train_images", *defense.settings_keys)},
              "code": cache.code_fingerprint("defenses", "training", "attacks"), "torchattacks": torchattacks.__version__}
     classifier = classifier.to(device).eval()
 
     def produce(folder: Path) -> None:
         train = images.tensors("train", settings["max_train_images"], seed)
-        defended, history = _train_defense(kind, images, classifier, train, settings, seed, device, progress)
-        cache.torch_save_atomic(_defense_state(kind, defended), folder / "defense.pt")
+        defended, history = defense.train(images, classifier, train, settings, seed, device, progress)
+        cache.torch_save_atomic({k: v.detach().cpu() for k, v in defended.state_dict().items()}, folder / "defense.pt")
         cache.write_json_atomic(folder / "history.json", history)
 
     folder, hit = cache.cached("defense", parts, produce)
-    defended = _empty_defense(kind, images.channels, classifier)
-    state = torch.load(folder / "defense.pt", map_location="cpu")
-    (defended if kind == "adversarial_training" else defended.front).load_state_dict(state["weights"])
-    if kind == "magnet":
-        defended.threshold.fill_(state["threshold"])
+    defended = defense.build(images.channels, classifier)
+    defended.load_state_dict(torch.load(folder / "defense.pt", map_location="cpu"))
     return defended.to(device).eval(), json.loads((folder / "history.json").read_text()), hit
-
-
-def _train_defense(kind: str, images: ImageSet, classifier: nn.Module, train: Tensors, settings: Mapping[str, Any],
-                   seed: int, device: torch.device, progress: bool) -> tuple[nn.Module, list[dict[str, float]]]:
-    if kind == "adversarial_training":
-        robust = copy.deepcopy(classifier)
-        history = adversarially_train(
-            robust, train, images.tensors("val", settings["max_eval_images"], seed), method=settings["adv_train_method"],
-            eps=settings["adv_train_eps_255"] / 255, steps=settings["defense_pgd_steps"],
-            epochs=settings["adv_train_epochs"], batch_size=settings["batch_size"], lr=settings["adv_train_lr"],
-            weight_decay=settings["weight_decay"], seed=seed, device=device, flip=images.modality == "histology",
-            progress=progress)
-        return robust, history
-    if kind == "hgd":
-        denoiser = Denoiser(images.channels)
-        history = train_denoiser(denoiser, classifier, train, eps=[e / 255 for e in settings["hgd_eps_255"]],
-                                 steps=settings["defense_pgd_steps"], epochs=settings["hgd_epochs"],
-                                 batch_size=settings["batch_size"], lr=settings["hgd_lr"], seed=seed, device=device,
-                                 progress=progress)
-        return Defended(denoiser, classifier), history
-    autoencoder = AutoEncoder(images.channels)
-    history = train_autoencoder(autoencoder, train[0], epochs=settings["magnet_epochs"], batch_size=settings["batch_size"],
-                                lr=settings["magnet_lr"], seed=seed, device=device, progress=progress)
-    magnet = MagNet(autoencoder, classifier).to(device).eval()
-    magnet.calibrate(images.tensors("val", settings["max_eval_images"], seed)[0], settings["magnet_fpr"])
-    return magnet, history
-
-
-def _defense_state(kind: str, defended: nn.Module) -> dict[str, Any]:
-    weights = defended if kind == "adversarial_training" else defended.front
-    state = {"weights": {k: v.detach().cpu() for k, v in weights.state_dict().items()}}
-    if kind == "magnet":
-        state["threshold"] = float(defended.threshold)
-    return state
-
-
-def _empty_defense(kind: str, channels: int, classifier: nn.Module) -> nn.Module:
-    if kind == "adversarial_training":
-        return copy.deepcopy(classifier)
-    if kind == "hgd":
-        return Defended(Denoiser(channels), classifier)
-    return MagNet(AutoEncoder(channels), classifier)
-

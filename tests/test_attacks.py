@@ -1,8 +1,10 @@
-"""Attacks: each one hurts a trained model, budgets hold, AutoAttack works on two logits, runs repeat."""
+"""Attacks: each kind of the table hurts a trained model, budgets hold, AutoAttack works on two logits, runs
+repeat, and a new kind is one table entry."""
 
 import pytest
 import torch
 import torchattacks
+from torchattacks.attack import Attack
 
 from _toy import bright_centre_task, trained_tiny_cnn
 from medsec_utils import attacks, metrics, profiles
@@ -43,12 +45,28 @@ def test_fgsm_moves_every_pixel_by_eps_inside_the_box(model, test_set):
     torch.testing.assert_close(delta[inside], torch.full_like(delta[inside], eps), atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("name", ["pgd", "autoattack"])
-def test_budgeted_attacks_stay_in_the_eps_ball_and_the_box(model, test_set, name):
+@pytest.mark.parametrize("name", attacks.ATTACKS)
+def test_every_attack_stays_in_the_box_and_its_budget_and_leaves_unattacked_images(model, test_set, name):
     x, y = test_set
-    outcome = attacks.evaluate_attack(model, name, x, y, eps=3 / 255, settings=SETTINGS, progress=False)
-    assert float((outcome.adversarial - x).abs().max()) <= 3 / 255 + 1e-6
+    budgeted = attacks.ATTACKS[name].budgeted
+    outcome = attacks.evaluate_attack(model, name, x, y, eps=3 / 255 if budgeted else None, settings=SETTINGS,
+                                      progress=False)
+    if budgeted:
+        assert float((outcome.adversarial - x).abs().max()) <= 3 / 255 + 1e-6
     assert float(outcome.adversarial.min()) >= 0 and float(outcome.adversarial.max()) <= 1
+    untouched = ~outcome.attacked
+    assert torch.equal(outcome.adversarial[untouched], x[untouched])
+
+
+@pytest.mark.parametrize("name", attacks.ATTACKS)
+def test_every_attack_kind_is_complete(name):
+    kind = attacks.ATTACKS[name]
+    assert kind.name == name and len(kind.about) > 80, "the book shows the about paragraph"
+    for profile in profiles.profile_names():
+        assert set(kind.settings_keys) <= set(profiles.resolve_profile(profile)), (profile, name)
+    recorded = attacks.attack_parameters(name, 2 / 255 if kind.budgeted else None, SETTINGS)
+    assert ("eps" in recorded) == kind.budgeted
+    assert (name in attacks.budgeted_attacks()) == kind.budgeted
 
 
 def test_cw_stays_in_the_box_and_changes_only_attacked_images(model, test_set):
@@ -104,6 +122,10 @@ def test_bad_names_and_budgets_are_clear_errors(model):
         attacks.make_attack("deepfool", model, 0.01, SETTINGS)
     with pytest.raises(ValueError, match="pixel units"):
         attacks.make_attack("fgsm", model, 8.0, SETTINGS)
+    with pytest.raises(ValueError, match="unknown attack 'deepfool'"):
+        attacks.attack_parameters("deepfool", 0.01, SETTINGS)
+    with pytest.raises(ValueError, match="already registered"):
+        attacks.register_attack("pgd", settings_keys=(), budgeted=True, about="")
 
 
 def test_recorded_parameters_are_the_ones_that_ran(model):
@@ -117,6 +139,26 @@ def test_recorded_parameters_are_the_ones_that_ran(model):
         recorded["apgd_steps"], "ce", recorded["fab_steps"], False, recorded["square_queries"])
     cw = attacks.make_attack("cw", model, 0.0, SETTINGS)
     assert (cw.c, cw.steps, cw.lr) == tuple(attacks.attack_parameters("cw", None, SETTINGS)[k] for k in ("c", "steps", "lr"))
+
+
+def test_recorded_parameters_keep_their_keys_and_order():
+    """They are part of cache keys and metrics.json: a change here re-runs every cached attack."""
+    eps = 4 / 255
+    assert list(attacks.attack_parameters("fgsm", eps, SETTINGS).items()) == [("eps", eps)]
+    assert list(attacks.attack_parameters("pgd", eps, SETTINGS).items()) == [
+        ("eps", eps), ("steps", 10), ("step_size", 2.5 * eps / 10), ("random_start", True)]
+    assert list(attacks.attack_parameters("autoattack", eps, SETTINGS).items()) == [
+        ("eps", eps), ("sub_attacks", list(attacks.AUTOATTACK_PARTS)), ("apgd_steps", 10),
+        ("apgd_restarts", SETTINGS["apgd_restarts"]), ("fab_steps", 10), ("square_queries", 50)]
+    assert list(attacks.attack_parameters("cw", None, SETTINGS).items()) == [
+        ("c", 100.0), ("kappa", 0), ("steps", 50), ("lr", 0.05)]
+
+
+def test_changed_images_marks_only_images_an_attack_moved():
+    clean = torch.zeros(3, 1, 4, 4)
+    adversarial = clean.clone()
+    adversarial[1, 0, 2, 2] = 1 / 255
+    assert attacks.changed_images(clean, adversarial).tolist() == [False, True, False]
 
 
 def test_perturbation_sizes_match_their_definitions():
@@ -142,3 +184,41 @@ def test_cached_attack_is_computed_once_and_returns_the_same_images(model, test_
     _, other_eps_hit = attacks.evaluate_attack_cached(model, "pgd", x, y, eps=3 / 255, settings=SETTINGS,
                                                       progress=False)
     assert not other_eps_hit
+
+
+class RandomSign(Attack):
+    """Toy attack: up to ``draws`` random-sign perturbations of size ``eps``, kept once one flips the diagnosis."""
+
+    def __init__(self, model, eps, draws):
+        super().__init__("RandomSign", model)
+        self.eps, self.draws = eps, draws
+
+    @torch.no_grad()
+    def forward(self, images, labels):
+        adversarial = images.clone()
+        for _ in range(self.draws):
+            still_right = self.get_logits(adversarial).argmax(1) == labels
+            trial = (images + self.eps * torch.randn_like(images).sign()).clamp(0, 1)
+            adversarial[still_right] = trial[still_right]
+        return adversarial
+
+
+def test_a_new_attack_is_one_table_entry(model, test_set, tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDSEC_CACHE", str(tmp_path))
+    monkeypatch.setattr(attacks, "ATTACKS", dict(attacks.ATTACKS))  # the registration is undone after the test
+
+    @attacks.register_attack("random_sign", settings_keys=("noise_draws",), budgeted=True,
+                             about="Random-sign noise of size eps: a toy baseline, no gradient.")
+    def random_sign(model, eps, settings, seed):
+        return RandomSign(model, eps, settings["noise_draws"])
+
+    x, y = test_set
+    eps, settings = 8 / 255, {**SETTINGS, "noise_draws": 3}
+    assert attacks.attack_parameters("random_sign", eps, settings) == {"eps": eps, "noise_draws": 3}
+    assert "random_sign" in attacks.budgeted_attacks()
+    first, hit = attacks.evaluate_attack_cached(model, "random_sign", x, y, eps=eps, settings=settings, progress=False)
+    again, hit_again = attacks.evaluate_attack_cached(model, "random_sign", x, y, eps=eps, settings=settings,
+                                                      progress=False)
+    assert (hit, hit_again) == (False, True) and torch.equal(first.adversarial, again.adversarial)
+    delta = (first.adversarial - x).abs().flatten(1).amax(1)
+    assert float(delta.max()) <= eps + 1e-6 and bool((delta[first.attacked] > 0).all())

@@ -1,10 +1,14 @@
-"""Defences: each trains, composes with the classifier into one differentiable module, and does its job."""
+"""Defences: each kind of the table trains, composes with the classifier into one differentiable module, round-trips
+through the cache and does its job; a new kind is one table entry."""
+
+import dataclasses
 
 import pytest
 import torch
+from torch import nn
 
 from _toy import bright_centre_task, tiny_cnn, trained_tiny_cnn
-from medsec_utils import attacks, defenses, profiles
+from medsec_utils import attacks, data, defenses, profiles
 
 CPU = torch.device("cpu")
 SETTINGS = profiles.resolve_profile("smoke", pgd_steps=10)
@@ -90,24 +94,93 @@ def test_magnet_accuracy_counts_rejections_for_adversarial_and_against_clean_ima
     assert as_clean["accuracy"] <= 1 - as_clean["rejected_share"]
 
 
-@pytest.mark.parametrize("kind", defenses.DEFENSES)
-def test_each_defense_trains_once_then_round_trips_through_the_cache(kind, classifier, tmp_path, monkeypatch):
-    monkeypatch.setenv("MEDSEC_CACHE", str(tmp_path))
-    from medsec_utils import data
+@pytest.fixture(scope="module")
+def phantoms():
+    return data.load_dataset("phantom:ct?n=60", size=16, use_cache=False, progress=False)
 
-    images = data.load_dataset("phantom:ct?n=60", size=16, use_cache=False, progress=False)
-    settings = profiles.resolve_profile("smoke", max_train_images=32, max_eval_images=16, batch_size=16,
-                                        magnet_epochs=1)
+
+TINY = profiles.resolve_profile("smoke", max_train_images=32, max_eval_images=16, batch_size=16, magnet_epochs=1)
+
+
+@pytest.mark.parametrize("kind", defenses.DEFENSES)
+def test_every_defense_kind_is_complete(kind, classifier):
+    defense = defenses.DEFENSES[kind]
+    assert defense.name == kind and len(defense.about) > 80, "the book shows the about paragraph"
+    for profile in profiles.profile_names():
+        assert set(defense.settings_keys) <= set(profiles.resolve_profile(profile)), (profile, kind)
+    assert defense.build(1, classifier).eval()(torch.rand(3, 1, 16, 16)).shape == (3, 2)
+
+
+@pytest.mark.parametrize("kind", defenses.DEFENSES)
+def test_each_defense_trains_once_then_round_trips_through_the_cache(kind, classifier, phantoms, tmp_path,
+                                                                     monkeypatch):
+    monkeypatch.setenv("MEDSEC_CACHE", str(tmp_path))
+    images, settings, defense, trained = phantoms, TINY, defenses.DEFENSES[kind], []
+
+    def train_and_keep(*args):
+        trained.append(defense.train(*args))
+        return trained[-1]
+
+    monkeypatch.setitem(defenses.DEFENSES, kind, dataclasses.replace(defense, train=train_and_keep))
     first, history, hit = defenses.defense_for(kind, images, classifier, settings, seed=0, device=CPU, progress=False)
     again, _, hit_again = defenses.defense_for(kind, images, classifier, settings, seed=0, device=CPU, progress=False)
     assert (hit, hit_again) == (False, True) and len(history) >= 1
     x = images.tensors("test")[0]
     with torch.no_grad():
         torch.testing.assert_close(first(x), again(x))
+    kept = trained[0][0].state_dict()
+    assert len(trained) == 1 and list(kept) == list(again.state_dict())
+    assert all(torch.equal(kept[key].cpu(), value) for key, value in again.state_dict().items())
     if kind == "magnet":
         assert float(again.threshold) == float(first.threshold) < float("inf")
     if kind == "adversarial_training":
         assert any(not torch.equal(a, b) for a, b in zip(first.state_dict().values(), classifier.state_dict().values()))
+    scored = defenses.score_defense(again, x, images.tensors("test")[1], torch.zeros(len(x), dtype=torch.bool))
+    assert 0 <= scored["n_correct"] <= len(x)
+    assert ("rejected_clean_share" in scored) == isinstance(again, defenses.Rejecting)
+
+
+class _Constant(nn.Module):
+    """A two-logit model that diagnoses every image as ``label``."""
+
+    def __init__(self, label):
+        super().__init__()
+        self.logits = nn.Parameter(torch.tensor([1.0 - label, float(label)]))
+
+    def forward(self, x):
+        return self.logits.expand(len(x), 2)
+
+
+def test_score_defense_scores_plain_models_and_counts_rejections_by_image_kind():
+    y = torch.tensor([1, 1, 1, 0, 0, 0])
+    x = torch.full((6, 1, 8, 8), 0.5)
+    changed = torch.tensor([True, True, False, True, False, False])
+    assert defenses.score_defense(_Constant(1), x, y, changed) == {"n_correct": 3}
+
+    magnet = defenses.MagNet(nn.Identity(), _Constant(1)).eval()
+    x[[0, 3, 5]] = 0.9  # these three are "far from the data": the detector rejects them
+    magnet.reconstruction_error = lambda images: (images.flatten(1).mean(1) > 0.7).float()
+    magnet.threshold.fill_(0.5)
+    scored = defenses.score_defense(magnet, x, y, changed)
+    # adversarial 0 (rejected, right), 1 (passed, Pathology right), 3 (rejected, right);
+    # clean 2 (passed, right), 4 (passed, Normal called Pathology: wrong), 5 (rejected clean: wrong)
+    assert scored["n_correct"] == 4 == defenses.magnet_accuracy(magnet, x, y, changed)["n_correct"]
+    assert scored["rejected_adversarial_share"] == pytest.approx(2 / 3)
+    assert scored["rejected_clean_share"] == pytest.approx(1 / 3)
+    assert scored["accuracy_of_passed_adversarial"] == 1.0
+
+
+def test_detector_aware_attack_changes_only_images_magnet_gets_right_and_lets_through(classifier):
+    x, y = bright_centre_task(40, 3)
+    magnet = defenses.MagNet(defenses.AutoEncoder(1, width=8), classifier).eval()
+    magnet.calibrate(x, false_positive_rate=0.3)
+    ok = (attacks.predict_labels(magnet, x, CPU) == y) & ~magnet.rejects(x)
+    batched = defenses.detector_aware_attack(magnet, x, y, eps=8 / 255, steps=3, batch_size=7, seed=1, device=CPU)
+    whole = defenses.detector_aware_attack(magnet, x, y, eps=8 / 255, steps=3, batch_size=len(x), seed=1, device=CPU)
+    torch.manual_seed(1)
+    assert torch.equal(whole[ok], defenses.detector_aware_pgd(magnet, x[ok], y[ok], eps=8 / 255, steps=3))
+    assert torch.equal(batched[~ok], x[~ok]) and float((batched - x).abs().max()) <= 8 / 255 + 1e-6
+    assert 0 < int(ok.sum()) < len(x)
 
 
 def test_detector_aware_attack_evades_the_magnet_detector_more_often(classifier):
@@ -130,3 +203,42 @@ def test_detector_aware_attack_evades_the_magnet_detector_more_often(classifier)
     assert plain_score["rejected_share"] >= 0.1, "the plain attack must trip the detector for this test to mean anything"
     assert aware_score["rejected_share"] < plain_score["rejected_share"] / 2
     assert aware_score["accuracy"] <= plain_score["accuracy"], (plain_score, aware_score)
+
+
+class BlurDetector(defenses.Defended):
+    """Toy defence: a fixed 3x3 box blur in front of the classifier that rejects images the blur changes by more
+    than ``limit`` (a buffer, so the cache keeps it)."""
+
+    def __init__(self, classifier):
+        super().__init__(nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False), classifier)
+        self.register_buffer("limit", torch.tensor(float("inf")))
+
+    def change(self, x):
+        return (x - self.front(x)).abs().flatten(1).mean(1)
+
+    @torch.no_grad()
+    def rejects(self, x):
+        return self.change(x) > self.limit
+
+
+def test_a_new_defense_is_one_table_entry(classifier, phantoms, tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDSEC_CACHE", str(tmp_path))
+    monkeypatch.setattr(defenses, "DEFENSES", dict(defenses.DEFENSES))  # the registration is undone after the test
+
+    @defenses.register_defense("blur", settings_keys=("max_train_images",),
+                               build=lambda channels, classifier: BlurDetector(classifier),
+                               about="A fixed box blur that rejects the images it changes most: a toy.")
+    def blur(images, classifier, train, settings, seed, device, progress):
+        defended = BlurDetector(classifier)
+        defended.limit.fill_(float(defended.change(train[0]).median()))
+        return defended, [{"epoch": 1, "train_loss": 0.0, "seconds": 0.0}]
+
+    first, history, hit = defenses.defense_for("blur", phantoms, classifier, TINY, seed=0, device=CPU, progress=False)
+    again, _, hit_again = defenses.defense_for("blur", phantoms, classifier, TINY, seed=0, device=CPU, progress=False)
+    assert (hit, hit_again) == (False, True) and history[0]["epoch"] == 1
+    assert float(again.limit) == float(first.limit) < float("inf")
+    x, y = phantoms.tensors("test")
+    adversarial = attacks.make_attack("fgsm", again, 8 / 255, SETTINGS)(x, y)
+    scored = defenses.score_defense(again, adversarial, y, attacks.changed_images(x, adversarial))
+    assert set(scored) == {"n_correct", "rejected_adversarial_share", "rejected_clean_share",
+                           "accuracy_of_passed_adversarial"}
