@@ -2,11 +2,11 @@
 
     python benchmarks/bench_generative.py [--profile cpu] [--images 64] [--size 64] [--channels 1]
 
-Builds DC-GAN, ProGAN and DDPM at the profile's widths (random images, CPU; the GANs with the profile's
-DiffAugment), trains one epoch of
-``--images`` images (ProGAN: one epoch at each level from 4 px up), and prints seconds per optimiser step,
-milliseconds per sampled image (DDPM: the profile's DDIM steps) and the minutes one class takes at the
-profile's step budget (``gan_steps``, ``progan_steps_per_level``, ``ddpm_steps``).
+Builds every kind in ``generative.GENERATORS`` at the profile's widths (random images, CPU; the GANs with the
+profile's DiffAugment), trains one epoch of ``--images`` images (ProGAN: one epoch at each level from 4 px up),
+and prints seconds per optimiser step, milliseconds per sampled image (DDPM: the profile's DDIM steps) and the
+minutes one class takes at the profile's step budget (each kind's ``steps_key``: ``gan_steps``,
+``progan_steps_per_level`` per level, ``ddpm_steps``).
 """
 
 from __future__ import annotations
@@ -19,21 +19,6 @@ import torch
 from medsec_utils import generative, profiles
 
 CPU = torch.device("cpu")
-
-
-def _train_one_epoch(kind: str, generator, discriminator, x: torch.Tensor, settings: profiles.Settings) -> int:
-    """One epoch of ``kind`` (ProGAN: one at every level); returns the steps a class trains in the profile."""
-    common = dict(batch_size=settings.batch_size, seed=0, device=CPU, progress=False)
-    if kind == "dcgan":
-        generative.train_dcgan(generator, discriminator, x, epochs=1, lr=settings.gan_lr, augment=settings.gan_augment,
-                               **common)
-        return settings.gan_steps
-    if kind == "progan":
-        generative.train_progan(generator, discriminator, x, epochs_per_level=1, lr=settings.progan_lr,
-                                augment=settings.gan_augment, **common)
-        return settings.progan_steps_per_level * (generator.max_level + 1)
-    generative.train_ddpm(generator, x, epochs=1, lr=settings.ddpm_lr, **common)
-    return settings.ddpm_steps
 
 
 def main() -> None:
@@ -49,12 +34,14 @@ def main() -> None:
     steps_per_epoch = max(1, args.images // settings.batch_size)
     print(f"profile {args.profile}: {args.images} images at {args.size} px, {args.channels} channel(s), "
           f"batch {settings.batch_size}, {torch.get_num_threads()} threads")
-    for kind in generative.GENERATORS:
-        generator, discriminator = generative.build_generative(kind, args.channels, args.size, settings)
-        levels = generator.max_level + 1 if kind == "progan" else 1
+    for kind, entry in generative.GENERATORS.items():
+        generator, discriminator = entry.build(args.channels, args.size, settings)
         started = time.perf_counter()
-        budget = _train_one_epoch(kind, generator, discriminator, x, settings)
+        history = entry.train(generator, discriminator, x, settings, epochs=1, batch_size=settings.batch_size, seed=0,
+                              device=CPU, progress=False, checkpoint=None)
+        levels = len(history)  # one epoch per stage (ProGAN: per level); the budget is per stage
         step_s = (time.perf_counter() - started) / (steps_per_epoch * levels)
+        budget = settings[entry.steps_key] * levels
         started = time.perf_counter()
         generative.sample(generator, args.images, seed=0, device=CPU, ddim_steps=settings.ddim_steps)
         sample_ms = (time.perf_counter() - started) / args.images * 1000

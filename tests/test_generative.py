@@ -1,12 +1,18 @@
-"""Generators: each trains a step, samples the right shape and range, and is reproducible for a seed."""
+"""Generators: every kind in the table builds, trains, caches, resumes and samples the right shape and range,
+reproducibly for a seed; a new kind is one table entry."""
 
 import pytest
 import torch
+from torch import nn
 
-from medsec_utils import generative
+from medsec_utils import cache, data, generative, profiles
 
 CPU = torch.device("cpu")
-SETTINGS = {"latent_dim": 16, "gan_width": 8, "progan_width": 16, "ddpm_width": 8}
+KINDS = list(generative.GENERATORS)
+SETTINGS = {"latent_dim": 16, "gan_width": 8, "progan_width": 16, "ddpm_width": 8,
+            "gan_steps": 3, "gan_lr": 2e-4, "gan_augment": "color,translation,cutout",
+            "progan_steps_per_level": 1, "progan_lr": 1e-3, "ddpm_steps": 3, "ddpm_lr": 1e-3,
+            "batch_size": 4, "max_train_images": 16}
 
 
 def _images(n=8, channels=1, size=16, seed=0):
@@ -110,24 +116,37 @@ def test_progan_layers_keep_their_defining_properties():
     assert abs(float(conv.weight.detach().std()) - 1) < 0.2 and conv.scale == pytest.approx((2 / 54) ** 0.5)
 
 
-@pytest.mark.parametrize("kind", generative.GENERATORS)
+def _check_dcgan_history(history):
+    assert {"loss_d", "loss_g", "seconds"} <= set(history[0])
+
+
+def _check_progan_history(history):
+    assert [h["resolution"] for h in history] == [4, 8, 16]
+    assert history[1]["alpha"] < 1 and history[0]["alpha"] == 1
+
+
+def _check_ddpm_history(history):
+    assert history[0]["loss"] > 0
+
+
+HISTORY_CHECKS = {"dcgan": _check_dcgan_history, "progan": _check_progan_history, "ddpm": _check_ddpm_history}
+
+
+def _train(kind, images, epochs, checkpoint=None):
+    torch.manual_seed(0)
+    generator, discriminator = generative.build_generative(kind, 1, 16, SETTINGS)
+    history = generative.GENERATORS[kind].train(generator, discriminator, images, SETTINGS, epochs=epochs, batch_size=4,
+                                                seed=0, device=CPU, progress=False, checkpoint=checkpoint)
+    return generator, history
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_each_generator_trains_and_samples_reproducibly_in_the_image_range(kind):
     images = _images(8, 1, 16)
-    generator, discriminator = generative.build_generative(kind, 1, 16, SETTINGS)
-    before = [p.detach().clone() for p in generator.parameters()]
-    if kind == "dcgan":
-        history = generative.train_dcgan(generator, discriminator, images, epochs=1, batch_size=4, lr=2e-4, seed=0,
-                                         device=CPU, augment="color,translation,cutout", progress=False)
-        assert {"loss_d", "loss_g", "seconds"} <= set(history[0])
-    elif kind == "progan":
-        history = generative.train_progan(generator, discriminator, images, epochs_per_level=1, batch_size=4, lr=1e-3,
-                                          seed=0, device=CPU, augment="color,translation,cutout", progress=False)
-        assert [h["resolution"] for h in history] == [4, 8, 16]
-        assert history[1]["alpha"] < 1 and history[0]["alpha"] == 1
-    else:
-        history = generative.train_ddpm(generator, images, epochs=2, batch_size=4, lr=1e-3, seed=0, device=CPU,
-                                        progress=False)
-        assert history[0]["loss"] > 0
+    torch.manual_seed(0)
+    before = [p.detach().clone() for p in generative.build_generative(kind, 1, 16, SETTINGS)[0].parameters()]
+    generator, history = _train(kind, images, epochs=1)
+    HISTORY_CHECKS.get(kind, lambda history: None)(history)
     assert any(not torch.equal(a, b) for a, b in zip(before, generator.parameters())), "a step must change weights"
     first = generative.sample(generator, 5, seed=1, device=CPU, batch_size=3, ddim_steps=3)
     again = generative.sample(generator, 5, seed=1, device=CPU, batch_size=3, ddim_steps=3)
@@ -135,27 +154,27 @@ def test_each_generator_trains_and_samples_reproducibly_in_the_image_range(kind)
     assert first.shape == (5, 1, 16, 16) and 0 <= float(first.min()) and float(first.max()) <= 1
     torch.testing.assert_close(first, again)
     assert not torch.equal(first, other)
+    assert generative.sample(generator, 0, seed=1, device=CPU).numel() == 0
 
 
-@pytest.mark.parametrize("kind", generative.GENERATORS)
+def _phantom_ct():
+    return data.load_dataset("phantom:ct?n=40", size=16, use_cache=False, progress=False)
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_generator_for_trains_one_class_once_then_loads_it_from_the_cache(kind, tmp_path, monkeypatch):
     monkeypatch.setenv("MEDSEC_CACHE", str(tmp_path))
-    from medsec_utils import data
-
-    images = data.load_dataset("phantom:ct?n=40", size=16, use_cache=False, progress=False)
-    settings = {**SETTINGS, "gan_steps": 3, "gan_lr": 2e-4, "gan_augment": "color,translation,cutout",
-                "progan_steps_per_level": 1, "progan_lr": 1e-3,
-                "ddpm_steps": 3, "ddpm_lr": 1e-3, "batch_size": 4, "max_train_images": 16}
-    first, history, hit = generative.generator_for(kind, images, 1, settings, seed=0, device=CPU, progress=False)
-    if kind != "progan":  # a step budget of 3 is met by whole epochs of this class's images
+    images = _phantom_ct()
+    first, history, hit = generative.generator_for(kind, images, 1, SETTINGS, seed=0, device=CPU, progress=False)
+    if kind != "progan":  # a step budget of 3 is met by whole epochs of this class's images (ProGAN's is per level)
         assert history[-1]["step"] >= 3 and (len(history) == 1 or history[-2]["step"] < 3)
-    again, _, hit_again = generative.generator_for(kind, images, 1, settings, seed=0, device=CPU, progress=False)
-    other_class, _, hit_other = generative.generator_for(kind, images, 0, settings, seed=0, device=CPU, progress=False)
+    again, _, hit_again = generative.generator_for(kind, images, 1, SETTINGS, seed=0, device=CPU, progress=False)
+    other_class, _, hit_other = generative.generator_for(kind, images, 0, SETTINGS, seed=0, device=CPU, progress=False)
     assert (hit, hit_again, hit_other) == (False, True, False) and history
     torch.testing.assert_close(generative.sample(first, 3, seed=0, device=CPU, ddim_steps=2),
                                generative.sample(again, 3, seed=0, device=CPU, ddim_steps=2))
     with pytest.raises(ValueError, match="unknown generative model"):
-        generative.generator_for("vae", images, 1, settings, seed=0, device=CPU)
+        generative.generator_for("vae", images, 1, SETTINGS, seed=0, device=CPU)
 
 
 def test_step_budgets_round_up_to_whole_epochs_so_small_classes_train_as_long():
@@ -165,19 +184,98 @@ def test_step_budgets_round_up_to_whole_epochs_so_small_classes_train_as_long():
     assert generative.epochs_for(0, 100, 32) == 1
 
 
-def test_an_interrupted_training_resumes_to_the_same_weights(tmp_path):
-    images = _images(8, 1, 16)
+class Interrupted(Exception):
+    """Stands for a run killed right after a checkpoint."""
 
-    def train(epochs, checkpoint):
-        torch.manual_seed(0)
-        generator, discriminator = generative.build_generative("dcgan", 1, 16, SETTINGS)
-        history = generative.train_dcgan(generator, discriminator, images, epochs=epochs, batch_size=4, lr=2e-4,
-                                         seed=0, device=CPU, progress=False, checkpoint=checkpoint)
-        return generator, history
 
-    straight, _ = train(2, None)
-    train(1, tmp_path / "checkpoint.pt")  # "interrupted" after the first epoch
-    resumed, history = train(2, tmp_path / "checkpoint.pt")
-    assert [h["epoch"] for h in history] == [1, 2]
+@pytest.mark.parametrize("kind", KINDS)
+def test_an_interrupted_training_resumes_to_the_same_weights(kind, tmp_path, monkeypatch):
+    images = _images(4, 1, 16)  # one batch: one step per epoch
+    straight, straight_history = _train(kind, images, epochs=2)
+    save, saved = cache.torch_save_atomic, []
+
+    def save_then_stop(obj, path):
+        save(obj, path)
+        saved.append(obj["history"][-1])
+        raise Interrupted
+
+    monkeypatch.setattr(cache, "torch_save_atomic", save_then_stop)
+    with pytest.raises(Interrupted):  # stopped after the first epoch's checkpoint
+        _train(kind, images, epochs=2, checkpoint=tmp_path / "checkpoint.pt")
+    monkeypatch.undo()
+    resumed, history = _train(kind, images, epochs=2, checkpoint=tmp_path / "checkpoint.pt")
+    assert [h["epoch"] for h in history] == list(range(1, len(straight_history) + 1))
+    assert history[0] == saved[0], "the first epoch comes from the checkpoint, its seconds included, not trained again"
+    assert [{k: v for k, v in h.items() if k != "seconds"} for h in history] == \
+        [{k: v for k, v in h.items() if k != "seconds"} for h in straight_history]
     for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_each_kind_is_described_and_sized_in_every_profile(kind):
+    entry = generative.GENERATORS[kind]
+    assert entry.name == kind and "arXiv:" in entry.about and entry.steps_key in entry.settings_keys
+    for profile in profiles.profile_names():
+        missing = set(entry.settings_keys) - set(profiles.resolve_profile(profile))
+        assert not missing, f"profile {profile} has no {', '.join(sorted(missing))} for {kind}"
+
+
+class ConstantImage(nn.Module):
+    """A toy generator: one learned image, plus seeded noise when sampled."""
+
+    def __init__(self, channels, size):
+        super().__init__()
+        self.image = nn.Parameter(torch.zeros(channels, size, size))
+
+
+def _train_toy(generator, discriminator, images, settings, *, epochs, batch_size, seed, device, progress, checkpoint):
+    optimizer = torch.optim.SGD(generator.parameters(), lr=settings["toy_lr"])
+    history = []
+    for epoch in range(epochs):
+        loss = (generator.image - generative.to_model_range(images).mean(0)).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        history.append({"epoch": epoch + 1, "loss": loss.item()})
+    return history
+
+
+def _sample_toy(model, n, rng, *, device, batch_size, ddim_steps, progress):
+    return model.image.cpu() + 0.1 * torch.randn(n, *model.image.shape, generator=rng)
+
+
+TOY = generative.GeneratorKind(
+    name="toy", build=lambda channels, size, settings: (ConstantImage(channels, size), None), train=_train_toy,
+    sample=_sample_toy, model=ConstantImage, steps_key="toy_steps",
+    settings_keys=("toy_steps", "toy_lr", "batch_size", "max_train_images"),
+    about="A constant image (a test's toy, arXiv:0000.00000).")
+
+
+def test_a_new_kind_is_one_table_entry(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDSEC_CACHE", str(tmp_path))
+    monkeypatch.setitem(generative.GENERATORS, "toy", TOY)  # removed again after the test
+    images = _phantom_ct()
+    settings = {"toy_steps": 5, "toy_lr": 0.5, "batch_size": 4, "max_train_images": 16}
+    assert generative.build_generative("toy", 1, 16, settings)[1] is None
+    model, history, hit = generative.generator_for("toy", images, 1, settings, seed=0, device=CPU, progress=False)
+    again, _, hit_again = generative.generator_for("toy", images, 1, settings, seed=0, device=CPU, progress=False)
+    x, y = images.tensors("train", 16, 0)
+    assert (hit, hit_again) == (False, True) and len(history) == generative.epochs_for(5, int((y == 1).sum()), 4)
+    assert history[-1]["loss"] < history[0]["loss"]
+    torch.testing.assert_close(again.image, model.image)
+    first = generative.sample(model, 3, seed=0, device=CPU)
+    assert first.shape == (3, 1, 16, 16) and 0 <= float(first.min()) and float(first.max()) <= 1
+    torch.testing.assert_close(first, generative.sample(again, 3, seed=0, device=CPU))
+    images_by_label, labels = generative.sample_labelled({0: model, 1: again}, {0: 2, 1: 3}, seed=0, device=CPU)
+    assert images_by_label.shape == (5, 1, 16, 16) and labels.tolist() == [0, 0, 1, 1, 1]
+    torch.testing.assert_close(images_by_label[2:], generative.sample(model, 3, seed=1, device=CPU))
+
+
+def test_the_table_refuses_a_taken_name_and_sample_an_unknown_model():
+    with pytest.raises(ValueError, match="registered already"):
+        generative.register_generator("dcgan", model=ConstantImage, train=_train_toy, sample=_sample_toy,
+                                      steps_key="toy_steps", settings_keys=("toy_steps",), about="")
+    assert list(generative.GENERATORS) == KINDS, "the toy kind of the test before is gone again"
+    with pytest.raises(TypeError, match="no generator kind samples a ConstantImage"):
+        generative.sample(ConstantImage(1, 16), 2, seed=0, device=CPU)

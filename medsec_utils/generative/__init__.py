@@ -1,0 +1,135 @@
+"""Generative models of medical images, trained one class at a time and cached: DC-GAN, ProGAN and DDPM.
+
+``GENERATORS`` is the table of kinds (:class:`GeneratorKind`: build, train, sample, model class, step budget,
+settings, a paragraph for the book). A kind's module registers its entry with :func:`register_generator`, in
+the manner of timm's model registry; adding a generator is that one entry plus its sizes in ``profiles.yaml``.
+
+- ``dcgan``: DC-GAN (Radford et al. 2016), :mod:`.dcgan`.
+- ``progan``: ProGAN (Karras et al. 2018), :mod:`.progan`.
+- ``ddpm``: DDPM (Ho et al. 2020) on diffusers, :mod:`.ddpm`.
+
+Both GANs can train with DiffAugment (Zhao et al. 2020, :mod:`.augment`, profile key ``gan_augment``).
+Images are in [0, 1] outside this package; the networks see [-1, 1]. Training budgets are optimiser steps
+(each kind's ``steps_key``), rounded up to whole epochs of the class's images. Training checkpoints every
+epoch, so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import diffusers
+import torch
+from torch import nn
+
+from .. import cache
+from ..data import READER_MODULES, ImageSet
+from ._plumbing import (GENERATORS, GeneratorKind, epochs_for, latent, register_generator, to_image_range,
+                        to_model_range)
+from .augment import AUGMENTS, diff_augment
+from . import dcgan, progan, ddpm  # isort: skip  (each registers its kind: this is the table's order)
+from .dcgan import DCGANDiscriminator, DCGANGenerator, train_dcgan
+from .ddpm import DDPM_TIMESTEPS, make_ddpm, train_ddpm
+from .progan import (DRIFT, GP_WEIGHT, EqualizedConv2d, MinibatchStdDev, PixelNorm, ProGANDiscriminator,
+                     ProGANGenerator, train_progan)
+
+__all__ = ["AUGMENTS", "DCGANDiscriminator", "DCGANGenerator", "DDPM_TIMESTEPS", "DRIFT", "EqualizedConv2d",
+           "GENERATORS", "GP_WEIGHT", "GeneratorKind", "MinibatchStdDev", "PixelNorm", "ProGANDiscriminator",
+           "ProGANGenerator", "build_generative", "diff_augment", "epochs_for", "generator_for", "latent",
+           "make_ddpm", "register_generator", "sample", "sample_labelled", "to_image_range", "to_model_range",
+           "train_dcgan", "train_ddpm", "train_progan"]
+
+
+def _kind(kind: str) -> GeneratorKind:
+    if kind not in GENERATORS:
+        raise ValueError(f"unknown generative model {kind!r}; choose from {', '.join(GENERATORS)}")
+    return GENERATORS[kind]
+
+
+def build_generative(kind: str, channels: int, size: int,
+                     settings: Mapping[str, Any]) -> tuple[nn.Module, nn.Module | None]:
+    """Untrained ``(generator, discriminator)`` of ``kind``; a kind without one (DDPM) gives None.
+
+    Raises:
+        ValueError: unknown kind or unsupported size.
+    """
+    return _kind(kind).build(channels, size, settings)
+
+
+@torch.no_grad()
+def sample(model: nn.Module, n: int, *, seed: int, device: torch.device, batch_size: int = 64, ddim_steps: int = 50,
+           progress: bool = False) -> torch.Tensor:
+    """``n`` images in [0, 1] (CPU float) from a trained generator; the same seed gives the same images.
+
+    The sampler is the one of the kind whose model class is nearest ``model``'s: GANs map seeded latents;
+    a DDPM U-Net denoises seeded noise with ``ddim_steps`` DDIM steps (eta 0).
+
+    Raises:
+        TypeError: no kind in ``GENERATORS`` has a model of this class.
+    """
+    by_class = {entry.model: entry for entry in GENERATORS.values()}
+    kind = next((by_class[cls] for cls in type(model).__mro__ if cls in by_class), None)
+    if kind is None:
+        raise TypeError(f"no generator kind samples a {type(model).__name__}; kinds: {', '.join(GENERATORS)}")
+    model.eval().to(device)
+    if not n:
+        return torch.zeros(0)
+    return to_image_range(kind.sample(model, n, torch.Generator().manual_seed(seed), device=device,
+                                      batch_size=batch_size, ddim_steps=ddim_steps, progress=progress))
+
+
+def sample_labelled(models: Mapping[int, nn.Module], counts: Mapping[int, int], *, seed: int, device: torch.device,
+                    batch_size: int = 64, ddim_steps: int = 50,
+                    progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``counts[label]`` images from each class's generator ``models[label]``, with their labels.
+
+    Class ``label`` is sampled with seed ``seed + label``, so each class's images do not depend on the others.
+    """
+    parts = [(sample(models[label], counts[label], seed=seed + label, device=device, batch_size=batch_size,
+                     ddim_steps=ddim_steps, progress=progress), torch.full((counts[label],), label, dtype=torch.long))
+             for label in sorted(counts)]
+    return torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts])
+
+
+def generator_for(kind: str, images: ImageSet, label: int, settings: Mapping[str, Any], *, seed: int,
+                  device: torch.device, progress: bool = True) -> tuple[nn.Module, list[dict[str, Any]], bool]:
+    """The ``kind`` generator of class ``label`` (0 Normal, 1 Pathology) of ``images``' training split:
+    from the artefact cache, or trained now and cached.
+
+    The key holds the data checksum, image size, class, the kind's ``settings_keys``, the seed and the code
+    of this package and the data layer. An interrupted training resumes from its last epoch.
+
+    Returns:
+        ``(generator in eval mode, training history, cache_hit)``.
+
+    Raises:
+        ValueError: unknown kind, or no training image of that class.
+    """
+    entry = _kind(kind)
+    parts = {"kind": kind, "data": images.checksum, "size": images.size, "channels": images.channels,
+             "label": label, "seed": seed, "settings": {key: settings[key] for key in entry.settings_keys},
+             "code": cache.code_fingerprint("generative", *READER_MODULES), "diffusers": diffusers.__version__}
+
+    def produce(folder: Path) -> None:
+        x, y = images.tensors("train", settings["max_train_images"], seed)
+        if not (y == label).any():
+            raise ValueError(f"{images.spec}: no training image of class {label}; cannot train a generator for it")
+        x = x[y == label]
+        torch.manual_seed(seed)
+        generator, discriminator = entry.build(images.channels, images.size, settings)
+        history = entry.train(generator, discriminator, x, settings,
+                              epochs=epochs_for(settings[entry.steps_key], len(x), settings["batch_size"]),
+                              batch_size=settings["batch_size"], seed=seed, device=device, progress=progress,
+                              checkpoint=folder / "checkpoint.pt")
+        cache.torch_save_atomic({k: v.detach().cpu() for k, v in generator.state_dict().items()},
+                                folder / "generator.pt")
+        cache.write_json_atomic(folder / "history.json", history)
+        (folder / "checkpoint.pt").unlink(missing_ok=True)
+
+    folder, hit = cache.cached("generator", parts, produce)
+    model, _ = entry.build(images.channels, images.size, settings)
+    model.load_state_dict(torch.load(folder / "generator.pt", map_location="cpu"))
+    return model.to(device).eval(), json.loads((folder / "history.json").read_text()), hit

@@ -1,0 +1,86 @@
+"""DDPM (Ho, Jain & Abbeel, NeurIPS 2020, arXiv:2006.11239) on diffusers: ``UNet2DModel`` trained to predict
+the noise of ``DDPMScheduler``, sampled with ``DDIMScheduler`` (Song, Meng & Ermon, ICLR 2021) in a few
+deterministic steps."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
+from tqdm import tqdm
+
+from ._loop import run_epochs, update
+from ._plumbing import levels, register_generator, to_model_range
+
+DDPM_TIMESTEPS = 1000
+ABOUT = (
+    "**DDPM** (Ho, Jain & Abbeel, *Denoising diffusion probabilistic models*, NeurIPS 2020, arXiv:2006.11239): "
+    "diffusers' `UNet2DModel` learns to predict the noise of `DDPMScheduler` (1000 linear noise levels); "
+    "images are sampled with `DDIMScheduler` (Song et al. 2021) in `ddim_steps` deterministic steps.")
+
+
+def make_ddpm(channels: int = 1, size: int = 64, width: int = 64) -> UNet2DModel:
+    """diffusers ``UNet2DModel`` with widths (w, 2w, 2w, 4w) and self-attention at the lowest resolution."""
+    levels(size)
+    if width % 8:
+        raise ValueError(f"DDPM width {width} must be a multiple of 8 (group norm of 8 groups)")
+    return UNet2DModel(
+        sample_size=size, in_channels=channels, out_channels=channels, layers_per_block=1,
+        block_out_channels=(width, 2 * width, 2 * width, 4 * width), norm_num_groups=8,
+        down_block_types=("DownBlock2D", "DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D"))
+
+
+def train_ddpm(unet: UNet2DModel, images: torch.Tensor, *, epochs: int, batch_size: int, lr: float, seed: int,
+               device: torch.device, progress: bool = True, checkpoint: Path | None = None) -> list[dict[str, float]]:
+    """Train a DDPM noise predictor on ``images`` in [0, 1] (MSE on the noise, AdamW)."""
+    unet.to(device).train()
+    scheduler = DDPMScheduler(num_train_timesteps=DDPM_TIMESTEPS, beta_schedule="linear")
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=lr)
+
+    def step(index: torch.Tensor, plan: dict[str, Any], fraction: float, rng: torch.Generator) -> dict[str, float]:
+        clean = to_model_range(images[index])
+        noise = torch.randn(clean.shape, generator=rng)
+        t = torch.randint(0, DDPM_TIMESTEPS, (len(clean),), generator=rng)
+        noisy = scheduler.add_noise(clean, noise, t)
+        loss = F.mse_loss(unet(noisy.to(device), t.to(device)).sample, noise.to(device))
+        update(optimizer, loss)
+        return {"loss": loss.item()}
+
+    return run_epochs([{} for _ in range(epochs)], len(images), batch_size, seed, step,
+                      state={"unet": unet, "optimizer": optimizer}, checkpoint=checkpoint, desc="DDPM",
+                      progress=progress)
+
+
+def sample_ddpm(unet: UNet2DModel, n: int, rng: torch.Generator, *, device: torch.device, batch_size: int,
+                ddim_steps: int, progress: bool) -> torch.Tensor:
+    """Denoise seeded Gaussian noise with ``ddim_steps`` DDIM steps (eta 0, so deterministic)."""
+    config = unet.config
+    noise = torch.randn(n, config.in_channels, config.sample_size, config.sample_size, generator=rng)
+    scheduler = DDIMScheduler(num_train_timesteps=DDPM_TIMESTEPS, beta_schedule="linear")
+    scheduler.set_timesteps(ddim_steps)
+    batches = []
+    for start in tqdm(range(0, n, batch_size), desc="DDPM sampling", disable=not progress, mininterval=5,
+                      unit="batch"):
+        x = noise[start:start + batch_size].to(device)
+        for t in scheduler.timesteps:
+            x = scheduler.step(unet(x, t).sample, t, x).prev_sample
+        batches.append(x.cpu())
+    return torch.cat(batches)
+
+
+def _train(unet: UNet2DModel, discriminator: None, images: torch.Tensor, settings: Mapping[str, Any],
+           **loop: Any) -> list[dict[str, float]]:
+    return train_ddpm(unet, images, lr=settings["ddpm_lr"], **loop)
+
+
+@register_generator("ddpm", model=UNet2DModel, train=_train, sample=sample_ddpm, steps_key="ddpm_steps",
+                    settings_keys=("ddpm_width", "ddpm_steps", "ddpm_lr", "batch_size", "max_train_images"),
+                    about=ABOUT)
+def build_ddpm(channels: int, size: int, settings: Mapping[str, Any]) -> tuple[UNet2DModel, None]:
+    """An untrained noise-predicting U-Net at the profile's ``ddpm_width``; a DDPM has no discriminator."""
+    return make_ddpm(channels, size, settings["ddpm_width"]), None
