@@ -24,8 +24,8 @@ from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 from torch import nn
 from tqdm import tqdm
 
-from . import cache
-from .data import ImageSet
+from . import cache, metrics
+from .data import READER_MODULES, ImageSet
 from .models import DEFAULT_ARCH, build_classifier
 
 Tensors = tuple[torch.Tensor, torch.Tensor]
@@ -76,6 +76,16 @@ def evaluate(model: nn.Module, data: Tensors, device: torch.device, batch_size: 
     auc = float(roc_auc_score(labels, p)) if len(set(labels)) == 2 else float("nan")
     return {"loss": loss, "accuracy": float((pred == labels).mean()),
             "balanced_accuracy": float(balanced_accuracy_score(labels, pred)), "auc": auc}
+
+
+def test_report(model: nn.Module, images: ImageSet, settings: dict[str, Any], *, seed: int,
+                device: torch.device) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray]]:
+    """``metrics.binary_report`` of ``model`` on the test split of ``images`` (at most ``max_eval_images``, with
+    ``bootstrap`` resamples for the intervals) and its ROC points ``(fpr, tpr)``."""
+    x, y = images.tensors("test", settings["max_eval_images"], seed)
+    p = predict_proba(model, x, device)
+    report = metrics.binary_report(y.numpy(), p, n_boot=settings["bootstrap"], seed=seed)
+    return report, metrics.roc_points(y.numpy(), p)
 
 
 def train_classifier(
@@ -213,7 +223,7 @@ def classifier_for(
         "weights": str(weights) if weights else None, "seed": seed,
         "max_train_images": settings["max_train_images"], "max_eval_images": settings["max_eval_images"],
         **{k: settings[k] for k in ("epochs", "batch_size", "lr", "weight_decay")},
-        "code": cache.code_fingerprint("data", "models", "training", "_io"),
+        "code": cache.code_fingerprint(*READER_MODULES, "models", "training"),
     }
 
     def produce(folder: Path) -> None:

@@ -211,3 +211,12 @@ def test_chapter_5_on_real_data_records_every_round_baseline_and_site_pair(real_
         assert traffic and all(r["bytes_per_round"] > 0 and r["first_round_seconds"] > 0 for r in traffic), name
     assert {r["local_epochs"] for r in fed if r["run"] == "FedAvg"} == set(parameters["periods"])
     assert {"fid_curves.png", "heterogeneity.png"} <= set(record["provenance"]["figures"])
+
+
+@pytest.mark.slow
+def test_each_chapter_run_records_the_code_of_its_own_reporting_module_only(real_run):
+    reporting_modules = {chapter: f"reporting.{chapter[3:]}" for chapter in CHAPTERS}
+    for chapter, own in reporting_modules.items():
+        library = json.loads((real_run / chapter / "metrics.json").read_text())["provenance"]["library"]
+        assert own in library and all(digest for digest in library.values()), chapter
+        assert not set(library) & (set(reporting_modules.values()) - {own}), (chapter, sorted(library))

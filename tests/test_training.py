@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from medsec_utils import data, models, profiles, training
+from medsec_utils import cache, data, models, profiles, training
 
 CPU = torch.device("cpu")
 

@@ -2,8 +2,8 @@
 
 A chapter page is an executed notebook with a ``metrics.json`` beside it. The box shows the run's
 commit, profile, data sets with checksums, device and wall time, and a warning when the library
-code (``medsec_utils``) has changed since that run, so a reader never mistakes old numbers for the
-output of the current code.
+code that the run imported (``medsec_utils`` modules, as recorded in its provenance) has changed since,
+so a reader never mistakes old numbers for the output of the current code.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 from docutils import nodes
 
-from medsec_utils.cache import PACKAGE_DIR, code_fingerprint
+from medsec_utils.cache import module_digests
 
 
 def setup(app: Any) -> dict[str, Any]:
@@ -72,10 +72,8 @@ def _changed_box(changed: list[str], provenance: dict[str, Any]) -> nodes.admoni
     return box
 
 
-def _changed_modules(recorded: dict[str, str]) -> list[str]:
-    """Modules the run used whose source now differs (or is gone); modules added since do not count."""
-    changed = []
-    for name, digest in sorted(recorded.items()):
-        if not (PACKAGE_DIR / f"{name}.py").is_file() or code_fingerprint(name)[name] != digest:
-            changed.append(name)
-    return changed
+def _changed_modules(recorded: dict[str, str | None]) -> list[str]:
+    """Modules the run used whose source now differs (or is gone); modules added since, or used by other chapters
+    only, do not count."""
+    today = module_digests(list(recorded))
+    return [name for name, digest in sorted(recorded.items()) if today[name] != digest]

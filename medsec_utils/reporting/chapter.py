@@ -1,0 +1,95 @@
+"""The opening every chapter notebook shares: settings, data sets, the run record and, on request, classifiers.
+
+A notebook calls :func:`open_chapter` once and then narrates; nothing here is specific to one chapter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+
+from .. import data, profiles
+from .common import data_label, data_notice
+from .provenance import Run
+
+Tensors = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class Chapter:
+    """A chapter run's resolved inputs: ``settings``, the loaded ``sets`` (in the order of the specs) and ``run``."""
+
+    run: Run
+    settings: profiles.Settings
+    sets: list[data.ImageSet]
+    seed: int
+    weights: str | None = None
+    classifiers: dict[str, nn.Module] = field(default_factory=dict)
+    histories: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        return self.run.device
+
+    def load_classifiers(self) -> dict[str, nn.Module]:
+        """The chapter-1 classifier of every data set, keyed by its label: from the artefact cache or trained now."""
+        from .. import training
+
+        for images in self.sets:
+            name = data_label(images)
+            if name not in self.classifiers:
+                self.classifiers[name], self.histories[name], hit = training.classifier_for(
+                    images, self.settings, seed=self.seed, device=self.device, weights=self.weights)
+                print(f"{name}: classifier {'from the artefact cache' if hit else 'trained now'}")
+        return self.classifiers
+
+    def split(self, split: str, limit: int | None) -> dict[str, Tensors]:
+        """Images in [0, 1] and labels of ``split`` per data set (a stratified subsample of ``limit`` if given)."""
+        chosen = {data_label(images): images.tensors(split, limit, self.seed) for images in self.sets}
+        print(", ".join(f"{name}: {len(y)} {split} images" for name, (_, y) in chosen.items()))
+        return chosen
+
+    def data_summary(self) -> pd.DataFrame:
+        """Images and patients per data set, split and class, with each set's checksum."""
+        return pd.concat({f"{data_label(images)} ({images.checksum[:23]}...)": images.summary() for images in self.sets},
+                         names=["dataset"])
+
+
+def open_chapter(chapter: str, *, profile: str, dataset: str | Iterable[str], seed: int, output_dir: str,
+                 device: str | None = None, weights: str | None = None, overrides: dict[str, Any] | None = None,
+                 params: dict[str, Any] | None = None, classifiers: bool = False) -> Chapter:
+    """Resolve the profile with ``overrides`` (profile keys; None keeps the profile's), load every DATASET spec
+    once, start the run record (``params`` are the notebook's other parameters, recorded as given) and, with
+    ``classifiers``, load or train each data set's classifier. Shows the data notice when run in a notebook.
+
+    Raises:
+        ValueError: unknown profile or setting; ``data.DataError``: a bad data set, in one line.
+    """
+    settings = profiles.resolve_profile(profile, **(overrides or {}))
+    specs = [dataset] if isinstance(dataset, str) else list(dataset)
+    recorded = dict(profile=profile, dataset=specs, seed=seed, output_dir=output_dir, weights=weights, **(params or {}))
+    run = Run(chapter, output_dir, params=recorded, settings=settings, device=profiles.pick_device(device))
+    print(f"{chapter}: profile {profile} on {run.device}")
+    sets = [data.load_dataset(spec, size=settings.image_size, seed=seed, phantom_images=settings.phantom_images)
+            for spec in specs]
+    for images in sets:
+        run.add_dataset(images)
+    opened = Chapter(run, settings, sets, seed, weights)
+    _show_markdown(data_notice(sets))
+    if classifiers:
+        opened.load_classifiers()
+    return opened
+
+
+def _show_markdown(text: str) -> None:
+    try:
+        from IPython.display import Markdown, display
+    except ImportError:
+        print(text)
+        return
+    display(Markdown(text))

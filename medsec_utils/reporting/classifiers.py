@@ -1,0 +1,75 @@
+"""Chapter 1 (``01_classifiers``): records and figures of the Normal/Pathology classifiers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+
+from ..data import ImageSet
+from .common import data_label, dataset_fields, phantom_banner
+
+
+def plot_examples(sets: list[ImageSet], per_class: int = 4, seed: int = 0) -> plt.Figure:
+    """A grid of test images per data set: ``per_class`` Normal then Pathology."""
+    fig, axes = plt.subplots(len(sets), 2 * per_class, figsize=(2 * per_class * 1.3, len(sets) * 1.5),
+                             squeeze=False)
+    rng = np.random.default_rng(seed)
+    for row, images in zip(axes, sets):
+        test = images.indices("test")
+        picks = [rng.choice(test[images.labels.numpy()[test] == label], per_class, replace=False) for label in (0, 1)]
+        for ax, index in zip(row, np.concatenate(picks)):
+            image = images.images[index].permute(1, 2, 0).squeeze(-1).numpy()
+            ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=255)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title("Pathology" if images.labels[index] else "Normal", fontsize=7)
+        row[0].set_ylabel(data_label(images), fontsize=7)
+    phantom_banner(fig, [data_label(images) for images in sets], y=1.0)
+    fig.tight_layout()
+    return fig
+
+
+def plot_training_curves(histories: dict[str, list[dict[str, float]]]) -> plt.Figure:
+    """Losses, validation balanced accuracy and validation AUC (the model-selection score) per epoch."""
+    frame = pd.concat([pd.DataFrame(h).assign(dataset=name) for name, h in histories.items()], ignore_index=True)
+    long = frame.melt(id_vars=["dataset", "epoch"],
+                      value_vars=["train_loss", "val_loss", "val_balanced_accuracy", "val_auc"], var_name="metric")
+    grid = sns.relplot(data=long, x="epoch", y="value", hue="dataset", col="metric", kind="line", marker="o",
+                       facet_kws={"sharey": False}, height=2.4, aspect=1.1)
+    grid.set_titles("{col_name}")
+    return grid.figure
+
+
+def plot_confusion_matrices(reports: dict[str, dict[str, Any]]) -> plt.Figure:
+    """Test-set confusion matrices (rows: true class, columns: predicted), one panel per data set."""
+    fig, axes = plt.subplots(1, len(reports), figsize=(3.2 * len(reports), 2.9), squeeze=False)
+    for ax, (name, report) in zip(axes[0], reports.items()):
+        sns.heatmap(np.asarray(report["confusion_matrix"]), annot=True, fmt="d", cbar=False, cmap="Blues", ax=ax,
+                    xticklabels=["Normal", "Pathology"], yticklabels=["Normal", "Pathology"])
+        ax.set(title=name, xlabel="predicted", ylabel="true")
+    fig.tight_layout()
+    return fig
+
+
+def plot_roc_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], reports: dict[str, dict[str, Any]]) -> plt.Figure:
+    """ROC curves ``{name: (fpr, tpr)}`` on one axis, each labelled with its AUC from ``reports``."""
+    fig, ax = plt.subplots(figsize=(4, 4))
+    for name, (fpr, tpr) in curves.items():
+        ax.plot(fpr, tpr, label=f"{name} (AUC {reports[name]['auc']:.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    ax.set(xlabel="false-positive rate (1 - specificity)", ylabel="true-positive rate (sensitivity)")
+    ax.legend(fontsize=7, loc="lower right")
+    return fig
+
+
+def classifier_record(images: ImageSet, report: dict[str, Any], history: list[dict[str, float]],
+                      settings: dict[str, Any], seed: int) -> dict[str, Any]:
+    """One ``metrics.json`` record of a classifier's test results on ``images`` and its training cost."""
+    n_train = len(images.indices("train", settings["max_train_images"], seed))
+    return {**dataset_fields(images), "n_train": n_train, "n_test": report["n"],
+            "epochs": len(history), "train_seconds": round(sum(h["seconds"] for h in history), 1),
+            **{f"test_{key}": value for key, value in report.items() if key != "n"}}

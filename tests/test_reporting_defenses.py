@@ -1,0 +1,102 @@
+"""Chapter 3's reporting: table cells, the defence table, heat maps, costs and the study's claims."""
+
+import json
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from medsec_utils import attacks, data, defenses  # noqa: E402
+from medsec_utils.reporting import defenses as reporting  # noqa: E402
+
+
+class _Constant(torch.nn.Module):
+    """A two-logit model that diagnoses every image as ``label``."""
+
+    def __init__(self, label):
+        super().__init__()
+        self.logits = torch.nn.Parameter(torch.tensor([1.0 - label, float(label)]))
+
+    def forward(self, x):
+        return self.logits.expand(len(x), 2)
+
+
+def test_defense_record_scores_plain_models_and_counts_magnet_rejections_by_image_kind():
+    images = data.load_dataset("phantom:ct?n=40", size=32, use_cache=False, progress=False)
+    y = torch.tensor([1, 1, 1, 0, 0, 0])
+    x = torch.full((6, 1, 8, 8), 0.5)
+    changed = torch.tensor([True, True, False, True, False, False])
+    plain = reporting.defense_record(images, _Constant(1), "none", "fgsm", "gray-box", x, y, changed, 2 / 255)
+    assert (plain["accuracy"], plain["n"], plain["n_correct"], plain["n_adversarial"]) == (0.5, 6, 3, 3)
+    assert plain["ci_low"] < 0.5 < plain["ci_high"] and "rejected_adversarial_share" not in plain
+    assert plain["epsilon_255"] == 2 and plain["threat_model"] == "gray-box" and plain["defense"] == "none"
+
+    magnet = defenses.MagNet(torch.nn.Identity(), _Constant(1)).eval()
+    x[[0, 3, 5]] = 0.9  # these three are "far from the data": the detector rejects them
+    magnet.reconstruction_error = lambda images: (images.flatten(1).mean(1) > 0.7).float()
+    magnet.threshold.fill_(0.5)
+    record = reporting.defense_record(images, magnet, "magnet", "fgsm", "gray-box", x, y, changed, 2 / 255)
+    # adversarial 0 (rejected, right), 1 (passed, Pathology right), 3 (rejected, right);
+    # clean 2 (passed, right), 4 (passed, Normal called Pathology: wrong), 5 (rejected clean: wrong)
+    assert record["n_correct"] == 4 and record["accuracy"] == pytest.approx(4 / 6)
+    assert record["rejected_adversarial_share"] == pytest.approx(2 / 3)
+    assert record["rejected_clean_share"] == pytest.approx(1 / 3)
+    assert record["accuracy_of_passed_adversarial"] == 1.0
+    json.dumps(record)
+
+
+def test_changed_images_marks_only_images_an_attack_moved():
+    clean = torch.zeros(3, 1, 4, 4)
+    adversarial = clean.clone()
+    adversarial[1, 0, 2, 2] = 1 / 255
+    assert attacks.changed_images(clean, adversarial).tolist() == [False, True, False]
+
+
+def _cells(values):
+    """Records of one data set from ``{(threat model, attack, defence): accuracy}`` on 100 images each."""
+    cells = []
+    for (threat_model, attack, defense), accuracy in values.items():
+        low, high = reporting.metrics.wilson_interval(round(accuracy * 100), 100)
+        cells.append({"dataset": "ct", "modality": "ct", "phantom": False, "threat_model": threat_model,
+                      "attack": attack, "defense": defense, "accuracy": accuracy, "ci_low": low, "ci_high": high})
+    return cells
+
+
+PAPER_LIKE = {("gray-box", "none", "none"): 0.95, ("gray-box", "fgsm", "none"): 0.5,
+              ("gray-box", "autoattack", "none"): 0.0, ("gray-box", "cw", "none"): 0.0,
+              ("gray-box", "none", "adversarial_training"): 0.93, ("gray-box", "fgsm", "adversarial_training"): 0.95,
+              ("gray-box", "autoattack", "adversarial_training"): 0.93, ("gray-box", "cw", "adversarial_training"): 0.92,
+              ("gray-box", "none", "hgd"): 0.98, ("gray-box", "fgsm", "hgd"): 0.97,
+              ("gray-box", "autoattack", "hgd"): 0.96, ("gray-box", "cw", "hgd"): 0.95,
+              ("gray-box", "none", "magnet"): 0.9, ("gray-box", "fgsm", "magnet"): 0.7,
+              ("gray-box", "autoattack", "magnet"): 0.6, ("gray-box", "cw", "magnet"): 0.6}
+
+
+def test_paper_claims_are_reproduced_on_a_table_that_shows_them_and_refuted_on_one_that_does_not():
+    claims = reporting.paper_claims(_cells(PAPER_LIKE), "gray-box").set_index("claim")["verdict"]
+    assert (claims == "reproduced").all(), claims
+    opposite = {key: (1 - value if key[1] != "none" else value) for key, value in PAPER_LIKE.items()}
+    claims = reporting.paper_claims(_cells(opposite), "gray-box").set_index("claim")
+    assert (claims["verdict"] == "not reproduced").all(), claims
+    assert "ct: mean accuracy under attack" in claims.loc["MagNet is weaker than HGD", "evidence"]
+
+
+def test_defense_table_heat_maps_and_costs_lay_out_attack_by_defence():
+    records = _cells(PAPER_LIKE) + _cells({("adaptive", a, d): 0.1 for (_, a, d) in PAPER_LIKE})
+    table = reporting.defense_table(records, "gray-box")
+    assert list(table.columns) == ["none", "adversarial_training", "hgd", "magnet"]
+    assert list(table.index.get_level_values("attack")) == ["none", "fgsm", "autoattack", "cw"]
+    assert table.loc[("ct", "fgsm"), "hgd"].startswith("0.970 [")
+    fig = reporting.plot_defense_heatmaps(records)
+    assert len(fig.axes) == 2 and fig.axes[1].get_title() == "ct: adaptive"
+    assert [t.get_text() for t in fig.axes[0].texts][:4] == ["0.95", "0.93", "0.98", "0.90"]
+    history = {("ct", kind): [{"epoch": 1, "train_loss": 1.0}, {"epoch": 2, "train_loss": 0.5}] for kind in ("hgd", "magnet")}
+    assert len(reporting.plot_defense_training(history).axes) == 2
+    plt.close("all")
+    costs = reporting.defense_costs(records, {("ct", "hgd"): [{"seconds": 2.0}, {"seconds": 3.0}]})
+    assert costs.loc[("ct", "hgd"), "training seconds"] == 5.0
+    assert costs.loc[("ct", "magnet"), "clean accuracy cost"] == pytest.approx(-0.05)
+    assert costs.loc[("ct", "none"), "clean accuracy"] == 0.95
