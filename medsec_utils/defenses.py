@@ -429,6 +429,7 @@ def defense_for(kind: str, images: ImageSet, classifier: nn.Module, settings: Ma
     classifier = classifier.to(device).eval()
 
     def produce(folder: Path) -> None:
+        seed_everything(seed)  # the initial weights depend on the seed only, not on what the process did before
         train = images.tensors("train", settings["max_train_images"], seed)
         defended, history = defense.train(images, classifier, train, settings, seed, device, progress)
         cache.torch_save_atomic({k: v.detach().cpu() for k, v in defended.state_dict().items()}, folder / "defense.pt")

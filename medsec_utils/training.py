@@ -227,6 +227,7 @@ def classifier_for(
     }
 
     def produce(folder: Path) -> None:
+        seed_everything(seed)  # the initial weights depend on the seed only, not on what the process did before
         model = build_classifier(images.channels, arch, weights)
         history = train_classifier(
             model, images.tensors("train", settings["max_train_images"], seed),

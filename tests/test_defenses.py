@@ -135,6 +135,12 @@ def test_each_defense_trains_once_then_round_trips_through_the_cache(kind, class
         assert float(again.threshold) == float(first.threshold) < float("inf")
     if kind == "adversarial_training":
         assert any(not torch.equal(a, b) for a, b in zip(first.state_dict().values(), classifier.state_dict().values()))
+    monkeypatch.setenv("MEDSEC_CACHE", str(tmp_path / "elsewhere"))
+    torch.manual_seed(12345)  # the process drew other random numbers first: the trained defence must not change
+    retrained, _, hit_elsewhere = defenses.defense_for(kind, images, classifier, settings, seed=0, device=CPU,
+                                                       progress=False)
+    assert not hit_elsewhere
+    assert all(torch.equal(a, b) for a, b in zip(retrained.state_dict().values(), again.state_dict().values()))
     scored = defenses.score_defense(again, x, images.tensors("test")[1], torch.zeros(len(x), dtype=torch.bool))
     assert 0 <= scored["n_correct"] <= len(x)
     assert ("rejected_clean_share" in scored) == isinstance(again, defenses.Rejecting)

@@ -135,3 +135,19 @@ def test_local_pretrained_weights_are_loaded_and_adapted_to_one_channel(tmp_path
     expected = dict(imagenet_like.named_parameters())[stem].sum(dim=1, keepdim=True)
     torch.testing.assert_close(loaded, expected)
     assert model(torch.rand(2, 1, 32, 32)).shape == (2, 2)
+
+
+def test_classifier_for_gives_the_same_weights_whatever_the_process_drew_before(tmp_path, monkeypatch):
+    """The initial weights depend on the seed only: a notebook that drew other random numbers first (a figure,
+    another data set) must train the same model. Before this was fixed, chapter 1 trained a different first
+    classifier than chapter 4 did on the same data and seed."""
+    images = data.load_dataset("phantom:ct?n=80", size=32, use_cache=False, progress=False)
+    settings = profiles.resolve_profile("smoke", epochs=1, max_train_images=32, max_eval_images=16, batch_size=16)
+    weights = []
+    for earlier_draws in (1, 2):
+        monkeypatch.setenv("MEDSEC_CACHE", str(tmp_path / str(earlier_draws)))
+        torch.manual_seed(earlier_draws)
+        model, _, hit = training.classifier_for(images, settings, seed=0, device=CPU, arch="resnet10t", progress=False)
+        assert not hit
+        weights.append(cache.tensor_fingerprint(model.state_dict()))
+    assert weights[0] == weights[1]
