@@ -5,8 +5,8 @@
 Runs the same federation (two sites, one local DC-GAN epoch per round) twice: on Flower's simulation
 engine, where each site is a Ray worker with one CPU, and in this process, where the sites train in turn
 and Flower's own weighted average joins them. Prints seconds per round and their ratio (goal <= 1.5).
-The simulation's first round also starts the sites (workers, imports, data loading); it is printed apart,
-and the steady-state ratio uses the later rounds, the regime a long federation runs in.
+The simulation's first round also starts the sites (workers, imports, reading their tensors); it is printed
+apart, and the steady-state ratio uses the later rounds, the regime a long federation runs in.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medsec_utils import federated
+from medsec_utils import data, federated, profiles
 
 CPU = torch.device("cpu")
 
@@ -31,17 +31,19 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
+    settings = profiles.resolve_profile(args.profile)
+    images = data.load_dataset(args.dataset, size=args.size, seed=0, phantom_images=settings.phantom_images)
+    sites = federated.Sites.from_sets([images], limit=settings.max_train_images)
     with tempfile.TemporaryDirectory() as tmp:
-        config = federated.federation_config(dict(dataset=args.dataset, profile=args.profile, image_size=args.size,
-                                                  rounds=args.rounds, store=str(Path(tmp) / "flower")))
-        sites = [federated.site_data(config, site)[0] for site in range(federated.SITES)]
-        print(f"{args.dataset} at {args.size} px, profile {args.profile}: sites of {[len(x) for x in sites]} images, "
+        config = federated.federation_config(dict(image_size=args.size, rounds=args.rounds,
+                                                  store=str(Path(tmp) / "flower")), settings)
+        print(f"{args.dataset} at {args.size} px, profile {args.profile}: sites of {[len(x) for x in sites.x]} images, "
               f"{args.rounds} rounds of 1 local epoch, {torch.get_num_threads()} threads in process")
         started = time.perf_counter()
-        flower = federated.simulate(config).rounds()
+        flower = federated.simulate(config, sites).rounds()
         flower_total = time.perf_counter() - started
         started = time.perf_counter()
-        local = federated.run_in_process({**config, "store": str(Path(tmp) / "in_process")}, sites, CPU).rounds()
+        local = federated.run_in_process({**config, "store": str(Path(tmp) / "in_process")}, list(sites.x), CPU).rounds()
         local_total = time.perf_counter() - started
     flower_later = np.mean([r["seconds"] for r in flower[1:]])
     local_round = np.mean([r["seconds"] for r in local])

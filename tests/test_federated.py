@@ -12,14 +12,24 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
-from medsec_utils import federated
+from medsec_utils import data, federated, profiles
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
-TINY = {"dataset": "phantom:chest_xray", "image_size": 32, "rounds": 2}
+SETTINGS = profiles.resolve_profile("smoke")
+TINY = {"image_size": 32, "rounds": 2}
+
+
+def _config(**values) -> dict:
+    return federated.federation_config({**TINY, **values}, SETTINGS)
+
+
+@pytest.fixture(scope="module")
+def images():
+    return data.load_dataset("phantom:chest_xray", size=32, seed=0, phantom_images=SETTINGS.phantom_images)
 
 
 def test_flower_app_run_config_equals_the_library_defaults():
@@ -34,6 +44,14 @@ def test_bad_settings_are_named():
         federated.federation_config({"networks": "critic"})
     with pytest.raises(ValueError, match="split 'random'"):
         federated.federation_config({"split": "random"})
+    with pytest.raises(ValueError, match="lacks DC-GAN sizes"):
+        federated.build_dcgan(federated.federation_config(TINY))
+
+
+def test_a_deployment_run_config_takes_its_dcgan_sizes_from_its_profile_unless_it_names_them():
+    config = federated.run_config({"profile": "smoke", "image_size": 0, "gan_width": 8})
+    assert config["image_size"] == SETTINGS.image_size and config["batch_size"] == SETTINGS.batch_size
+    assert config["gan_width"] == 8 and config["dataset"] == federated.DEFAULTS["dataset"]
 
 
 def test_fedavg_of_two_known_weight_sets_is_their_sample_weighted_mean():
@@ -60,7 +78,7 @@ def test_iid_split_deals_equal_disjoint_halves_and_dirichlet_skews_the_classes()
 
 
 def test_a_site_that_shares_only_its_generator_keeps_its_discriminator():
-    config = federated.federation_config({**TINY, "networks": "generator", "local_epochs": 1})
+    config = _config(networks="generator", local_epochs=1)
     x = torch.rand(8, 1, 32, 32)
     generator, discriminator = federated.build_dcgan(config)
     shared, kept, metrics = federated.train_locally(
@@ -73,7 +91,7 @@ def test_a_site_that_shares_only_its_generator_keeps_its_discriminator():
 
 
 def test_payload_guard_passes_weights_and_refuses_images_lists_and_configs():
-    config = federated.federation_config(TINY)
+    config = _config()
     generator, discriminator = federated.build_dcgan(config)
     weights = federated.to_arrays(generator, discriminator, federated.PREFIXES)
     federated.check_payload(RecordDict({"arrays": weights, "metrics": MetricRecord({"loss": 0.5})}), config)
@@ -90,17 +108,18 @@ def test_payload_guard_passes_weights_and_refuses_images_lists_and_configs():
 
 
 @pytest.fixture(scope="module")
-def simulated(tmp_path_factory):
+def simulated(tmp_path_factory, images):
     folder = tmp_path_factory.mktemp("simulated")
-    config = {**TINY, "split": "dirichlet", "alpha": 1.0, "store": str(folder / "store")}
-    return config, federated.simulate(config)
+    config = _config(split="dirichlet", alpha=1.0, store=str(folder / "store"))
+    sites = federated.Sites.from_sets([images], split="dirichlet", alpha=1.0, seed=0, limit=SETTINGS.max_train_images)
+    return config, sites, federated.simulate(config, sites)
 
 
 def test_two_rounds_on_the_simulation_engine_store_every_model_and_its_cost(simulated):
-    config, store = simulated
+    config, _, store = simulated
     rounds = store.rounds()
     assert [r["round"] for r in rounds] == [1, 2]
-    generator, discriminator = federated.build_dcgan(federated.federation_config(config))
+    generator, discriminator = federated.build_dcgan(config)
     model_bytes = federated.payload_bytes(federated.to_arrays(generator, discriminator, federated.PREFIXES))
     for row in rounds:
         assert row["bytes_to_sites"] == row["bytes_from_sites"] == 2 * model_bytes
@@ -110,8 +129,8 @@ def test_two_rounds_on_the_simulation_engine_store_every_model_and_its_cost(simu
 
 
 def test_the_server_model_is_the_sample_weighted_mean_of_what_the_sites_sent(simulated):
-    config, store = simulated
-    sizes = [len(federated.site_data(federated.federation_config(config), site)[0]) for site in (0, 1)]
+    config, sites, store = simulated
+    sizes = [len(x) for x in sites.x]
     assert sizes[0] != sizes[1]
     for server_round in (1, 2):
         models = store.models(server_round)
@@ -122,9 +141,9 @@ def test_the_server_model_is_the_sample_weighted_mean_of_what_the_sites_sent(sim
 
 
 def test_flower_rounds_equal_the_same_rounds_in_process(simulated, tmp_path):
-    config, store = simulated
+    config, sites, store = simulated
     config = federated.federation_config({**config, "store": str(tmp_path / "in_process")})
-    sites = [federated.site_data(config, site)[0] for site in (0, 1)]
+    sites = list(sites.x)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in each simulated site, so the float sums run in the same order
     try:
@@ -138,7 +157,7 @@ def test_flower_rounds_equal_the_same_rounds_in_process(simulated, tmp_path):
 
 
 def test_fid_per_round_covers_the_server_and_both_sites(simulated):
-    config, store = simulated
+    config, _, store = simulated
     encoder = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(4), torch.nn.Flatten())
     encoder.num_features = 16
     real = torch.rand(64, 16, dtype=torch.float64)
@@ -146,6 +165,34 @@ def test_fid_per_round_covers_the_server_and_both_sites(simulated):
     assert {(r["round"], r["model"]) for r in rows} == {(0, "server")} | {
         (r, who) for r in (1, 2) for who in ("server", "site 0", "site 1")}
     assert all(r["fid"] >= 0 for r in rows)
+
+
+def test_the_library_never_reloads_or_re_resolves_what_its_caller_loaded(images, monkeypatch):
+    sites = federated.Sites.from_sets([images], seed=0, limit=64)
+    config = _config(rounds=1)
+    design = federated.Design.of(profiles.Settings({**SETTINGS, "image_size": 32, "max_train_images": 64}), 0,
+                                 sizes=[32], splits=["iid"])
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the library loaded or resolved again what its caller had")
+
+    monkeypatch.setattr(data, "load_dataset", refuse)
+    monkeypatch.setattr(profiles, "resolve_profile", refuse)
+    federated.profile_settings.cache_clear()
+    [planned] = federated.plan_federations([images], design)
+    assert planned.sites.fingerprint == sites.fingerprint and planned.centralised is planned.sites
+    store, _ = federated.federation_for(config, sites)
+    assert [r["round"] for r in store.rounds()] == [1]
+    baseline, _ = federated.baseline_for(config, sites, None, CPU)
+    assert set(baseline.models(1)) == {"server", "site 0"}
+    # the simulated sites above ran in Ray workers; run a site's ClientApp here too, under the same guard
+    app = federated.make_client_app({**config, "sites": str(sites.save())}, device="cpu")
+    generator, discriminator = federated.build_dcgan(config)
+    content = RecordDict({"arrays": federated.to_arrays(generator, discriminator, federated.PREFIXES),
+                          "config": ConfigRecord({"server-round": 1})})
+    reply = app(Message(content, dst_node_id=1, message_type="train"),
+                Context(run_id=1, node_id=1, node_config={"partition-id": 1}, state=RecordDict(), run_config={}))
+    assert reply.content["metrics"][federated.WEIGHT_KEY] == len(sites.x[1])
 
 
 def _free_port() -> int:

@@ -1,0 +1,164 @@
+"""The ServerApp (FedAvg of the shared DC-GAN networks, every round kept in a ``RoundStore``), and the two
+ways the library runs a federation: on Flower's simulation engine, or the same rounds in this process."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
+
+from .. import cache
+from .client_app import make_client_app
+from .task import (SITES, WEIGHT_KEY, Sites, build_dcgan, federation_config, payload_bytes, run_config,
+                   shared_networks, to_arrays, train_locally)
+
+
+class RoundStore:
+    """Every round's weights (server and each site's upload) and costs, in one folder.
+
+    ``round_RRR/server.pt`` is the model after aggregation (round 0: the initial one), ``site_S.pt``
+    what site S sent in that round, ``rounds.jsonl`` one line per round (seconds, bytes).
+    """
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def save(self, server_round: int, name: str, arrays: ArrayRecord) -> None:
+        cache.torch_save_atomic(arrays.to_torch_state_dict(), self.folder / f"round_{server_round:03d}" / f"{name}.pt")
+
+    def log(self, row: Mapping[str, Any]) -> None:
+        with open(self.folder / "rounds.jsonl", "a") as handle:
+            handle.write(json.dumps(dict(row)) + "\n")
+
+    def rounds(self) -> list[dict[str, Any]]:
+        path = self.folder / "rounds.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+    def models(self, server_round: int) -> dict[str, dict[str, torch.Tensor]]:
+        """``{"server": state, "site 0": state, ...}`` of one round."""
+        folder = self.folder / f"round_{server_round:03d}"
+        return {path.stem.replace("_", " "): torch.load(path, map_location="cpu") for path in sorted(folder.glob("*.pt"))}
+
+
+class RecordingFedAvg(FedAvg):
+    """Flower's FedAvg (weighted by each site's image count) that also keeps every round in a ``RoundStore``.
+
+    A site that fails makes the round fail loudly instead of averaging what is left.
+    """
+
+    def __init__(self, store: RoundStore | None, rounds: int) -> None:
+        super().__init__(fraction_evaluate=0.0, min_train_nodes=SITES, min_available_nodes=SITES,
+                         weighted_by_key=WEIGHT_KEY)
+        self.store, self.total_rounds = store, rounds
+        self._round: dict[str, Any] = {}
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config, grid: Grid) -> Iterable[Message]:
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        self._round = {"round": server_round, "started": time.perf_counter(),
+                       "bytes_to_sites": payload_bytes(arrays) * len(messages)}
+        return messages
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]):
+        replies = list(replies)
+        failed = [reply.error.reason for reply in replies if reply.has_error()]
+        if failed or len(replies) < SITES:
+            raise RuntimeError(f"round {server_round}: {len(replies)} of {SITES} sites replied; errors: {failed}")
+        uploads = {int(r.content["metrics"]["site"]): r for r in replies}
+        if len(uploads) < len(replies):
+            raise RuntimeError(f"round {server_round}: two sites reported the same partition-id; start each "
+                               f"SuperNode with its own --node-config \"partition-id=N\"")
+        arrays, aggregated = super().aggregate_train(server_round, replies)
+        if self.store is not None:
+            for site, reply in sorted(uploads.items()):
+                self.store.save(server_round, f"site_{site}", reply.content["arrays"])
+        self._round.update(bytes_from_sites=sum(payload_bytes(r.content["arrays"]) for r in replies),
+                           sites={site: {k: float(v) for k, v in r.content["metrics"].items()}
+                                  for site, r in uploads.items()})
+        return arrays, aggregated
+
+    def keep_server_model(self, server_round: int, arrays: ArrayRecord) -> None:
+        """``evaluate_fn`` hook: store the aggregate and log the round (Flower calls it after each round)."""
+        if self.store is not None:
+            self.store.save(server_round, "server", arrays)
+            if server_round:
+                started = self._round.pop("started")
+                self.store.log({**self._round, "seconds": round(time.perf_counter() - started, 3)})
+        if server_round:
+            print(f"round {server_round}/{self.total_rounds} done", flush=True)
+
+
+def make_server_app(config: Mapping[str, Any] | None = None) -> ServerApp:
+    """The ServerApp: FedAvg of the shared DC-GAN networks for ``rounds`` rounds, never touching images."""
+    overrides = dict(config or {})
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        run = run_config(context.run_config | overrides)
+        store = RoundStore(run["store"]) if run["store"] else None
+        generator, discriminator = build_dcgan(run)
+        strategy = RecordingFedAvg(store, run["rounds"])
+        strategy.start(grid, to_arrays(generator, discriminator, shared_networks(run["networks"])),
+                       num_rounds=run["rounds"], evaluate_fn=strategy.keep_server_model)
+
+    return app
+
+
+def simulate(config: Mapping[str, Any], sites: Sites, *, verbose: bool = False) -> RoundStore:
+    """Run the federation on ``sites`` in Flower's simulation engine (one virtual SuperNode per site).
+
+    The sites' tensors reach the clients as a file in the artefact cache, named in the run config.
+
+    Raises:
+        ValueError: no ``store`` folder in the config.
+        RuntimeError: the federation stopped before its last round (Flower's log says why).
+    """
+    from flwr.simulation import run_simulation
+
+    config = federation_config(config)
+    if not config["store"]:
+        raise ValueError("simulate needs a store folder in the config, where the rounds are kept")
+    config["sites"] = str(sites.save())
+    gpus = 1.0 / SITES if torch.cuda.is_available() else 0.0
+    run_simulation(make_server_app(config), make_client_app(config), num_supernodes=SITES,
+                   verbose_logging=verbose,
+                   backend_config={"client_resources": {"num_cpus": 1, "num_gpus": gpus},
+                                   "init_args": {"logging_level": "error", "log_to_driver": verbose}})
+    store = RoundStore(config["store"])
+    if len(store.rounds()) < config["rounds"]:
+        raise RuntimeError(f"the federation stopped after {len(store.rounds())} of {config['rounds']} rounds; "
+                           f"rerun with verbose=True to see Flower's log")
+    return store
+
+
+def run_in_process(config: Mapping[str, Any], sites: list[torch.Tensor], device: torch.device) -> RoundStore:
+    """The same rounds without Flower: each site trains in turn, then Flower's own weighted average.
+
+    With one site this is plain training checkpointed every ``local_epochs`` epochs: the centralised
+    and local-only baselines.
+    """
+    config = federation_config(config)
+    store = RoundStore(config["store"])
+    generator, discriminator = build_dcgan(config)
+    arrays = to_arrays(generator, discriminator, shared_networks(config["networks"]))
+    store.save(0, "server", arrays)
+    kept: list[ArrayRecord | None] = [None] * len(sites)
+    for server_round in range(1, config["rounds"] + 1):
+        started, replies = time.perf_counter(), []
+        for site, x in enumerate(sites):
+            shared, kept[site], scores = train_locally(arrays, kept[site], x, config, server_round, site, device)
+            store.save(server_round, f"site_{site}", shared)
+            replies.append(RecordDict({"arrays": shared, "metrics": MetricRecord(scores)}))
+        arrays = aggregate_arrayrecords(replies, WEIGHT_KEY)
+        store.save(server_round, "server", arrays)
+        store.log({"round": server_round, "seconds": round(time.perf_counter() - started, 3)})
+    return store
