@@ -5,13 +5,15 @@ nothing), an empty ``answer_sheet.csv`` and a printable ``reader_form.html`` tha
 as CSV; the answer key goes to a separate folder that readers never get. ``score_readers`` scores one
 or many readers' answers: accuracy, sensitivity and specificity for "synthetic" with Wilson 95 %
 intervals, a two-sided binomial test against guessing, and ``readers_agreement`` gives Fleiss' kappa.
-``machine_reader`` is a classifier that tells real from synthetic, scored the same way.
+``machine_reader`` is a classifier that tells real from synthetic, scored the same way. ``demonstrate`` builds
+a kit and scores simulated readers and the machine reader on it, to show the scoring before any human has read.
 """
 
 from __future__ import annotations
 
 import html
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +28,14 @@ from sklearn.preprocessing import StandardScaler
 from statsmodels.stats.inter_rater import fleiss_kappa
 
 from .cache import write_json_atomic
+from .data import ImageSet
 from .metrics import wilson_interval
+from .synthetic_eval import HELDOUT
 
 ANSWERS = ("real", "synthetic")
 KEY_FILE = "answer_key.csv"
+SIMULATED_READERS = {"simulated A": (0.6, 0.7), "simulated B": (0.55, 0.6), "simulated C": (0.5, 0.5)}  # (se, sp)
+MACHINE_READER = "machine (logistic regression)"
 
 
 class ReaderStudyError(ValueError):
@@ -186,3 +192,51 @@ def machine_reader(key: pd.DataFrame, real_features: np.ndarray, synthetic_featu
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
     said = cross_val_predict(model, features, labels, cv=StratifiedKFold(folds, shuffle=True, random_state=seed))
     return pd.DataFrame({"case": key["case"], "answer": np.where(said == 1, "synthetic", "real")})
+
+
+@dataclass
+class Demonstration:
+    """A data set's kit (``paths`` as :func:`build_reader_study` gives them, and its ``key``) made with the images
+    of ``generator``, the ``scores`` of :data:`SIMULATED_READERS` and the machine reader, and the simulated
+    readers' Fleiss' kappa (``agreement``)."""
+
+    generator: str
+    paths: dict[str, Path]
+    key: pd.DataFrame
+    scores: pd.DataFrame
+    agreement: float
+
+
+def demonstrate(real: torch.Tensor, synthetic: torch.Tensor, real_features: torch.Tensor,
+                synthetic_features: torch.Tensor, folder: Path | str, *, generator: str, n: int, seed: int,
+                reader_seed: int) -> Demonstration:
+    """A kit of up to ``n`` real and ``n`` synthetic images (random picks) in ``folder/kit``, its key in
+    ``folder/sealed_key``, scored by :data:`SIMULATED_READERS` (seeds from ``reader_seed``) and by
+    :func:`machine_reader` on the images' feature vectors."""
+    pick = torch.randperm(len(real), generator=torch.Generator().manual_seed(seed))[:n]
+    fake = torch.randperm(len(synthetic), generator=torch.Generator().manual_seed(seed + 1))[:n]
+    folder = Path(folder)
+    paths = build_reader_study(real[pick], synthetic[fake], folder / "kit", folder / "sealed_key", seed=seed)
+    key = pd.read_csv(paths["key"])
+    readers = {who: simulate_reader(key, sensitivity=se, specificity=sp, seed=reader_seed + i)
+               for i, (who, (se, sp)) in enumerate(SIMULATED_READERS.items())}
+    readers[MACHINE_READER] = machine_reader(key, real_features[pick].numpy(), synthetic_features[fake].numpy(),
+                                             seed=seed)
+    simulated = {who: answers for who, answers in readers.items() if who in SIMULATED_READERS}
+    return Demonstration(generator, paths, key, score_readers(key, readers), readers_agreement(key, simulated))
+
+
+def demonstrations(sets: Mapping[str, ImageSet], test: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
+                   samples: Mapping[tuple[str, str], tuple[torch.Tensor, torch.Tensor]],
+                   features: Mapping[tuple[str, str], torch.Tensor], generators: Mapping[str, str],
+                   kit_root: Path | str, *, n: int, seed: int) -> dict[str, Demonstration]:
+    """:func:`demonstrate` for every data set, with its test images and the images of its ``generators[label]``
+    (``samples`` and ``features`` as ``synthetic_eval`` keys them), the kit in ``kit_root/<data set name>``."""
+    shown = {}
+    for index, (label, images) in enumerate(sets.items()):
+        kind = generators[label]
+        shown[label] = demonstrate(test[label][0], samples[label, kind][0], features[label, HELDOUT],
+                                   features[label, kind], Path(kit_root) / images.name, generator=kind, n=n,
+                                   seed=seed, reader_seed=seed + 10 * index)
+        print(f"{label}: kit of {len(shown[label].key)} images ({kind}) in {shown[label].paths['kit']}")
+    return shown

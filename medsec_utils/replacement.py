@@ -3,7 +3,8 @@
 Three training sets per data set: ``real`` (the training split), ``synthetic`` (generated images only)
 and ``mixed`` (both). Two model types learn from each: the chapter-1 EfficientNet-B3 (same recipe, same
 real validation split for choosing the epoch) and LBP + Random Forest. The test set is always the same
-real test split, so the accuracy drop from ``real`` is what replacing patients costs.
+real test split, so the accuracy drop from ``real`` is what replacing patients costs. :func:`run_experiment`
+runs it for every data set and generator.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import cache
+from . import baselines, cache, generative
+from .data import ImageSet
 from .models import DEFAULT_ARCH, build_classifier
-from .training import Tensors, train_classifier
+from .training import Tensors, predict_proba, seed_everything, train_classifier
 
 TRAINING_SETS = ("real", "synthetic", "mixed")
+LBP_FOREST = "lbp_random_forest"
 
 
 def training_set(kind: str, real: Tensors, synthetic: Tensors) -> Tensors:
@@ -54,6 +57,7 @@ def classifier_on(train: Tensors, val: Tensors, settings: Mapping[str, Any], *, 
     channels = int(train[0].shape[1])
 
     def produce(folder: Path) -> None:
+        seed_everything(seed)  # the initial weights depend on the seed only, not on what the process did before
         model = build_classifier(channels, arch)
         history = train_classifier(model, train, val, epochs=settings["epochs"], batch_size=settings["batch_size"],
                                    lr=settings["lr"], weight_decay=settings["weight_decay"], seed=seed, device=device,
@@ -66,3 +70,37 @@ def classifier_on(train: Tensors, val: Tensors, settings: Mapping[str, Any], *, 
     model = build_classifier(channels, arch)
     model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu"))
     return model.to(device).eval(), json.loads((folder / "history.json").read_text()), hit
+
+
+def run_experiment(sets: Mapping[str, ImageSet], generators: Mapping[tuple[str, str], Mapping[int, nn.Module]],
+                   train: Mapping[str, Tensors], val: Mapping[str, Tensors], test: Mapping[str, Tensors],
+                   classifiers: Mapping[str, nn.Module], settings: Mapping[str, Any], *, seed: int,
+                   device: torch.device, arch: str = DEFAULT_ARCH) -> list[dict[str, Any]]:
+    """Each data set's test predictions of both model types trained on each training set, for every generator
+    of ``settings["replacement_generators"]`` among ``generators`` (``{(label, kind): {class: generator}}``).
+
+    The synthetic set has as many images per class as the real one (seed ``seed + 100``); the deep model
+    trained on ``real`` is the data set's classifier in ``classifiers`` (of architecture ``arch``).
+
+    Returns:
+        One result per data set, generator, training set and model: ``dataset`` (its label), ``generator``,
+        ``training_set``, ``model``, ``n_train`` and ``p_pathology`` of every test image.
+    """
+    results = []
+    for label, images in sets.items():
+        real, (test_x, _) = train[label], test[label]
+        counts = {c: int((real[1] == c).sum()) for c in (0, 1)}
+        for kind in [k for k in settings["replacement_generators"] if (label, k) in generators]:
+            synthetic = generative.sample_labelled(generators[label, kind], counts, seed=seed + 100, device=device,
+                                                   ddim_steps=settings["ddim_steps"], progress=True)
+            for set_name in TRAINING_SETS:
+                x, y = training_set(set_name, real, synthetic)
+                deep = classifiers[label] if set_name == "real" else classifier_on(
+                    (x, y), val[label], settings, seed=seed, device=device, flip=images.modality == "histology",
+                    arch=arch)[0]
+                forest = baselines.train_lbp_forest(x, y, seed=seed, n_trees=settings["rf_trees"])
+                for model, p in ((arch, predict_proba(deep, test_x, device)),
+                                 (LBP_FOREST, baselines.lbp_forest_proba(forest, test_x))):
+                    results.append({"dataset": label, "generator": kind, "training_set": set_name, "model": model,
+                                    "n_train": len(y), "p_pathology": p})
+    return results

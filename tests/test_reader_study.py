@@ -81,3 +81,42 @@ def test_the_machine_reader_answers_from_the_kit_key_and_sees_what_separates_the
     alike = reader_study.machine_reader(key, real_f, rng.normal(size=(60, 5)), seed=0)
     scores = reader_study.score_readers(key, {"apart": apart, "alike": alike}).set_index("reader")
     assert scores.loc["apart", "accuracy"] > 0.95 and scores.loc["alike", "accuracy"] < 0.7
+
+
+def test_a_demonstration_kit_picks_n_of_each_and_scores_simulated_and_machine_readers(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    real, synthetic = torch.rand(12, 1, 4, 4, generator=g) * 0.5, torch.rand(10, 1, 4, 4, generator=g) * 0.5 + 0.5
+    features = real.flatten(1).double(), synthetic.flatten(1).double()
+    shown = reader_study.demonstrate(real, synthetic, *features, tmp_path / "ct", generator="dcgan", n=6, seed=0,
+                                     reader_seed=5)
+    assert shown.generator == "dcgan" and len(list((tmp_path / "ct" / "kit").glob("case_*.png"))) == 12
+    assert shown.paths["key"] == (tmp_path / "ct" / "sealed_key" / reader_study.KEY_FILE).resolve()
+    assert sorted(shown.key["truth"].value_counts().items()) == [("real", 6), ("synthetic", 6)]
+    assert list(shown.scores["reader"]) == [*reader_study.SIMULATED_READERS, reader_study.MACHINE_READER]
+    assert shown.scores.set_index("reader").loc[reader_study.MACHINE_READER, "accuracy"] > 0.9  # bright = synthetic
+    again = reader_study.demonstrate(real, synthetic, *features, tmp_path / "again", generator="dcgan", n=6, seed=0,
+                                     reader_seed=5)
+    pd.testing.assert_frame_equal(again.scores, shown.scores)
+    assert again.agreement == shown.agreement and -1 <= shown.agreement <= 1
+
+
+def test_demonstrations_put_each_kit_under_its_data_set_name_with_its_own_simulated_readers(tmp_path):
+    from types import SimpleNamespace
+
+    from medsec_utils.synthetic_eval import HELDOUT
+
+    g = torch.Generator().manual_seed(1)
+    sets = {f"{name} [PHANTOM]": SimpleNamespace(name=name) for name in ("ct", "histology")}
+    test = {label: (torch.rand(8, 1, 4, 4, generator=g), torch.arange(8) % 2) for label in sets}
+    samples = {(label, kind): (torch.rand(8, 1, 4, 4, generator=g), torch.arange(8) % 2)
+               for label in sets for kind in ("dcgan", "ddpm")}
+    features = {**{(label, HELDOUT): x.flatten(1).double() for label, (x, _) in test.items()},
+                **{key: x.flatten(1).double() for key, (x, _) in samples.items()}}
+    chosen = {"ct [PHANTOM]": "ddpm", "histology [PHANTOM]": "dcgan"}
+    shown = reader_study.demonstrations(sets, test, samples, features, chosen, tmp_path, n=5, seed=0)
+    assert {label: kit.generator for label, kit in shown.items()} == chosen
+    assert (tmp_path / "ct" / "kit" / "answer_sheet.csv").is_file() and (tmp_path / "histology" / "sealed_key").is_dir()
+    alone = reader_study.demonstrate(test["histology [PHANTOM]"][0], samples["histology [PHANTOM]", "dcgan"][0],
+                                     features["histology [PHANTOM]", HELDOUT], features["histology [PHANTOM]", "dcgan"],
+                                     tmp_path / "alone", generator="dcgan", n=5, seed=0, reader_seed=10)
+    pd.testing.assert_frame_equal(alone.scores, shown["histology [PHANTOM]"].scores)  # second set: seed + 10

@@ -1,0 +1,145 @@
+"""Chapter 4's evaluation of generated images: the feature spaces, the check that a space is fit to judge
+images, the generators of every data set and class, their images, the feature vectors quality is measured
+on, and the memorisation audit.
+
+Every result is keyed by data set label (as ``Chapter.split`` keys its images) and, where it has one, by
+generator kind: ``{(label, kind): ...}``. Records, tables and figures of these results are built by
+``reporting.synthetic_images``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import generative, metrics
+from .data import ImageSet
+
+Tensors = tuple[torch.Tensor, torch.Tensor]
+Space = tuple[nn.Module, str]
+HELDOUT = "test"  # the features key of the held-out real test images
+FLOOR = "real train (floor)"  # real training images in a generator's place: the best any generator could do
+CLASSES = (0, 1)
+
+
+def feature_spaces(name: str, classifiers: Mapping[str, nn.Module], *, inception_weights: str | None = None,
+                   seed: int = 0) -> dict[str, Space]:
+    """Per data set, the encoder of feature space ``name`` (``metrics.FEATURE_SPACES``) and its description:
+    one shared network, or each data set's own classifier for ``"classifier"``."""
+    shared = None if name == "classifier" else metrics.feature_space(name, inception_weights=inception_weights,
+                                                                     seed=seed)
+    return {label: shared or metrics.feature_space("classifier", classifier=model)
+            for label, model in classifiers.items()}
+
+
+def feature_check(sets: Mapping[str, ImageSet], train: Mapping[str, Tensors], test: Mapping[str, Tensors],
+                  spaces: Mapping[str, Space], classifiers: Mapping[str, nn.Module], settings: Mapping[str, Any], *,
+                  seed: int, device: torch.device) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """``metrics.degradation_fids`` rows per data set and feature space (its description), in the chosen space
+    and the classifier's: twice ``synthetic_images`` held-out test images, degraded, against as many training
+    images, with uniform noise and an untrained DC-GAN's images as sentinels."""
+    checks = {}
+    for label, images in sets.items():
+        pick, n = torch.Generator().manual_seed(seed), 2 * settings["synthetic_images"]
+        reference = train[label][0][torch.randperm(len(train[label][0]), generator=pick)[:n]]
+        heldout = test[label][0][torch.randperm(len(test[label][0]), generator=pick)[:n]]
+        torch.manual_seed(seed)
+        untrained = generative.build_generative("dcgan", images.channels, images.size, settings)[0]
+        sentinels = {"uniform noise": torch.rand(heldout.shape, generator=pick),
+                     "untrained DC-GAN": generative.sample(untrained, len(heldout), seed=seed, device=device)}
+        compared = {about: encoder for encoder, about in
+                    (spaces[label], metrics.feature_space("classifier", classifier=classifiers[label]))}
+        for about, encoder in compared.items():
+            checks[label, about] = metrics.degradation_fids(encoder, reference, heldout, device, sentinels, seed=seed)
+    return checks
+
+
+def training_seconds(histories: Mapping[tuple[str, str, int], list[dict[str, Any]]], label: str,
+                     kind: str) -> float | None:
+    """Seconds spent training both classes' ``kind`` generators of data set ``label`` (None: no such generator)."""
+    if (label, kind, CLASSES[0]) not in histories:
+        return None
+    return sum(epoch["seconds"] for c in CLASSES for epoch in histories[label, kind, c])
+
+
+def train_generators(sets: Mapping[str, ImageSet], kinds: list[str], settings: Mapping[str, Any], *, seed: int,
+                     device: torch.device) -> tuple[dict[tuple[str, str], dict[int, nn.Module]],
+                                                    dict[tuple[str, str, int], list[dict[str, Any]]]]:
+    """Every data set's generator of each kind and class (``generative.generator_for``: cached, or trained now).
+
+    Returns:
+        ``({(label, kind): {class: generator}}, {(label, kind, class): training history})``.
+    """
+    trained, histories = {}, {}
+    for label, images in sets.items():
+        for kind in kinds:
+            trained[label, kind] = {}
+            for c in CLASSES:
+                trained[label, kind][c], histories[label, kind, c], hit = generative.generator_for(
+                    kind, images, c, settings, seed=seed, device=device)
+            print(f"{label} {kind}: {'from the artefact cache' if hit else 'trained now'}, "
+                  f"{training_seconds(histories, label, kind):.0f} s of training")
+    return trained, histories
+
+
+def sample_generators(trained: Mapping[tuple[str, str], Mapping[int, nn.Module]], per_class: int, *, seed: int,
+                      device: torch.device, ddim_steps: int) -> tuple[dict[tuple[str, str], Tensors],
+                                                                      dict[tuple[str, str], float]]:
+    """``per_class`` images of each class from every generator pair, and the seconds each image took.
+
+    Returns:
+        ``({(label, kind): (images, labels)}, {(label, kind): seconds per image})``.
+    """
+    samples, seconds_per_image = {}, {}
+    for key, generators in trained.items():
+        started = time.perf_counter()
+        samples[key] = generative.sample_labelled(generators, {c: per_class for c in CLASSES}, seed=seed,
+                                                  device=device, ddim_steps=ddim_steps, progress=True)
+        seconds_per_image[key] = (time.perf_counter() - started) / (len(CLASSES) * per_class)
+    return samples, seconds_per_image
+
+
+def quality_features(spaces: Mapping[str, Space], train: Mapping[str, Tensors], test: Mapping[str, Tensors],
+                     samples: Mapping[tuple[str, str], Tensors], *, n_floor: int, seed: int,
+                     device: torch.device) -> dict[tuple[str, str], torch.Tensor]:
+    """Feature vectors of each data set's held-out test images (key ``HELDOUT``), of ``n_floor`` random training
+    images (``FLOOR``) and of every generator's images, each in its data set's space.
+
+    Returns:
+        ``{(label, HELDOUT | FLOOR | kind): features}``, a data set's floor and generators in sample order.
+    """
+    features = {}
+    for label, (encoder, _) in spaces.items():
+        features[label, HELDOUT] = metrics.image_features(encoder, test[label][0], device)
+        train_x = train[label][0]
+        floor = train_x[torch.randperm(len(train_x), generator=torch.Generator().manual_seed(seed))[:n_floor]]
+        judged = {FLOOR: floor, **{kind: x for (of, kind), (x, _) in samples.items() if of == label}}
+        for kind, x in judged.items():
+            features[label, kind] = metrics.image_features(encoder, x, device)
+    return features
+
+
+def memorisation_audits(spaces: Mapping[str, Space], train: Mapping[str, Tensors], test: Mapping[str, Tensors],
+                        samples: Mapping[tuple[str, str], Tensors], features: Mapping[tuple[str, str], torch.Tensor],
+                        *, device: torch.device) -> dict[tuple[str, str, str], dict[str, Any]]:
+    """``metrics.memorisation_audit`` of every generator's images against its data set's training images, with
+    the held-out test images as the yardstick, in the feature space (``features``, from
+    :func:`quality_features`) and in pixel space.
+
+    Returns:
+        ``{(label, kind, "features" | "pixels"): audit}``.
+    """
+    audits = {}
+    for label, (encoder, _) in spaces.items():
+        train_x, test_x = train[label][0], test[label][0]
+        train_features = metrics.image_features(encoder, train_x, device)
+        for kind, synthetic in [(kind, x) for (of, kind), (x, _) in samples.items() if of == label]:
+            vectors = {"features": (train_features, features[label, HELDOUT], features[label, kind]),
+                       "pixels": (train_x.flatten(1), test_x.flatten(1), synthetic.flatten(1))}
+            for space, (train_v, heldout_v, synthetic_v) in vectors.items():
+                audits[label, kind, space] = metrics.memorisation_audit(train_v, heldout_v, synthetic_v)
+    return audits

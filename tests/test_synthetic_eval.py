@@ -1,0 +1,104 @@
+"""Chapter 4's evaluation of generated images on tiny phantoms: feature spaces, the feature-space check,
+generators and their images, the quality features and the memorisation audit."""
+
+import pytest
+import torch
+from torch import nn
+
+from medsec_utils import data, profiles, synthetic_eval
+from medsec_utils.models import build_classifier
+
+CPU = torch.device("cpu")
+LABEL = "ct [PHANTOM]"
+
+
+class MeanPool(nn.Module):
+    """A cheap encoder: each channel's mean over 4 x 4 cells."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.adaptive_avg_pool2d(x, 4).flatten(1)
+
+
+@pytest.fixture(scope="module")
+def ct():
+    images = data.load_dataset("phantom:ct?n=40", size=16, use_cache=False, progress=False)
+    return {LABEL: images}, {LABEL: images.tensors("train", None, 0)}, {LABEL: images.tensors("test", None, 0)}
+
+
+@pytest.fixture(scope="module")
+def settings():
+    return profiles.resolve_profile("smoke", image_size=16, synthetic_images=3, gan_steps=2)
+
+
+def test_feature_spaces_share_one_network_unless_each_data_set_brings_its_classifier():
+    classifiers = {"a": build_classifier(1, "test_resnet"), "b": build_classifier(1, "test_resnet")}
+    shared = synthetic_eval.feature_spaces("random_vgg16", classifiers, seed=3)
+    assert shared["a"][0] is shared["b"][0] and "seed 3" in shared["a"][1]
+    own = synthetic_eval.feature_spaces("classifier", classifiers)
+    assert own["a"][0].classifier is classifiers["a"] and own["b"][0].classifier is classifiers["b"]
+    assert own["a"][1].startswith("penultimate features")
+
+
+def test_feature_check_compares_the_chosen_space_with_the_classifiers_and_is_reproducible(ct, settings):
+    sets, train, test = ct
+    classifiers = {LABEL: build_classifier(1, "test_resnet").eval()}
+    kwargs = dict(seed=0, device=CPU)
+    checks = synthetic_eval.feature_check(sets, train, test, {LABEL: (MeanPool(), "mean pool")}, classifiers,
+                                          settings, **kwargs)
+    assert [about.split(" (")[0] for _, about in checks] == ["mean pool", "penultimate features"]
+    rows = checks[LABEL, "mean pool"]
+    assert len(rows) == 10 and [r["sentinel"] for r in rows[-2:]] == ["uniform noise", "untrained DC-GAN"]
+    assert all(r["n_real"] == r["n_fake"] == 6 for r in rows)  # twice synthetic_images on each side
+    again = synthetic_eval.feature_check(sets, train, test, {LABEL: (MeanPool(), "mean pool")}, classifiers,
+                                         settings, **kwargs)
+    assert [r["fid"] for r in again[LABEL, "mean pool"]] == [r["fid"] for r in rows]
+    own = synthetic_eval.feature_spaces("classifier", classifiers)
+    assert len(synthetic_eval.feature_check(sets, train, test, own, classifiers, settings, **kwargs)) == 1
+
+
+def test_generators_train_once_per_class_then_come_from_the_cache_and_sample_both_classes(
+        ct, settings, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MEDSEC_CACHE", str(tmp_path))
+    sets = ct[0]
+    trained, histories = synthetic_eval.train_generators(sets, ["dcgan"], settings, seed=0, device=CPU)
+    assert f"{LABEL} dcgan: trained now" in capsys.readouterr().out
+    assert list(trained) == [(LABEL, "dcgan")] and set(trained[LABEL, "dcgan"]) == {0, 1}
+    assert set(histories) == {(LABEL, "dcgan", 0), (LABEL, "dcgan", 1)}
+    assert synthetic_eval.training_seconds(histories, LABEL, "dcgan") >= 0
+    assert synthetic_eval.training_seconds(histories, LABEL, synthetic_eval.FLOOR) is None
+    synthetic_eval.train_generators(sets, ["dcgan"], settings, seed=0, device=CPU)
+    assert f"{LABEL} dcgan: from the artefact cache" in capsys.readouterr().out
+    samples, seconds = synthetic_eval.sample_generators(trained, 3, seed=0, device=CPU, ddim_steps=2)
+    x, y = samples[LABEL, "dcgan"]
+    assert x.shape == (6, 1, 16, 16) and y.tolist() == [0, 0, 0, 1, 1, 1] and seconds[LABEL, "dcgan"] > 0
+    again, _ = synthetic_eval.sample_generators(trained, 3, seed=0, device=CPU, ddim_steps=2)
+    assert torch.equal(again[LABEL, "dcgan"][0], x)
+
+
+def test_quality_features_hold_the_test_images_a_floor_of_training_images_and_each_generator(ct):
+    _, train, test = ct
+    fake = torch.rand(6, 1, 16, 16), torch.tensor([0, 0, 0, 1, 1, 1])
+    spaces = {LABEL: (MeanPool(), "mean pool")}
+    features = synthetic_eval.quality_features(spaces, train, test, {(LABEL, "dcgan"): fake}, n_floor=5, seed=0,
+                                               device=CPU)
+    assert list(features) == [(LABEL, synthetic_eval.HELDOUT), (LABEL, synthetic_eval.FLOOR), (LABEL, "dcgan")]
+    assert len(features[LABEL, synthetic_eval.HELDOUT]) == len(test[LABEL][1])
+    floor = features[LABEL, synthetic_eval.FLOOR]
+    assert floor.shape == (5, 16) and floor.dtype == torch.float64
+    training = MeanPool()(train[LABEL][0]).double()
+    assert all((training - row).abs().sum(1).min() < 1e-9 for row in floor)  # the floor is training images
+    torch.testing.assert_close(features[LABEL, "dcgan"], MeanPool()(fake[0]).double())
+
+
+def test_the_audit_flags_a_copied_training_image_in_both_spaces(ct):
+    _, train, test = ct
+    synthetic = torch.rand(4, 1, 16, 16) * 0.05 + 0.9
+    synthetic[2] = train[LABEL][0][7]
+    samples = {(LABEL, "dcgan"): (synthetic, torch.tensor([0, 0, 1, 1]))}
+    spaces = {LABEL: (MeanPool(), "mean pool")}
+    features = synthetic_eval.quality_features(spaces, train, test, samples, n_floor=4, seed=0, device=CPU)
+    audits = synthetic_eval.memorisation_audits(spaces, train, test, samples, features, device=CPU)
+    assert list(audits) == [(LABEL, "dcgan", "features"), (LABEL, "dcgan", "pixels")]
+    for audit in audits.values():
+        assert audit["near_copy"][2] and audit["nearest_train"][2] == 7
+        assert audit["n_synthetic"] == 4 and audit["n_train"] == len(train[LABEL][1])
