@@ -25,6 +25,7 @@ import torch
 import yaml
 from PIL import Image
 
+from medsec_utils import cache
 from medsec_utils.data import DataError, ImageSet, assign_splits, check, load_dataset, main
 
 from _paths import REPO, SHARED, pydicom_data_dir
@@ -767,15 +768,9 @@ def test_dicom_pseudonym_is_not_keyed_by_the_published_checksum(dicom_tree):
 PACKAGE = REPO / "medsec_utils"
 
 
-def _module_name(path: Path) -> str:
-    """``medsec_utils/reporting/attacks.py`` -> ``reporting.attacks``; a package's ``__init__`` -> the package."""
-    parts = path.relative_to(PACKAGE).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
 def _internal_imports(path: Path, modules: set[str]) -> set[str]:
     """Modules of ``medsec_utils`` that ``path`` imports anywhere (top level or inside functions)."""
-    name = _module_name(path)
+    name = cache.module_name(path)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
@@ -799,8 +794,8 @@ def _internal_imports(path: Path, modules: set[str]) -> set[str]:
 
 def test_no_module_of_the_package_takes_part_in_an_import_cycle():
     paths = sorted(PACKAGE.rglob("*.py"))
-    modules = {_module_name(p) for p in paths} - {""}
-    graph = {_module_name(p): _internal_imports(p, modules) for p in paths}
+    modules = {cache.module_name(p) for p in paths} - {""}
+    graph = {cache.module_name(p): _internal_imports(p, modules) for p in paths}
     state: dict[str, str] = {}
     stack: list[str] = []
 
