@@ -128,13 +128,18 @@ def test_check_reader_and_audit_results_become_records_with_their_data_set_and_t
     assert checks[0]["section"] == "feature_check" and checks[0]["data_checksum"] == images.checksum
     assert reporting.feature_check_table(checks).loc[("phantom_ct [PHANTOM]", "toy space"), "passes"]
     key = pd.DataFrame({"case": [f"case_{i}" for i in range(6)], "truth": ["real", "synthetic"] * 3})
-    readers = {"simulated A": reader_study.simulate_reader(key, sensitivity=0.6, specificity=0.7, seed=0),
-               "machine (logistic regression)": key.assign(answer=key["truth"])}
-    shown = reader_study.Demonstration("ddpm", {}, key, reader_study.score_readers(key, readers), 0.0)
+    simulated = {"simulated A": reader_study.simulate_reader(key, auc=0.75, seed=0, name="simulated A")}
+    answers = {**simulated, reader_study.MACHINE_READER: simulated["simulated A"].assign(
+        reader=reader_study.MACHINE_READER, confidence=[5 if t == "synthetic" else 1 for t in key["truth"]])}
+    shown = reader_study.Demonstration("ddpm", {}, key, answers, reader_study.score_readers(key, answers, n_boot=50),
+                                       reader_study.pooled_auc(key, simulated, n_boot=50), 0.0)
     read = reporting.reader_records(sets, {LABEL: shown})
-    assert [(r["reader"], r["simulated"], r["generator"], r["n_kit"]) for r in read] == [
-        ("simulated A", True, "ddpm", 6), ("machine (logistic regression)", False, "ddpm", 6)]
-    assert reporting.reader_table(read).loc[("phantom_ct", "ddpm", "machine (logistic regression)"), "accuracy"] == 1.0
+    assert [(r["reader"], r["simulated"], r["machine"], r["generator"], r["n_kit"]) for r in read] == [
+        ("simulated A", True, False, "ddpm", 6), (reader_study.MACHINE_READER, False, True, "ddpm", 6),
+        (reporting.POOLED_READER, True, False, "ddpm", 6)]
+    table = reporting.reader_table(read)
+    assert table.loc[("phantom_ct", "ddpm", reader_study.MACHINE_READER), ["accuracy", "auc"]].tolist() == [1.0, 1.0]
+    assert len(reporting.reader_roc_figure({LABEL: shown}).axes[0].lines) == len(answers) + 1
     train = torch.rand(10, 4, generator=torch.Generator().manual_seed(0))
     audit = metrics.memorisation_audit(train, train + 0.5, train[:3])
     audits = reporting.audit_records(sets, {(LABEL, "dcgan", "pixels"): audit})

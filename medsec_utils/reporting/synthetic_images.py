@@ -5,6 +5,7 @@ quality, reader study, replacement experiment and memorisation audit, from the r
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
@@ -12,10 +13,12 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 import torch
+from IPython.display import Image, Markdown, display
 
 from .. import metrics, paper
 from ..data import ImageSet
-from ..reader_study import SIMULATED_READERS, Demonstration
+from ..reader_study.readers import MACHINE_READER, SIMULATED_READERS, Demonstration
+from ..reader_study.scoring import roc_points
 from ..synthetic_eval import HELDOUT, Space, training_seconds
 from .common import CLASS_NAMES, ci_cell, dataset_fields, labelled, phantom_banner, show_image
 
@@ -23,7 +26,8 @@ Records = list[dict[str, Any]]
 QUALITY_COLUMNS = ["fid", "fid_relative", "kid", "kid_std", "precision", "recall", "n_samples", "n_real",
                    "train_seconds", "seconds_per_image"]
 READER_COLUMNS = ["accuracy", "accuracy_ci", "sensitivity", "sensitivity_ci", "specificity", "specificity_ci",
-                  "p_value_vs_chance", "n"]
+                  "auc", "auc_ci", "p_value_vs_chance", "n_unsure", "n"]
+POOLED_READER = "simulated readers (pooled)"
 AUDIT_COLUMNS = ["n_near_copies", "near_copy_share", "closer_than_median_share", "median_synthetic_distance",
                  "median_heldout_distance", "n_synthetic", "n_heldout", "n_train"]
 DROP = "drop real -> synthetic (pp)"
@@ -267,15 +271,59 @@ def replacement_records(sets: Mapping[str, ImageSet], results: Records,
 
 def reader_records(sets: Mapping[str, ImageSet], shown: Mapping[str, Demonstration]) -> Records:
     """``metrics.json`` records of ``reader_study.demonstrations``: one per data set and reader, flagging the
-    simulated readers."""
-    return [{**dataset_fields(sets[label]), "section": "reader_study", "simulated": row["reader"] in SIMULATED_READERS,
-             **row} for label, kit in shown.items()
-            for row in kit.scores.assign(generator=kit.generator, n_kit=len(kit.key)).to_dict("records")]
+    ``simulated`` readers and the ``machine`` reader (demonstrations, not people), and per data set one of the
+    simulated readers pooled: their mean AUC with its readers-and-cases bootstrap interval and Fleiss' kappa."""
+    records = []
+    for label, kit in shown.items():
+        common = {**dataset_fields(sets[label]), "section": "reader_study", "generator": kit.generator,
+                  "n_kit": len(kit.key)}
+        records += [{**common, "simulated": row["reader"] in SIMULATED_READERS,
+                     "machine": row["reader"] == MACHINE_READER, **row} for row in kit.scores.to_dict("records")]
+        pooled = kit.pooled
+        records.append({**common, "simulated": True, "machine": False, "reader": POOLED_READER, "auc": pooled["auc"],
+                        "auc_ci": (pooled["ci_low"], pooled["ci_high"]), "fleiss_kappa": kit.agreement,
+                        "n_readers": pooled["n_readers"], "n": pooled["n_cases"], "method": pooled["method"]})
+    return records
 
 
 def reader_table(records: Records) -> pd.DataFrame:
-    """Every reader's accuracy, sensitivity and specificity with their intervals, per data set and generator."""
+    """Every reader's accuracy, sensitivity, specificity and AUC with their intervals, per data set and generator."""
     return section(records, "reader_study").set_index(["dataset", "generator", "reader"])[READER_COLUMNS].round(3)
+
+
+READER_APP_SCREENSHOTS = Path(__file__).parents[2] / "book" / "figures" / "reader_app"
+
+
+def show_reader_app(folder: Path = READER_APP_SCREENSHOTS) -> None:
+    """The reader app's instructions, a case and the finish screen as ``tests/test_reader_app.py`` saw them in
+    headless Chromium (``MEDSEC_SCREENSHOTS=book/figures/reader_app`` on that test refreshes them)."""
+    for name, caption in (("instructions", "the instructions"), ("case", "a case, zoomed to the window, windowed"),
+                          ("finish", "the finish screen")):
+        path = Path(folder) / f"{name}.png"
+        if not path.is_file():
+            print(f"{path}: no screenshot; take them with MEDSEC_SCREENSHOTS={folder} pytest tests/test_reader_app.py")
+            return
+        display(Markdown(f"**The reader app: {caption}** (`{path.name}`)"), Image(filename=str(path), width=720))
+
+
+def reader_roc_figure(shown: Mapping[str, Demonstration]) -> plt.Figure:
+    """Each reader's empirical ROC curve (a point per cut of the five ratings), one panel per data set, beside
+    the chance diagonal; the legend gives each reader's AUC."""
+    fig, axes = plt.subplots(1, len(shown), figsize=(3.2 * len(shown), 3.4), squeeze=False)
+    for ax, (label, kit) in zip(axes[0], shown.items()):
+        auc = kit.scores.set_index("reader")["auc"]
+        for name, answers in kit.answers.items():
+            ax.plot(*roc_points(kit.key, answers), marker="o", markersize=3, label=f"{name}: AUC {auc[name]:.2f}")
+        ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="chance")
+        ax.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), aspect="equal")  # a perfect reader's curve stays in view
+        ax.set_xlabel("real called synthetic (1 - specificity)", fontsize=7)
+        ax.set_ylabel("synthetic called synthetic (sensitivity)", fontsize=7)
+        ax.set_title(f"{label}, {kit.generator}", fontsize=7)
+        ax.tick_params(labelsize=6)
+        ax.legend(fontsize=5, loc="lower right")
+    phantom_banner(fig, shown)
+    fig.tight_layout()
+    return fig
 
 
 def audit_records(sets: Mapping[str, ImageSet], audits: Mapping[tuple[str, str, str], dict[str, Any]]) -> Records:
