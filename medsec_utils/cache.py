@@ -3,24 +3,34 @@
 An artefact (decoded images, a trained model, ...) lives in ``<root>/<kind>/<key>/`` where the key is
 a hash of its parts (settings, data checksum, seed, code fingerprint). A folder counts only once its
 ``artefact.json`` marker is written, after all files are in place, so an interrupted run leaves no
-half artefact behind; a producer may keep resumable state in the folder meanwhile.
+half artefact behind; a producer may keep resumable state in the folder meanwhile. The marker holds a
+checksum of every file, checked at each load, and a lock per entry keeps two runs from producing it twice.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
+try:
+    import fcntl
+except ImportError:  # Windows: no entry locks, see cached()
+    fcntl = None
+
 CACHE_ENV = "MEDSEC_CACHE"
 MARKER = "artefact.json"
+DAMAGED = ".damaged"  # where damaged entries are moved, under the cache root
+CHUNK = 1 << 20  # bytes hashed at a time
 PACKAGE_DIR = Path(__file__).parent
 
 
@@ -91,18 +101,113 @@ def tensor_fingerprint(*tensors: torch.Tensor | dict[str, torch.Tensor]) -> str:
 def cached(
     kind: str, parts: dict[str, Any], produce: Callable[[Path], None], root: Path | None = None
 ) -> tuple[Path, bool]:
-    """Return ``(folder, hit)`` for the artefact; call ``produce(folder)`` first unless it is complete.
+    """Return ``(folder, hit)`` for the artefact; call ``produce(folder)`` first unless it is complete and intact.
 
-    ``produce`` writes its files into ``folder``; the marker is written only after it returns.
+    ``produce`` writes its files into ``folder``; the marker, written only after it returns, lists every file
+    with its size and SHA-256, checked on each hit. A damaged entry (a file missing, truncated or altered, a
+    marker that cannot be read) is never returned: one line on stderr names it, it is moved aside to
+    ``<root>/.damaged/`` for inspection and produced again. A marker from before checksums is trusted once and
+    given them, with one line saying so: it was accepted unchecked until now, and calling it damaged would
+    retrain hours of work on a user's machine.
+
+    An exclusive ``fcntl.flock`` on ``<key>.lock`` beside the folder, held across the check and ``produce``, lets
+    one process at a time check or produce an entry; a second one says in one line that it waits, then takes
+    the finished artefact. The OS drops the lock when its process ends, even killed: no lock is ever stale and
+    the next run resumes from what the killed one left. Without ``fcntl`` (Windows) or on a file system that
+    refuses locks there is no lock, and runs needing one entry at the same time may both produce it.
     """
-    folder = (root or cache_root()) / kind / artefact_key(parts)
-    if (folder / MARKER).is_file():
-        return folder, True
-    folder.mkdir(parents=True, exist_ok=True)
-    started = time.time()
-    produce(folder)
-    write_json_atomic(folder / MARKER, {"kind": kind, "parts": parts, "seconds": round(time.time() - started, 2)})
+    root = root or cache_root()
+    entry = f"{kind}/{artefact_key(parts)}"
+    folder = root / entry
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with _entry_lock(folder, entry):
+        problem = _check(folder, entry)
+        if problem is None:
+            return folder, True
+        if problem:
+            aside = _move_aside(folder, root)
+            print(f"medsec cache: {entry} damaged ({problem}); moved aside to {aside}, recomputing",
+                  file=sys.stderr, flush=True)
+        folder.mkdir(exist_ok=True)
+        started = time.time()
+        produce(folder)
+        write_json_atomic(folder / MARKER, {"kind": kind, "parts": parts, "seconds": round(time.time() - started, 2),
+                                            "files": _manifest(folder)})
     return folder, False
+
+
+@contextlib.contextmanager
+def _entry_lock(folder: Path, entry: str) -> Iterator[None]:
+    """Hold the exclusive lock of one entry (see :func:`cached`); no lock where the platform has none."""
+    if fcntl is None:
+        yield
+        return
+    with open(folder.with_name(f"{folder.name}.lock"), "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not (folder / MARKER).is_file():  # silent when the other run only checks a finished entry
+                print(f"medsec cache: waiting for another run producing {entry}", file=sys.stderr, flush=True)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        except OSError:  # a file system without locks (some network mounts): go on unlocked
+            pass
+        yield
+
+
+def _check(folder: Path, entry: str) -> str | None:
+    """None if ``folder`` is a complete, intact artefact; "" if it is not complete yet; else what is damaged.
+    A marker without checksums (older versions) is given them here, see :func:`cached`."""
+    marker = folder / MARKER
+    if not marker.is_file():
+        return ""
+    try:
+        record = json.loads(marker.read_text())
+        files = record.get("files")
+    except (OSError, ValueError, AttributeError):
+        return f"{MARKER} unreadable"
+    if files is None and "parts" in record:
+        write_json_atomic(marker, {**record, "files": _manifest(folder)})
+        print(f"medsec cache: {entry} has no checksums (written by an older version); trusted and given them now",
+              file=sys.stderr, flush=True)
+        return None
+    try:
+        for name, expected in files.items():
+            path = folder / name
+            if not path.is_file():
+                return f"{name}: missing"
+            if path.stat().st_size != expected["bytes"]:
+                return f"{name}: {path.stat().st_size} bytes, expected {expected['bytes']}"
+            if _sha256(path) != expected["sha256"]:
+                return f"{name}: SHA-256 differs"
+    except (AttributeError, KeyError, TypeError):
+        return f"{MARKER} invalid"
+    return None
+
+
+def _manifest(folder: Path) -> dict[str, dict[str, Any]]:
+    """Size and SHA-256 of every file under ``folder`` but the marker and temporary files of atomic writes."""
+    return {path.relative_to(folder).as_posix(): {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+            for path in sorted(folder.rglob("*"))
+            if path.is_file() and path != folder / MARKER and not path.name.endswith(".tmp")}
+
+
+def _sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in chunks so a large artefact is never held in memory for it."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _move_aside(folder: Path, root: Path) -> Path:
+    """Move a damaged entry to ``<root>/.damaged/<kind>/<key>-<time>``: kept for inspection, never deleted."""
+    now = time.time_ns()
+    stamp = f"{time.strftime('%Y%m%d-%H%M%S', time.localtime(now // 10**9))}.{now % 10**9:09d}"
+    aside = root / DAMAGED / folder.parent.name / f"{folder.name}-{stamp}"
+    aside.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(folder, aside)
+    return aside
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
