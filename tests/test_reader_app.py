@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 
 from medsec_utils import data, reader_study
+from medsec_utils.reader_study import __main__ as cli
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 SIZE = 64
@@ -82,7 +83,8 @@ def _start(page, url: str, reader: str, seed: int) -> None:
     page.wait_for_selector("#case.shown")
 
 
-def test_a_reader_answers_by_keyboard_resumes_after_a_reload_and_the_saved_csv_scores(kit, browser, tmp_path):
+def test_a_reader_answers_by_keyboard_resumes_after_a_reload_and_the_saved_csv_scores(kit, browser, tmp_path,
+                                                                                       capsys):
     key = pd.read_csv(kit["key"])
     intended = _intended(key)
     context = browser.new_context(viewport={"width": 1200, "height": 820}, accept_downloads=True)
@@ -164,10 +166,12 @@ def test_a_reader_answers_by_keyboard_resumes_after_a_reload_and_the_saved_csv_s
     assert f"{scores['accuracy']:.3f} [" in done.stdout and "pooled AUC of 2 reader(s)" in done.stdout
     assert "Fleiss' kappa" in done.stdout
     assert pd.read_csv(tmp_path / "scores.csv").set_index("reader").loc["second", "accuracy"] == 1.0
-    (tmp_path / "answers_broken.csv").write_text("reader,case,confidence,seconds\nx,case_001,7,1\n")
-    done = subprocess.run([sys.executable, "-m", "medsec_utils.reader_study", "score", str(kit["key"]),
-                           str(tmp_path / "answers_broken.csv")], capture_output=True, text=True)
-    assert done.returncode == 2 and "answers_broken.csv" in done.stderr and "Traceback" not in done.stderr
+    broken = pd.read_csv(sheet)
+    broken.loc[4, "confidence"] = 7  # a typo on line 6 of the file
+    broken.to_csv(tmp_path / "answers_broken.csv", index=False)
+    assert cli.main(["score", str(kit["key"]), str(tmp_path / "answers_broken.csv")]) == 2
+    said = capsys.readouterr().err
+    assert said.count("\n") == 1 and "answers_broken.csv" in said and "line 6 has '7'" in said, said
 
 
 def test_the_viewer_zooms_smooths_and_windows(kit, browser):
