@@ -1,4 +1,4 @@
-"""What the image readers share (private to ``data``): the DataError exception and min-max scaling.
+"""What the image readers share (private to ``data``): the DataError exception, min-max scaling and counted nouns.
 
 ``_io`` and ``_dicom`` both import from here, so neither needs the other at import time.
 """
@@ -16,3 +16,8 @@ def min_max(array: np.ndarray) -> np.ndarray:
     """Scale ``array`` linearly to [0, 1]; a constant array becomes zeros."""
     low, high = float(np.nanmin(array)), float(np.nanmax(array))
     return (array - low) / (high - low) if high > low else np.zeros_like(array)
+
+
+def plural(count: int, noun: str) -> str:
+    """``"1 file"``, ``"3 files"``: a count with its noun, for notes and messages."""
+    return f"{count} {noun if count == 1 else noun + 's'}"

@@ -169,8 +169,13 @@ def read_dicom(path: Path, *, window: tuple[float, float] | None = None) -> np.n
 
 def dicom_modality(path: Path) -> str | None:
     """Map the Modality tag to ``"chest_xray"`` (CR/DX/RG), ``"ct"`` or ``"histology"`` (SM); else None."""
+    return MODALITY_NAMES.get(dicom_modality_code(path))
+
+
+def dicom_modality_code(path: Path) -> str:
+    """The Modality tag (0008,0060) as written, upper case, e.g. ``"CT"``; empty if absent."""
     dataset = _read_dataset(Path(path), header_only=True)
-    return MODALITY_NAMES.get(str(dataset.get("Modality") or "").strip().upper())
+    return str(dataset.get("Modality") or "").strip().upper()
 
 
 def dicom_patient_key(path: Path, key: bytes) -> str | None:

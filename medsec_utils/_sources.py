@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import hashlib
+import io
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,12 +17,15 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from ._common import DataError
+from ._common import DataError, plural
 from ._downloads import fetch, manifests_dir, read_descriptor
-from ._io import DICOM_SUFFIXES, IMAGE_SUFFIXES, check_finite, read_image, resize, to_channels
+from ._io import SCALINGS, Decoded, check_finite, decode_image, is_dicom, is_image_file, resize, to_channels
 
 SPLITS = ("train", "val", "test")
 REQUIRED_COLUMNS = ("path", "label")
+KNOWN_COLUMNS = (*REQUIRED_COLUMNS, "patient_id", "split", "source", "label_name")  # label_name: for people only
+SEPARATORS = {",": "commas", ";": "semicolons", "\t": "tabs"}  # what Excel and PACS tools write, by locale
+SYSTEM_FOLDERS = {"__macosx", "$recycle.bin", "system volume information"}  # besides hidden (.name) folders
 NORMAL_NAMES = {"normal", "benign", "negative", "healthy", "lung_n", "colon_n", "no_finding", "control"}
 PATHOLOGY_NAMES = {"pneumonia", "abnormal", "pathology", "malignant", "tumor", "tumour", "cancer", "positive",
                    "disease", "lung_aca", "colon_aca", "opacity", "nodule", "covid"}
@@ -63,10 +68,7 @@ def resolve(base: str, options: dict[str, str]) -> Source:
 
 
 def _from_manifest(csv_path: Path) -> Source:
-    try:
-        frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
-        raise DataError(f"{csv_path}: not a readable CSV ({str(err).splitlines()[0]}); save it as UTF-8 CSV") from None
+    frame, notes = _read_manifest_csv(csv_path)
     missing = [column for column in REQUIRED_COLUMNS if column not in frame.columns]
     if missing:
         raise DataError(f"{csv_path}: missing column(s) {', '.join(missing)}; a manifest needs path,label "
@@ -74,7 +76,7 @@ def _from_manifest(csv_path: Path) -> Source:
     for column in ("patient_id", "split"):
         if column not in frame.columns:
             frame[column] = ""
-    frame["where"] = [f"{csv_path} line {i + 2} ({p})" for i, p in enumerate(frame["path"])]
+    frame["where"] = [f"{csv_path} line {i + 2} ({p})" for i, p in zip(frame.index, frame["path"])]
     raw_sources = frame["source"] if "source" in frame.columns else []
     frame["label"] = [_parse_label(value, where) for value, where in zip(frame["label"], frame["where"])]
     _check_splits(frame)
@@ -84,13 +86,56 @@ def _from_manifest(csv_path: Path) -> Source:
         raise DataError(f"{row['where']}: duplicate path (listed twice); keep one row per image")
     frame["key"] = frame["path"]
     frame["path"] = [csv_path.parent / p for p in frame["path"]]
-    from_header = (frame["patient_id"] == "") & np.array([p.suffix.lower() in DICOM_SUFFIXES for p in frame["path"]])
+    from_header = (frame["patient_id"] == "") & np.array([is_dicom(p) for p in frame["path"]], dtype=bool)
     frame.loc[from_header, "patient_id"] = DICOM_PATIENT
     frame = frame[["path", "key", "label", "patient_id", "split", "where"]].reset_index(drop=True)
     sources = " ".join(set(raw_sources))
-    notes = [caveat for word, caveat in KNOWN_CAVEATS.items() if word in sources]
-    return Source(name=csv_path.parent.name, rows=_require_classes(frame, csv_path), modality=_modality_hint(frame),
-                   notes=notes)
+    notes += [caveat for word, caveat in KNOWN_CAVEATS.items() if word in sources]
+    return Source(name=csv_path.parent.name, rows=_require_classes(frame, csv_path), modality=None, notes=notes)
+
+
+def _read_manifest_csv(csv_path: Path) -> tuple[pd.DataFrame, list[str]]:
+    """The manifest's rows as stripped strings, indexed by data line (0 = line 2), with notes on its dialect.
+
+    Spreadsheet exports differ from plain CSV: a UTF-8 byte-order mark, CRLF line ends, semicolons or tabs
+    as separators (locales with decimal commas), padded or capitalised headers, extra columns and empty rows.
+    All are read; the notes say which were found. Anything else that is not UTF-8 CSV is refused.
+    """
+    raw = csv_path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{csv_path}: not UTF-8 text (byte {err.start} is {raw[err.start]:#04x}); save it as "
+                        "UTF-8 CSV (Excel: 'CSV UTF-8')") from None
+    header = next((line for line in text.splitlines() if line.strip()), "")
+    separator = _separator(header)
+    try:
+        frame = pd.read_csv(io.StringIO(text), sep=separator, dtype=str, keep_default_na=False, skip_blank_lines=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise DataError(f"{csv_path}: not a readable CSV ({str(err).splitlines()[0]}); save it as UTF-8 CSV") from None
+    frame.columns = [str(column).strip().lower() for column in frame.columns]
+    repeated = sorted({column for column in frame.columns if list(frame.columns).count(column) > 1})
+    if repeated:
+        raise DataError(f"{csv_path}: column(s) {', '.join(repeated)} appear twice; keep one of each")
+    frame = frame.apply(lambda column: column.str.strip())
+    empty = (frame == "").all(axis=1)
+    dialect = [what for found, what in ((raw.startswith(b"\xef\xbb\xbf"), "a byte-order mark"),
+                                       (b"\r\n" in raw, "Windows (CRLF) line ends"),
+                                       (separator != ",", SEPARATORS[separator] + " between columns")) if found]
+    ignored = [column for column in frame.columns if column not in KNOWN_COLUMNS]
+    notes = [f"{csv_path.name} has {', '.join(dialect)}: read as such"] if dialect else []
+    notes += [f"{csv_path.name}: ignored column(s) {', '.join(ignored)}"] if ignored else []
+    notes += [f"{csv_path.name}: skipped {plural(int(empty.sum()), 'empty row')}"] if empty.any() else []
+    return frame[~empty], notes
+
+
+def _separator(header: str) -> str:
+    """The separator that splits the header into columns including path and label (comma if none does)."""
+    for separator in SEPARATORS:
+        names = {name.strip().strip("\"'").lower() for name in header.split(separator)}
+        if set(REQUIRED_COLUMNS) <= names:
+            return separator
+    return ","
 
 
 def _parse_label(value: str, where: str) -> int:
@@ -119,43 +164,88 @@ def _require_classes(frame: pd.DataFrame, origin: Path) -> pd.DataFrame:
     return frame
 
 
-def _modality_hint(frame: pd.DataFrame) -> str | None:
-    """The modality a DICOM file's header names (first file), else None."""
-    first = Path(frame["path"].iloc[0])
-    if first.suffix.lower() in DICOM_SUFFIXES and first.is_file():
-        from ._dicom import dicom_modality
-
-        return dicom_modality(first)
-    return None
-
-
 def _from_tree(root: Path, options: dict[str, str]) -> Source:
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    """One row per image of an ImageFolder tree; hidden and system folders and non-image files are left out
+    and named in the notes, images outside a class folder are refused (they have no label)."""
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not _is_system(p))
     split_names = {"train": "train", "val": "val", "validation": "val", "valid": "val", "test": "test"}
     if folders and all(p.name.lower() in split_names for p in folders):
         layers = [(split_names[p.name.lower()], p) for p in folders]
     else:
         layers = [("", root)]
-    class_map = _class_map(root, {c.name for _, layer in layers for c in layer.iterdir() if c.is_dir()})
+    class_dirs = [(split, c) for split, layer in layers for c in sorted(layer.iterdir())
+                  if c.is_dir() and not _is_system(c)]
+    if not class_dirs:
+        raise _no_class_folders(root, [layer for _, layer in layers])
+    class_map = _class_map(root, {c.name for _, c in class_dirs})
     regex = re.compile(options["patient_regex"]) if options.get("patient_regex") else None
+    outside = [entry for top in sorted({root, *(layer for _, layer in layers)}) for entry in sorted(top.iterdir())]
+    skipped_files = [f for f in outside if f.is_file() and f.name != "classes.yaml"]
+    skipped_folders = [d for d in outside if d.is_dir() and _is_system(d)]
+    unlabelled = [f for f in skipped_files if is_image_file(f) and not _is_system(f)]
+    if unlabelled:
+        raise DataError(f"{unlabelled[0]}: image outside the class folders, so it has no label; move it into a "
+                        "class folder or delete it")
     records = []
-    for split, layer in layers:
-        for class_dir in sorted(c for c in layer.iterdir() if c.is_dir() and c.name in class_map):
-            files = sorted(f for f in class_dir.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES | DICOM_SUFFIXES)
-            if not files:
-                raise DataError(f"{class_dir}: class folder has no images (.png/.jpg/.tif/.dcm); add images "
-                                "or remove the folder")
-            records += [{"path": f, "key": f.relative_to(root).as_posix(), "label": class_map[class_dir.name],
-                         "patient_id": _patient_from_name(f, regex),
-                         "split": split, "where": str(f)} for f in files]
-    frame = pd.DataFrame(records)
-    return Source(name=root.name, rows=_require_classes(frame, root), modality=_modality_hint(frame))
+    for split, class_dir in class_dirs:
+        files, other_files, other_folders = _walk(class_dir)
+        skipped_files += other_files
+        skipped_folders += other_folders
+        if not files:
+            raise DataError(f"{class_dir}: class folder has no images (.png/.jpg/.tif/.dcm); add images "
+                            "or remove the folder")
+        records += [{"path": f, "key": f.relative_to(root).as_posix(), "label": class_map[class_dir.name],
+                     "patient_id": _patient_from_name(f, regex), "split": split, "where": str(f)} for f in files]
+    notes = []
+    if skipped_files:
+        what = "that is not an image" if len(skipped_files) == 1 else "that are not images"
+        notes.append(f"ignored {plural(len(skipped_files), 'file')} {what}: {_names(skipped_files)}")
+    if skipped_folders:
+        notes.append(f"ignored {plural(len(skipped_folders), 'hidden or system folder')}: {_names(skipped_folders)}")
+    return Source(name=root.name, rows=_require_classes(pd.DataFrame(records), root), modality=None, notes=notes)
+
+
+def _is_system(path: Path) -> bool:
+    """Hidden (``.DS_Store``, ``._x.png``, ``.ipynb_checkpoints``) or made by an OS (``__MACOSX``), not data."""
+    return path.name.startswith(".") or path.name.lower() in SYSTEM_FOLDERS
+
+
+def _walk(folder: Path) -> tuple[list[Path], list[Path], list[Path]]:
+    """Image files under ``folder`` (sorted), the other files, and the hidden or system folders not entered."""
+    images, others, skipped = [], [], []
+    for top, dirs, files in os.walk(folder):
+        skipped += [Path(top) / d for d in dirs if _is_system(Path(d))]
+        dirs[:] = sorted(d for d in dirs if not _is_system(Path(d)))
+        for name in files:
+            path = Path(top) / name
+            (images if is_image_file(path) and not _is_system(path) else others).append(path)
+    return sorted(images), others, skipped
+
+
+def _names(paths: list[Path], shown: int = 5) -> str:
+    """Distinct file or folder names, sorted, the first ``shown`` of them (and how many more)."""
+    names = sorted({p.name for p in paths})
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
+def _no_class_folders(root: Path, layers: list[Path]) -> DataError:
+    """The refusal of a folder with neither manifest.csv nor class sub-folders, saying what it holds."""
+    images = [f for layer in layers for f in layer.iterdir() if f.is_file() and is_image_file(f)]
+    found = f"{plural(len(images), 'image')} but no class sub-folders" if images else "no class sub-folders, no images"
+    where = root if layers == [root] else layers[0]
+    return DataError(f"{where}: {found}; put each class's images in its own sub-folder (e.g. normal/ and "
+                     f"pneumonia/) or add {root / 'manifest.csv'} with columns path,label")
 
 
 def _class_map(root: Path, names: set[str]) -> dict[str, int]:
     classes_file = root / "classes.yaml"
     if classes_file.is_file():
-        mapping = yaml.safe_load(classes_file.read_text()) or {}
+        try:
+            mapping = yaml.safe_load(classes_file.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise DataError(f"{classes_file}: not valid YAML ({str(err).splitlines()[0]}); write one "
+                            "'folder: 0' or 'folder: 1' per line") from None
         if not isinstance(mapping, dict) or set(mapping.values()) - {0, 1}:
             raise DataError(f"{classes_file}: must map each class folder to 0 (Normal) or 1 (Pathology), "
                             "e.g. {normal: 0, abnormal: 1}")
@@ -176,7 +266,7 @@ def _class_map(root: Path, names: set[str]) -> dict[str, int]:
 
 
 def _patient_from_name(path: Path, regex: re.Pattern[str] | None) -> str:
-    if path.suffix.lower() in DICOM_SUFFIXES:
+    if is_dicom(path):
         return DICOM_PATIENT
     if regex is None:
         return ""
@@ -256,29 +346,73 @@ def source_checksum(source: Source) -> tuple[str, bytes]:
     return f"sha256:{digest.hexdigest()}", secret.digest()
 
 
+def dicom_modalities(source: Source) -> dict[str, list[Path]]:
+    """The DICOM files of ``source`` per value of their Modality tag (0008,0060), upper case; files without
+    the tag are left out."""
+    if source.arrays is not None:
+        return {}
+    from ._dicom import dicom_modality_code
+
+    found: dict[str, list[Path]] = {}
+    for path in map(Path, source.rows["path"]):
+        code = dicom_modality_code(path) if path.is_file() and is_dicom(path) else ""
+        if code:
+            found.setdefault(code, []).append(path)
+    return found
+
+
 def decode_all(source: Source, size: int, channels: int, window: tuple[float, float] | None,
-                progress: bool) -> tuple[torch.Tensor, np.ndarray]:
-    """Decode, resize and quantise every image to uint8 ``(N, C, size, size)``; keep native sizes."""
+               progress: bool) -> dict[str, torch.Tensor]:
+    """Decode, resize and quantise every image.
+
+    Returns:
+        ``images`` uint8 ``(N, C, size, size)``, ``sizes`` int64 ``(N, 2)`` native height and width,
+        ``scaling`` int8 ``(N,)`` index into ``_io.SCALINGS`` and ``alpha`` bool ``(N,)``: what
+        :func:`decode_notes` reports.
+    """
     rows = source.rows
     images = torch.empty((len(rows), channels, size, size), dtype=torch.uint8)
-    sizes = np.zeros((len(rows), 2), dtype=np.int64)
+    sizes = torch.zeros((len(rows), 2), dtype=torch.int64)
+    scaling = torch.zeros(len(rows), dtype=torch.int8)
+    alpha = torch.zeros(len(rows), dtype=torch.bool)
     for i, row in enumerate(tqdm(rows.itertuples(), total=len(rows), desc=f"decode {source.name}",
                                  disable=not progress, mininterval=2)):
-        array = _read_row(source, row, channels, window)
-        sizes[i] = array.shape[:2]
-        array = resize(array, size, row.where)
+        decoded = _read_row(source, row, channels, window)
+        sizes[i] = torch.tensor(decoded.pixels.shape[:2])
+        scaling[i], alpha[i] = SCALINGS.index(decoded.scaling), decoded.alpha
+        array = resize(decoded.pixels, size, row.where)
         images[i] = torch.from_numpy(np.round(array * 255).astype(np.uint8).transpose(2, 0, 1))
-    return images, sizes
+    return {"images": images, "sizes": sizes, "scaling": scaling, "alpha": alpha}
 
 
-def _read_row(source: Source, row: Any, channels: int, window: tuple[float, float] | None) -> np.ndarray:
+def decode_notes(decoded: dict[str, torch.Tensor]) -> list[str]:
+    """What the notes must say about how :func:`decode_all` scaled images other than 8-bit ones."""
+    count = {name: int((decoded["scaling"] == i).sum()) for i, name in enumerate(SCALINGS)}
+    notes = []
+    if count["16-bit"]:
+        sixteen = decoded["images"][decoded["scaling"] == SCALINGS.index("16-bit")]
+        dark = int((sixteen.flatten(1).amax(dim=1) <= 16).sum())
+        notes.append(f"16-bit images ({count['16-bit']}) scaled by 65535, as 8-bit ones by 255 (each by its full "
+                     "range), so an export gives the same grey levels at either bit depth"
+                     + (f"; nearly black as their values use 12 bits or fewer: {dark} (re-export those at full "
+                        "range or as 8-bit)" if dark else ""))
+    if count["min-max"]:
+        notes.append(f"32-bit or floating-point images ({count['min-max']}) scaled from darkest to brightest "
+                     "pixel, each on its own (such files have no fixed range)")
+    if decoded["alpha"].any():
+        notes.append(f"images with an alpha channel ({int(decoded['alpha'].sum())}) composited onto black "
+                     "(transparent pixels read as black)")
+    return notes
+
+
+def _read_row(source: Source, row: Any, channels: int, window: tuple[float, float] | None) -> Decoded:
     if source.arrays is None:
         if not Path(row.path).is_file():
             raise DataError(f"{row.where}: file not found at {row.path}; fix the path or restore the file")
-        return read_image(Path(row.path), channels=channels, window=window)
+        return decode_image(Path(row.path), channels=channels, window=window)
     raw = np.asarray(source.arrays[row.split][row.path])
     array = raw.astype(np.float32) / 255.0 if raw.dtype == np.uint8 else raw.astype(np.float32)
     check_finite(array, row.where)
     if array.min() < 0 or array.max() > 1:
         raise DataError(f"{row.where}: float pixels outside [0, 1]; store uint8 images or scale them to [0, 1]")
-    return to_channels(array, channels, row.where)
+    return Decoded(to_channels(array, channels, row.where), "8-bit" if raw.dtype == np.uint8 else "float", False)

@@ -11,8 +11,11 @@ as ``center,width`` in HU for DICOM CT, ``patient_regex`` to read patient ids fr
 - a MedMNIST ``.npz`` (``train_images``, ``train_labels``, ...);
 - the name of a descriptor in ``data_manifests/`` (e.g. ``pneumoniamnist_64``), downloaded once.
 
-Image files may be PNG/JPEG/TIFF or single-frame DICOM. Bad input raises :class:`DataError` with one
-line naming the file or row and the fix. Run ``python -m medsec_utils.data check SPEC`` to see it.
+Image files may be PNG/JPEG/TIFF (8- or 16-bit, any suffix case) or single-frame DICOM (also without a suffix).
+The modality is the spec's ``?modality=``, else the DICOM Modality tag, else a word of the data set's name.
+Bad input raises :class:`DataError` with one line naming the file or row and the fix; what is read but not
+plain (stray files, spreadsheet dialects, 16-bit or transparent images) is said in the notes. Run
+``python -m medsec_utils.data check SPEC`` to see both.
 The readers of each kind of source are in ``_sources``, named downloads in ``_downloads``, image decoding in
 ``_io`` and ``_dicom``.
 """
@@ -33,9 +36,10 @@ import pandas as pd
 import torch
 
 from . import cache
-from ._common import DataError
+from ._common import DataError, plural
 from ._downloads import data_root, fetch, known_datasets, read_descriptor
-from ._sources import SPLITS, decode_all, pseudonymise_dicom_patients, resolve, source_checksum
+from ._sources import (SPLITS, Source, decode_all, decode_notes, dicom_modalities, pseudonymise_dicom_patients, resolve,
+                       source_checksum)
 
 __all__ = ["DataError", "ImageSet", "load_dataset", "assign_splits", "fetch", "known_datasets", "read_descriptor",
            "data_root", "deidentify_dicom", "MODALITIES"]
@@ -49,6 +53,7 @@ MODALITY_WORDS = {
     "histology": ("histology", "histo", "pathmnist", "lc25000", "he", "wsi"),
 }
 SPEC_OPTIONS = ("modality", "window", "patient_regex", "n")
+MIN_PATIENTS_PER_CLASS = len(SPLITS)  # made splits give every split both classes from this many patients per class
 # The modules whose code turns files into images: cache keys of anything made from loaded real images name them all.
 READER_MODULES = ("data", "_common", "_downloads", "_sources", "_io", "_dicom")
 
@@ -97,6 +102,21 @@ class ImageSet:
             chosen.append(rng.choice(members, size=min(share, len(members)), replace=False))
         return np.sort(np.concatenate(chosen))
 
+    def require_both_classes(self, splits: tuple[str, ...] = SPLITS) -> None:
+        """Refuse, in one line stating the minimum, a set with a split that lacks a class.
+
+        Training needs both classes in train, model selection both in val and the test report both in test.
+        """
+        labels = self.labels.numpy()
+        counts = {name: [int(((self.splits == name) & (labels == c)).sum()) for c in (0, 1)] for name in splits}
+        short = [name for name, (normal, pathology) in counts.items() if not (normal and pathology)]
+        if short:
+            found = ", ".join(f"{name} {normal}+{pathology}" for name, (normal, pathology) in counts.items())
+            raise DataError(
+                f"{self.spec}: too few images for a classifier: split {short[0]} lacks Normal or Pathology images "
+                f"(Normal+Pathology per split: {found}); every split needs at least one image of each class, so "
+                f"at least {MIN_PATIENTS_PER_CLASS} patients per class when the splits are made here; add images")
+
     def tensors(self, split: str, limit: int | None = None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """Float images in [0, 1] and int64 labels of ``split`` (optionally a stratified subsample)."""
         index = torch.as_tensor(self.indices(split, limit, seed))
@@ -144,9 +164,8 @@ def load_dataset(
     if base.startswith("phantom:"):
         return _load_phantoms(spec, base, options, size, seed, phantom_images, split_fractions)
     source = resolve(base, options)
-    modality = options.get("modality") or source.modality or infer_modality(source.name)
-    if modality not in MODALITIES:
-        raise DataError(f"{spec}: unknown modality {modality!r}; use one of {', '.join(MODALITIES)}")
+    notes = list(source.notes)
+    modality = _modality(base, options, source, notes)
     checksum, pseudonym_key = source_checksum(source)
     pseudonymise_dicom_patients(source, pseudonym_key)
     _check_patients_in_one_split(source.rows, base)
@@ -154,22 +173,19 @@ def load_dataset(
     channels = CHANNELS[modality]
 
     def decode(folder: Path) -> None:
-        images, sizes = decode_all(source, size, channels, window, progress)
-        cache.torch_save_atomic({"images": images, "sizes": torch.from_numpy(sizes)}, folder / "images.pt")
+        cache.torch_save_atomic(decode_all(source, size, channels, window, progress), folder / "images.pt")
 
     if use_cache:
         parts = {"checksum": checksum, "size": size, "channels": channels, "window": window,
                  "code": cache.code_fingerprint(*READER_MODULES)}
         folder, _ = cache.cached("images", parts, decode)
         decoded = torch.load(folder / "images.pt")
-        decoded["sizes"] = decoded["sizes"].numpy()
     else:
-        images, sizes = decode_all(source, size, channels, window, progress)
-        decoded = {"images": images, "sizes": sizes}
+        decoded = decode_all(source, size, channels, window, progress)
+    notes += decode_notes(decoded)
     rows = source.rows
     given_ids = bool((rows["patient_id"] != "").all())
     patients = np.where(rows["patient_id"] != "", rows["patient_id"], [f"image-{i}" for i in range(len(rows))])
-    notes = list(source.notes)
     if not given_ids:
         notes.append("no patient ids for some images: each counts as its own patient, so images of one patient "
                      "may cross splits (for file trees, ?patient_regex=... reads ids from file names)")
@@ -179,7 +195,8 @@ def load_dataset(
     return ImageSet(
         spec=spec, name=source.name, modality=modality, images=decoded["images"],
         labels=torch.tensor(rows["label"].to_numpy(), dtype=torch.int64), patient_ids=patients.astype(str),
-        splits=splits, checksum=checksum, native_sizes=decoded["sizes"], patient_ids_given=given_ids, notes=notes,
+        splits=splits, checksum=checksum, native_sizes=decoded["sizes"].numpy(), patient_ids_given=given_ids,
+        notes=notes,
     )
 
 
@@ -195,15 +212,50 @@ def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
     return base, options
 
 
-def infer_modality(name: str) -> str:
-    """Modality named by words in a data set's name, e.g. ``chest_xray`` or ``pneumoniamnist_64``."""
+def modality_from_name(name: str) -> str | None:
+    """Modality named by words in a data set's name, e.g. ``chest_xray`` or ``pneumoniamnist_64``; None if no
+    word or words of two modalities."""
     text = name.lower()
     tokens = set(re.split(r"[^a-z0-9]+", text))
     found = [m for m, words in MODALITY_WORDS.items() if any(w in tokens or (len(w) > 3 and w in text) for w in words)]
-    if len(found) != 1:
-        raise DataError(f"{name}: cannot tell the modality from the name; append ?modality=chest_xray, ct or "
-                        "histology to the spec")
-    return found[0]
+    return found[0] if len(found) == 1 else None
+
+
+def _modality(base: str, options: dict[str, str], source: Source, notes: list[str]) -> str:
+    """The spec's ``?modality=``, else the data manifest's, else the DICOM Modality tag, else the name's.
+
+    DICOM files naming a modality the compendium does not model (e.g. MR) or different ones are refused
+    unless the spec states the modality; the notes say when the tag decided.
+    """
+    modality = options.get("modality") or source.modality
+    if modality:
+        if modality not in MODALITIES:
+            raise DataError(f"{base}: unknown modality {modality!r}; use one of {', '.join(MODALITIES)}")
+        return modality
+    from ._dicom import MODALITY_NAMES
+
+    tags = dicom_modalities(source)
+    named = {MODALITY_NAMES.get(code) for code in tags}
+    fix = "append ?modality=chest_xray, ct or histology to the spec"
+    if len(named) > 1:
+        found = ", ".join(f"{code} ({plural(len(files), 'file')}, e.g. {files[0]})"
+                          for code, files in sorted(tags.items()))
+        raise DataError(f"{base}: DICOM files of different modalities: {found}; keep one modality per data set, "
+                        f"or {fix}")
+    if named == {None}:
+        code, files = next(iter(tags.items()))
+        raise DataError(f"{files[0]}: DICOM Modality {code} is none of CR/DX/RG (chest_xray), CT (ct) or SM "
+                        f"(histology); if these images should be read as one of them, {fix}")
+    if named:
+        modality = named.pop()
+        notes.append(f"modality {modality} from the DICOM Modality tag ({', '.join(sorted(tags))}) of "
+                     f"{plural(sum(map(len, tags.values())), 'file')}")
+        return modality
+    modality = modality_from_name(source.name)
+    if modality is None:
+        raise DataError(f"{base}: cannot tell the modality: the name {source.name!r} does not say it and no "
+                        f"image is a DICOM file with a Modality tag; {fix}")
+    return modality
 
 
 def assign_splits(
@@ -212,7 +264,9 @@ def assign_splits(
 ) -> np.ndarray:
     """Split by patient: every image of a patient goes to one split, stratified by the patient's label.
 
-    Returns one split name per image. Deterministic for a given ``seed``.
+    A class with at least one patient per split gets at least one patient in every split (small data sets
+    would otherwise round a split's share to none). Returns one split name per image; deterministic for a
+    given ``seed``.
     """
     frame = pd.DataFrame({"patient": patient_ids, "label": labels})
     per_patient = frame.groupby("patient", sort=True)["label"].max()
@@ -222,7 +276,13 @@ def assign_splits(
     for label in (0, 1):
         members = np.array(per_patient.index[per_patient == label])
         rng.shuffle(members)
-        bounds = np.round(np.cumsum(weights) * len(members)).astype(int)
+        counts = np.diff(np.r_[0, np.round(np.cumsum(weights) * len(members)).astype(int)])
+        wanted = weights > 0
+        if len(members) >= wanted.sum():  # enough patients: no wanted split left without this class
+            for empty in np.flatnonzero(wanted & (counts == 0)):
+                counts[np.argmax(counts)] -= 1
+                counts[empty] += 1
+        bounds = np.cumsum(counts)
         for start, stop, name in zip(np.r_[0, bounds[:-1]], bounds, names):
             assignment.update(dict.fromkeys(members[start:stop], name))
     return np.array([assignment[p] for p in patient_ids], dtype=object)

@@ -217,7 +217,11 @@ def classifier_for(
 
     Returns:
         ``(model in eval mode, training history, cache_hit)``.
+
+    Raises:
+        DataError: a split without images of both classes, in one line stating the minimum.
     """
+    images.require_both_classes()
     parts = {
         "data": images.checksum, "size": images.size, "channels": images.channels, "arch": arch,
         "weights": str(weights) if weights else None, "seed": seed,

@@ -14,19 +14,27 @@ from .common import data_label, dataset_fields, phantom_banner
 
 
 def plot_examples(sets: list[ImageSet], per_class: int = 4, seed: int = 0) -> plt.Figure:
-    """A grid of test images per data set: ``per_class`` Normal then Pathology."""
+    """A grid of test images per data set: up to ``per_class`` Normal then up to ``per_class`` Pathology.
+
+    A small data set may have fewer test images of a class; its cells stay empty rather than repeat images.
+    """
     fig, axes = plt.subplots(len(sets), 2 * per_class, figsize=(2 * per_class * 1.3, len(sets) * 1.5),
                              squeeze=False)
     rng = np.random.default_rng(seed)
     for row, images in zip(axes, sets):
         test = images.indices("test")
-        picks = [rng.choice(test[images.labels.numpy()[test] == label], per_class, replace=False) for label in (0, 1)]
-        for ax, index in zip(row, np.concatenate(picks)):
-            image = images.images[index].permute(1, 2, 0).squeeze(-1).numpy()
-            ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=255)
+        for label, cells in ((0, row[:per_class]), (1, row[per_class:])):
+            members = test[images.labels.numpy()[test] == label]
+            chosen = rng.choice(members, min(per_class, len(members)), replace=False)
+            for ax, index in zip(cells, chosen):
+                image = images.images[index].permute(1, 2, 0).squeeze(-1).numpy()
+                ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=255)
+                ax.set_title("Pathology" if label else "Normal", fontsize=7)
+            for ax in cells[len(chosen):]:
+                ax.set_frame_on(False)
+        for ax in row:
             ax.set_xticks([])
             ax.set_yticks([])
-            ax.set_title("Pathology" if images.labels[index] else "Normal", fontsize=7)
         row[0].set_ylabel(data_label(images), fontsize=7)
     phantom_banner(fig, [data_label(images) for images in sets], y=1.0)
     fig.tight_layout()
