@@ -281,6 +281,8 @@ def evaluate_attack_cached(model: nn.Module, name: str, x: torch.Tensor, y: torc
              "torchattacks": torchattacks.__version__}
 
     def produce(folder: Path) -> None:
+        if (folder / "outcome.pt").is_file():
+            return  # attacked to the end by a run killed before the marker: outcome.pt is whole (written atomically)
         outcome = evaluate_attack(model, name, x, y, eps=eps, settings=settings, seed=seed, batch_size=batch_size,
                                   **run)
         cache.torch_save_atomic({"adversarial": outcome.adversarial, "clean_pred": outcome.clean_pred,

@@ -34,7 +34,7 @@ from .training import Perturb, Tensors, seed_everything, train_classifier
 ADVERSARIAL_TRAINING = ("pgd", "fgsm_rs")
 
 History = list[dict[str, float]]
-DefenseTrainer = Callable[[ImageSet, nn.Module, Tensors, Mapping[str, Any], int, torch.device, bool],
+DefenseTrainer = Callable[[ImageSet, nn.Module, Tensors, Mapping[str, Any], int, torch.device, bool, Path | None],
                           tuple[nn.Module, History]]
 DefenseBuilder = Callable[[int, nn.Module], nn.Module]
 
@@ -43,9 +43,11 @@ DefenseBuilder = Callable[[int, nn.Module], nn.Module]
 class DefenseKind:
     """One defence of the table.
 
-    ``train(images, classifier, train, settings, seed, device, progress)`` returns the defended model and its
-    training history; ``build(channels, classifier)`` an untrained one of the same shape; ``settings_keys`` are
-    the profile keys ``train`` reads (they go into the cache key).
+    ``train(images, classifier, train, settings, seed, device, progress, checkpoint)`` returns the defended model
+    and its training history; a trainer that trains in epochs saves its state to the file ``checkpoint`` (None:
+    nowhere) after every epoch and resumes from it when it exists, so a killed run loses no finished epoch.
+    ``build(channels, classifier)`` returns an untrained model of the same shape; ``settings_keys`` are the
+    profile keys ``train`` reads (they go into the cache key).
     """
 
     name: str
@@ -103,11 +105,13 @@ def adversarial_perturb(method: str, eps: float, steps: int) -> Perturb:
 
 def adversarially_train(model: nn.Module, train: Tensors, val: Tensors, *, method: str, eps: float, steps: int,
                         epochs: int, batch_size: int, lr: float, weight_decay: float, seed: int,
-                        device: torch.device, flip: bool = False, progress: bool = True) -> History:
-    """Fine-tune ``model`` in place on adversarial images of every batch; keeps the best clean validation AUC."""
+                        device: torch.device, flip: bool = False, progress: bool = True,
+                        checkpoint: Path | None = None) -> History:
+    """Fine-tune ``model`` in place on adversarial images of every batch; keeps the best clean validation AUC.
+    With ``checkpoint``, saves every epoch there and resumes from it (``train_classifier``)."""
     return train_classifier(model, train, val, epochs=epochs, batch_size=batch_size, lr=lr,
                             weight_decay=weight_decay, seed=seed, device=device, flip=flip,
-                            perturb=adversarial_perturb(method, eps, steps), progress=progress)
+                            perturb=adversarial_perturb(method, eps, steps), progress=progress, checkpoint=checkpoint)
 
 
 class Defended(nn.Module):
@@ -188,12 +192,12 @@ class MagNet(Defended):
 
 def train_denoiser(denoiser: Denoiser, classifier: nn.Module, train: Tensors, *, eps: list[float], steps: int,
                    epochs: int, batch_size: int, lr: float, seed: int, device: torch.device,
-                   progress: bool = True) -> History:
+                   progress: bool = True, checkpoint: Path | None = None) -> History:
     """Train ``denoiser`` with the logits-guided loss against the frozen ``classifier``.
 
     Each batch is attacked with PGD at a budget drawn from ``eps`` (so the denoiser sees several
     strengths, as in the HGD paper's training set), then the loss is
-    ``|classifier(denoiser(x_adv)) - classifier(x_clean)|_1``.
+    ``|classifier(denoiser(x_adv)) - classifier(x_clean)|_1``. With ``checkpoint``, resumable per epoch (``_fit``).
     """
     seed_everything(seed)
     classifier.eval().to(device).requires_grad_(False)
@@ -211,15 +215,16 @@ def train_denoiser(denoiser: Denoiser, classifier: nn.Module, train: Tensors, *,
 
     try:
         return _fit(denoiser, len(x), batch_loss, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                    desc="HGD denoiser", progress=progress)
+                    desc="HGD denoiser", progress=progress, checkpoint=checkpoint)
     finally:
         classifier.requires_grad_(True)
 
 
 def train_autoencoder(autoencoder: AutoEncoder, train: torch.Tensor, *, epochs: int, batch_size: int, lr: float,
                       seed: int, device: torch.device, noise: float = 0.025,
-                      progress: bool = True) -> History:
-    """Train MagNet's auto-encoder to reconstruct clean images from copies with Gaussian noise (std ``noise``)."""
+                      progress: bool = True, checkpoint: Path | None = None) -> History:
+    """Train MagNet's auto-encoder to reconstruct clean images from copies with Gaussian noise (std ``noise``);
+    with ``checkpoint``, resumable per epoch (``_fit``)."""
     seed_everything(seed)
     autoencoder.to(device)
 
@@ -230,19 +235,32 @@ def train_autoencoder(autoencoder: AutoEncoder, train: torch.Tensor, *, epochs: 
         return F.mse_loss(autoencoder(noisy), clean)
 
     return _fit(autoencoder, len(train), batch_loss, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                desc="MagNet auto-encoder", progress=progress, weight_decay=1e-9)
+                desc="MagNet auto-encoder", progress=progress, weight_decay=1e-9, checkpoint=checkpoint)
 
 
 def _fit(module: nn.Module, n: int, batch_loss: Callable[[torch.Tensor, torch.Generator], torch.Tensor], *,
          epochs: int, batch_size: int, lr: float, seed: int, desc: str, progress: bool,
-         weight_decay: float = 0.0) -> History:
-    """Adam on ``module`` over seeded shuffles of ``n`` items; ``batch_loss(index, generator)`` gives each loss."""
+         weight_decay: float = 0.0, checkpoint: Path | None = None) -> History:
+    """Adam on ``module`` over seeded shuffles of ``n`` items; ``batch_loss(index, generator)`` gives each loss.
+
+    With ``checkpoint``, every epoch saves the module, the optimiser, the history and both random states (the
+    shuffling generator and torch's, which PGD's random starts draw from) there, and a run that finds the file
+    resumes after its last epoch with the weights an uninterrupted run would reach.
+    """
     optimizer = torch.optim.Adam(module.parameters(), lr=lr, weight_decay=weight_decay)
     generator = torch.Generator().manual_seed(seed)
     steps_per_epoch = max(1, n // batch_size)
     history = []
-    bar = tqdm(total=epochs * steps_per_epoch, desc=desc, disable=not progress, mininterval=5, unit="batch")
-    for epoch in range(epochs):
+    if checkpoint is not None and checkpoint.is_file():
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        module.load_state_dict(saved["module"])
+        optimizer.load_state_dict(saved["optimizer"])
+        generator.set_state(saved["generator"])
+        torch.set_rng_state(saved["torch_rng"])
+        history = saved["history"]
+    bar = tqdm(total=epochs * steps_per_epoch, initial=len(history) * steps_per_epoch, desc=desc,
+               disable=not progress, mininterval=5, unit="batch")
+    for epoch in range(len(history), epochs):
         started, total = time.perf_counter(), 0.0
         order = torch.randperm(n, generator=generator)
         for step in range(steps_per_epoch):
@@ -254,6 +272,10 @@ def _fit(module: nn.Module, n: int, batch_loss: Callable[[torch.Tensor, torch.Ge
             bar.update()
         history.append({"epoch": epoch + 1, "train_loss": total / steps_per_epoch,
                         "seconds": time.perf_counter() - started})
+        if checkpoint is not None:
+            cache.torch_save_atomic({"module": module.state_dict(), "optimizer": optimizer.state_dict(),
+                                     "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+                                     "history": history}, checkpoint)
     bar.close()
     return history
 
@@ -360,14 +382,15 @@ def _block(in_channels: int, out_channels: int) -> nn.Sequential:
            "batch (PGD, or with adv_train_method fgsm_rs the cheap variant, FGSM from a random start; Wong, Rice & "
            "Kolter 2020), keeping the epoch with the best clean validation AUC."))
 def _adversarial_training(images: ImageSet, classifier: nn.Module, train: Tensors, settings: Mapping[str, Any],
-                          seed: int, device: torch.device, progress: bool) -> tuple[nn.Module, History]:
+                          seed: int, device: torch.device, progress: bool,
+                          checkpoint: Path | None) -> tuple[nn.Module, History]:
     robust = copy.deepcopy(classifier)
     history = adversarially_train(
         robust, train, images.tensors("val", settings["max_eval_images"], seed), method=settings["adv_train_method"],
         eps=settings["adv_train_eps_255"] / 255, steps=settings["defense_pgd_steps"],
         epochs=settings["adv_train_epochs"], batch_size=settings["batch_size"], lr=settings["adv_train_lr"],
         weight_decay=settings["weight_decay"], seed=seed, device=device, flip=images.modality == "histology",
-        progress=progress)
+        progress=progress, checkpoint=checkpoint)
     return robust, history
 
 
@@ -379,12 +402,12 @@ def _adversarial_training(images: ImageSet, classifier: nn.Module, train: Tensor
            "with the logits-guided loss: the L1 distance between the frozen classifier's logits on the denoised "
            "adversarial image and on the clean image."))
 def _hgd(images: ImageSet, classifier: nn.Module, train: Tensors, settings: Mapping[str, Any], seed: int,
-         device: torch.device, progress: bool) -> tuple[nn.Module, History]:
+         device: torch.device, progress: bool, checkpoint: Path | None) -> tuple[nn.Module, History]:
     denoiser = Denoiser(images.channels)
     history = train_denoiser(denoiser, classifier, train, eps=[e / 255 for e in settings["hgd_eps_255"]],
                              steps=settings["defense_pgd_steps"], epochs=settings["hgd_epochs"],
                              batch_size=settings["batch_size"], lr=settings["hgd_lr"], seed=seed, device=device,
-                             progress=progress)
+                             progress=progress, checkpoint=checkpoint)
     return Defended(denoiser, classifier), history
 
 
@@ -396,10 +419,11 @@ def _hgd(images: ImageSet, classifier: nn.Module, train: Tensors, settings: Mapp
            "'reformed' image, is what the classifier sees. A rejected adversarial image counts as defended, a "
            "rejected clean image as an error."))
 def _magnet(images: ImageSet, classifier: nn.Module, train: Tensors, settings: Mapping[str, Any], seed: int,
-            device: torch.device, progress: bool) -> tuple[nn.Module, History]:
+            device: torch.device, progress: bool, checkpoint: Path | None) -> tuple[nn.Module, History]:
     autoencoder = AutoEncoder(images.channels)
     history = train_autoencoder(autoencoder, train[0], epochs=settings["magnet_epochs"], batch_size=settings["batch_size"],
-                                lr=settings["magnet_lr"], seed=seed, device=device, progress=progress)
+                                lr=settings["magnet_lr"], seed=seed, device=device, progress=progress,
+                                checkpoint=checkpoint)
     magnet = MagNet(autoencoder, classifier).to(device).eval()
     magnet.calibrate(images.tensors("val", settings["max_eval_images"], seed)[0], settings["magnet_fpr"])
     return magnet, history
@@ -412,7 +436,8 @@ def defense_for(kind: str, images: ImageSet, classifier: nn.Module, settings: Ma
     The cache holds the defended module's whole ``state_dict``, loaded into ``build``'s untrained copy. The key
     holds the classifier's weights, the data checksum, the settings the defence reads (its ``settings_keys`` and
     ``max_train_images``, which picks its training images), the seed and the code of this module, ``training``
-    and ``attacks``.
+    and ``attacks``. Training checkpoints every epoch in the artefact's folder, so an interrupted run resumes where
+    it stopped.
 
     Returns:
         ``(defended model in eval mode, training history, cache_hit)``.
@@ -429,11 +454,15 @@ def defense_for(kind: str, images: ImageSet, classifier: nn.Module, settings: Ma
     classifier = classifier.to(device).eval()
 
     def produce(folder: Path) -> None:
+        if (folder / "history.json").is_file():
+            return  # trained to the end by a run killed before the marker: defense.pt and history.json are whole
         seed_everything(seed)  # the initial weights depend on the seed only, not on what the process did before
         train = images.tensors("train", settings["max_train_images"], seed)
-        defended, history = defense.train(images, classifier, train, settings, seed, device, progress)
+        defended, history = defense.train(images, classifier, train, settings, seed, device, progress,
+                                          folder / "checkpoint.pt")
         cache.torch_save_atomic({k: v.detach().cpu() for k, v in defended.state_dict().items()}, folder / "defense.pt")
         cache.write_json_atomic(folder / "history.json", history)
+        (folder / "checkpoint.pt").unlink(missing_ok=True)
 
     folder, hit = cache.cached("defense", parts, produce)
     defended = defense.build(images.channels, classifier)

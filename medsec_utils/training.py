@@ -231,6 +231,8 @@ def classifier_for(
     }
 
     def produce(folder: Path) -> None:
+        if (folder / "history.json").is_file():
+            return  # trained to the end by a run killed before the marker: model.pt and history.json are whole
         seed_everything(seed)  # the initial weights depend on the seed only, not on what the process did before
         model = build_classifier(images.channels, arch, weights)
         history = train_classifier(

@@ -234,7 +234,7 @@ def test_a_new_defense_is_one_table_entry(classifier, phantoms, tmp_path, monkey
     @defenses.register_defense("blur", settings_keys=("max_train_images",),
                                build=lambda channels, classifier: BlurDetector(classifier),
                                about="A fixed box blur that rejects the images it changes most: a toy.")
-    def blur(images, classifier, train, settings, seed, device, progress):
+    def blur(images, classifier, train, settings, seed, device, progress, checkpoint):
         defended = BlurDetector(classifier)
         defended.limit.fill_(float(defended.change(train[0]).median()))
         return defended, [{"epoch": 1, "train_loss": 0.0, "seconds": 0.0}]

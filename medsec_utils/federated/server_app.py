@@ -4,6 +4,7 @@ ways the library runs a federation: on Flower's simulation engine, or the same r
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -25,8 +26,12 @@ class RoundStore:
     """Every round's weights (server and each site's upload) and costs, in one folder.
 
     ``round_RRR/server.pt`` is the model after aggregation (round 0: the initial one), ``site_S.pt``
-    what site S sent in that round, ``rounds.jsonl`` one line per round (seconds, bytes).
+    what site S sent in that round, ``rounds.jsonl`` one line per round (seconds, bytes), written last, so a
+    round counts as finished once its line is there. ``federation.json`` is the config that wrote them, so a
+    restarted federation resumes only its own rounds (``resumable``).
     """
+
+    CONFIG = "federation.json"
 
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
@@ -36,8 +41,36 @@ class RoundStore:
         cache.torch_save_atomic(arrays.to_torch_state_dict(), self.folder / f"round_{server_round:03d}" / f"{name}.pt")
 
     def log(self, row: Mapping[str, Any]) -> None:
-        with open(self.folder / "rounds.jsonl", "a") as handle:
-            handle.write(json.dumps(dict(row)) + "\n")
+        """Write one round's line; a line of that round or a later one, left by a run that started again from an
+        earlier round, is replaced, so the file never holds a round twice (it is rewritten atomically)."""
+        rows = [kept for kept in self.rounds() if kept["round"] < row["round"]] + [dict(row)]
+        path = self.folder / "rounds.jsonl"
+        partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        partial.write_text("".join(json.dumps(kept) + "\n" for kept in rows))
+        os.replace(partial, path)
+
+    def resumable(self, config: Mapping[str, Any]) -> int:
+        """How many rounds a federation with ``config`` can skip: the rounds 1..k logged in order with their
+        server model saved, when the store was written by the same federation (``rounds`` aside: more rounds
+        continue it). Records ``config`` in a new store.
+
+        Raises:
+            ValueError: the store holds rounds of a federation with other settings.
+        """
+        mine = {key: value for key, value in config.items() if key not in ("store", "sites", "rounds")}
+        path = self.folder / self.CONFIG
+        if not path.is_file():
+            cache.write_json_atomic(path, mine)
+        elif (theirs := json.loads(path.read_text())) != mine:
+            differ = sorted(key for key in mine.keys() | theirs.keys() if mine.get(key) != theirs.get(key))
+            raise ValueError(f"{self.folder} holds the rounds of a federation with other settings "
+                             f"({', '.join(differ)}); give this one a new store folder")
+        done = 0
+        for row in self.rounds():
+            if row["round"] != done + 1 or not (self.folder / f"round_{done + 1:03d}" / "server.pt").is_file():
+                break
+            done += 1
+        return done
 
     def rounds(self) -> list[dict[str, Any]]:
         path = self.folder / "rounds.jsonl"
@@ -52,26 +85,32 @@ class RoundStore:
 class RecordingFedAvg(FedAvg):
     """Flower's FedAvg (weighted by each site's image count) that also keeps every round in a ``RoundStore``.
 
-    A site that fails makes the round fail loudly instead of averaging what is left.
+    A site that fails makes the round fail loudly instead of averaging what is left. A federation that resumes
+    after round ``done`` counts its rounds on from there (Flower numbers the rounds of each run from 1): the
+    sites get the true round, which seeds their training, so the resumed rounds are the ones an uninterrupted
+    run would have made.
     """
 
-    def __init__(self, store: RoundStore | None, rounds: int) -> None:
+    def __init__(self, store: RoundStore | None, rounds: int, done: int = 0) -> None:
         super().__init__(fraction_evaluate=0.0, min_train_nodes=SITES, min_available_nodes=SITES,
                          weighted_by_key=WEIGHT_KEY)
-        self.store, self.total_rounds = store, rounds
+        self.store, self.total_rounds, self.done = store, rounds, done
         self._round: dict[str, Any] = {}
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config, grid: Grid) -> Iterable[Message]:
+        server_round += self.done
         messages = list(super().configure_train(server_round, arrays, config, grid))
         self._round = {"round": server_round, "started": time.perf_counter(),
                        "bytes_to_sites": payload_bytes(arrays) * len(messages)}
         return messages
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
+        server_round += self.done
         replies = list(replies)
         failed = [reply.error.reason for reply in replies if reply.has_error()]
         if failed or len(replies) < SITES:
-            raise RuntimeError(f"round {server_round}: {len(replies)} of {SITES} sites replied; errors: {failed}")
+            raise RuntimeError(f"round {server_round}: {len(replies) - len(failed)} of {SITES} sites replied; "
+                               f"errors: {failed}")
         uploads = {int(r.content["metrics"]["site"]): r for r in replies}
         if len(uploads) < len(replies):
             raise RuntimeError(f"round {server_round}: two sites reported the same partition-id; start each "
@@ -87,6 +126,9 @@ class RecordingFedAvg(FedAvg):
 
     def keep_server_model(self, server_round: int, arrays: ArrayRecord) -> None:
         """``evaluate_fn`` hook: store the aggregate and log the round (Flower calls it after each round)."""
+        if self.done and not server_round:
+            return  # the model this run resumed from: stored and logged already
+        server_round += self.done
         if self.store is not None:
             self.store.save(server_round, "server", arrays)
             if server_round:
@@ -106,9 +148,20 @@ def make_server_app(config: Mapping[str, Any] | None = None) -> ServerApp:
         run = run_config(context.run_config | overrides)
         store = RoundStore(run["store"]) if run["store"] else None
         generator, discriminator = build_dcgan(run)
-        strategy = RecordingFedAvg(store, run["rounds"])
-        strategy.start(grid, to_arrays(generator, discriminator, shared_networks(run["networks"])),
-                       num_rounds=run["rounds"], evaluate_fn=strategy.keep_server_model)
+        arrays = to_arrays(generator, discriminator, shared_networks(run["networks"]))
+        done = min(store.resumable(run), run["rounds"]) if store else 0
+        if done and run["networks"] != "both":
+            print(f"{store.folder} holds {done} round(s), but the sites kept their unshared networks in memory, which "
+                  f"a restart loses: starting again from round 1", flush=True)
+            done = 0
+        elif done:
+            arrays = ArrayRecord(torch.load(store.folder / f"round_{done:03d}" / "server.pt", map_location="cpu"))
+            kept = "round 1 is" if done == 1 else f"rounds 1-{done} are"
+            print(f"resuming after round {done} of {run['rounds']}: {kept} in {store.folder} already"
+                  if done < run["rounds"] else f"all {done} rounds are in {store.folder} already", flush=True)
+        strategy = RecordingFedAvg(store, run["rounds"], done)
+        if done < run["rounds"]:
+            strategy.start(grid, arrays, num_rounds=run["rounds"] - done, evaluate_fn=strategy.keep_server_model)
 
     return app
 

@@ -114,6 +114,8 @@ def generator_for(kind: str, images: ImageSet, label: int, settings: Mapping[str
              "code": cache.code_fingerprint("generative", *READER_MODULES), "diffusers": diffusers.__version__}
 
     def produce(folder: Path) -> None:
+        if (folder / "history.json").is_file():
+            return  # trained to the end by a run killed before the marker: generator.pt and history.json are whole
         x, y = images.tensors("train", settings["max_train_images"], seed)
         if not (y == label).any():
             raise ValueError(f"{images.spec}: no training image of class {label}; cannot train a generator for it")
