@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -34,8 +35,17 @@ def run_tests(record: Path) -> int:
     return subprocess.run([sys.executable, "-m", "pytest", "-q", *TESTS], cwd=ROOT, env=env, check=False).returncode
 
 
+TEMPORARY = re.compile(r"/tmp/(?:pytest-of-[^/]+/pytest-\d+/)?[^/\s]+")
+
+
 def _cell(text: object) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ").strip() or " "
+    """A table cell: pipes escaped, one line, the tests' temporary folders shown as ``TMP``."""
+    return TEMPORARY.sub("TMP", str(text)).replace("|", "\\|").replace("\n", " ").strip() or " "
+
+
+def _said(text: str) -> str:
+    """What a user sees, as code (it is program output; underscores and stars stay as they are)."""
+    return f"`{_cell(text).replace('`', chr(39))}`"
 
 
 def _commit() -> str:
@@ -78,7 +88,7 @@ def page(entries: list[dict], *, commit: str, when: str, tests_passed: bool | No
         outcomes = ", ".join(f"{n} {outcome}" for outcome, n in Counter(r["outcome"] for r in rows).items())
         lines += [f"## {category[0].upper()}{category[1:]} ({outcomes})", "",
                   "| fault or input | what you see | outcome | lost | figures |", "| --- | --- | --- | --- | --- |"]
-        lines += [f"| {_cell(r['fault'])} | {_cell(r['user_sees'])} | {r['outcome']} | {_cell(r['lost'])} | "
+        lines += [f"| {_cell(r['fault'])} | {_said(r['user_sees'])} | {r['outcome']} | {_cell(r['lost'])} | "
                   f"{_cell(', '.join(f'{k}={v}' for k, v in r['figures'].items()))} |" for r in rows]
         lines.append("")
     return "\n".join(lines)

@@ -21,7 +21,8 @@ def test_recorded_faults_become_rows_and_counts_of_the_page(tmp_path, monkeypatc
     monkeypatch.setenv("MEDSEC_FAULT_RECORD", str(log))
     record("killed run", "SIGKILL 2.0 s into training", "resuming at epoch 2 of 3", "recovered", restarts=1)
     record("killed run", "SIGKILL 1.1 s into training", "resuming at epoch 1 of 3", "recovered", restarts=2)
-    record("bad input", "a folder | with a pipe", "data/x: no class sub-folders; add normal/ and pathology/", "refused")
+    record("bad input", "a folder | with a pipe", "/tmp/pytest-of-root/pytest-7/test_x0/data/x: no class sub-folders",
+           "refused")
     record("identifier leak", "chapters 1-2 on DICOMs", "0 of 5 identifiers in 300 files", "none found",
            identifiers_found=0, files_searched=300)
     entries = [json.loads(line) for line in log.read_text().splitlines()]
@@ -31,6 +32,7 @@ def test_recorded_faults_become_rows_and_counts_of_the_page(tmp_path, monkeypatc
     assert "| identifiers found in any output | 0 |" in text and "| finished work lost | 0 |" in text
     assert "## Killed run (2 recovered)" in text and "## Bad input (1 refused)" in text
     assert "a folder \\| with a pipe" in text, "a pipe in a message must not break the table"
+    assert "`TMP/data/x: no class sub-folders`" in text and "pytest-of-root" not in text
     assert "resuming at epoch 1 of 3" in text and "abc1234" in text and "all passed" in text
 
 
