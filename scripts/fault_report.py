@@ -55,7 +55,7 @@ def _commit() -> str:
     return done.stdout.strip() + (" with uncommitted changes" if dirty else "")
 
 
-def page(entries: list[dict], *, commit: str, when: str, tests_passed: bool | None) -> str:
+def page(entries: list[dict], *, commit: str, when: str, tests_passed: bool | str | None) -> str:
     """The reliability page (MyST Markdown) for the recorded ``entries``."""
     by_category = {category: [e for e in entries if e["category"] == category] for category in CATEGORIES}
     figures = Counter()
@@ -63,7 +63,8 @@ def page(entries: list[dict], *, commit: str, when: str, tests_passed: bool | No
         figures.update({k: v for k, v in entry["figures"].items() if isinstance(v, (int, float))
                         and not isinstance(v, bool)})
     lost = [e for e in entries if e["lost"] != "nothing"]
-    status = {True: "all passed", False: "**some failed**", None: "not rerun for this page"}[tests_passed]
+    status = (f"recorded during a pytest run that ended `{tests_passed}`" if isinstance(tests_passed, str)
+              else {True: "all passed", False: "**some failed**", None: "not rerun for this page"}[tests_passed])
     lines = [
         "# Fails safely: what was tried, and what you see",
         "",
@@ -97,6 +98,8 @@ def page(entries: list[dict], *, commit: str, when: str, tests_passed: bool | No
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--record", type=Path, help="write the page from this record instead of running the tests")
+    parser.add_argument("--pytest-log", type=Path,
+                        help="with --record: the output of the pytest run that wrote it, whose summary line goes on the page")
     parser.add_argument("--out", type=Path, default=ROOT / "book" / "reliability.md")
     args = parser.parse_args()
     tests_passed = None
@@ -108,6 +111,9 @@ def main() -> int:
     if not entries:
         print(f"{record}: no faults recorded; did the tests run with MEDSEC_FAULT_RECORD set?", file=sys.stderr)
         return 2
+    if args.pytest_log:
+        summary = re.findall(r"^=+ (.+ in [\d.]+s.*?) =+$", args.pytest_log.read_text(), flags=re.M)
+        tests_passed = summary[-1] if summary else None
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     args.out.write_text(page(entries, commit=_commit(), when=when, tests_passed=tests_passed), encoding="utf-8")
     print(f"{args.out}: {len(entries)} faults and inputs" + ("" if tests_passed is not False else "; TESTS FAILED"))
