@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 WORK_STARTED = "WORK_STARTED"
 TIMINGS = {"seconds", "train_seconds", "seconds_per_image", "attack_seconds_per_image"}
 CHECKPOINT = "checkpoint.pt"
@@ -352,5 +354,27 @@ def entries(cache: Path, kind: str) -> list[dict[str, Any]]:
     return found
 
 
+def stop_process_trees(processes: list[subprocess.Popen]) -> list[psutil.Process]:
+    """Stop every started process and its descendants by PID; return the ones still alive."""
+    tree = []
+    for process in processes:
+        try:
+            parent = psutil.Process(process.pid)
+            tree += [parent, *parent.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            pass
+    for member in tree:
+        try:
+            member.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(tree, timeout=15)
+    for member in alive:
+        member.kill()
+    _, alive = psutil.wait_procs(alive, timeout=5)
+    return alive
+
+
 if __name__ == "__main__":
     serve()
+

@@ -9,12 +9,12 @@ import time
 import tomllib
 from pathlib import Path
 
-import psutil
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
+from _kill import stop_process_trees
 from medsec_utils import data, federated, profiles
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -201,27 +201,6 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _stop(processes: list[subprocess.Popen]) -> list[psutil.Process]:
-    """Stop every started process and its descendants by PID; return the ones still alive."""
-    tree = []
-    for process in processes:
-        try:
-            parent = psutil.Process(process.pid)
-            tree += [parent, *parent.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            pass
-    for member in tree:
-        try:
-            member.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(tree, timeout=15)
-    for member in alive:
-        member.kill()
-    _, alive = psutil.wait_procs(alive, timeout=5)
-    return alive
-
-
 @pytest.mark.slow
 def test_two_rounds_on_the_deployment_engine_leave_no_process_behind(tmp_path):
     home, port = tmp_path / "flwr_home", _free_port()
@@ -250,5 +229,5 @@ def test_two_rounds_on_the_deployment_engine_leave_no_process_behind(tmp_path):
         assert [r["round"] for r in rounds] == [1, 2], (done.stdout + done.stderr)[-3000:]
         assert set(federated.RoundStore(store).models(2)) == {"server", "site 0", "site 1"}
     finally:
-        alive = _stop(processes)
+        alive = stop_process_trees(processes)
     assert not alive, f"processes left behind: {[p.pid for p in alive]}"

@@ -37,7 +37,7 @@ import psutil
 import pytest
 
 from _faults import record
-from _kill import ForkServer, Run, entries
+from _kill import ForkServer, Run, entries, stop_process_trees
 
 SEED = 2024
 KILLS = 2  # kill points per workload
@@ -285,22 +285,7 @@ class Deployment:
 
     def stop(self) -> list[psutil.Process]:
         """SIGTERM, then SIGKILL, every process started and its descendants; the ones still alive."""
-        tree = []
-        for process in self.started:
-            try:
-                parent = psutil.Process(process.pid)
-                tree += [parent, *parent.children(recursive=True)]
-            except psutil.NoSuchProcess:
-                pass
-        for member in tree:
-            try:
-                member.terminate()
-            except psutil.NoSuchProcess:
-                pass
-        _, alive = psutil.wait_procs(tree, timeout=15)
-        for member in alive:
-            member.kill()
-        return psutil.wait_procs(alive, timeout=5)[1]
+        return stop_process_trees(self.started)
 
 
 class Streamed:
