@@ -129,6 +129,8 @@ def cached(
             print(f"medsec cache: {entry} damaged ({problem}); moved aside to {aside}, recomputing",
                   file=sys.stderr, flush=True)
         folder.mkdir(exist_ok=True)
+        for leftover in folder.rglob(".*.tmp"):  # a killed run's half-written file; the lock says nobody writes it now
+            leftover.unlink()
         started = time.time()
         produce(folder)
         write_json_atomic(folder / MARKER, {"kind": kind, "parts": parts, "seconds": round(time.time() - started, 2),

@@ -61,6 +61,15 @@ def test_marker_lists_every_file_with_size_and_checksum_but_not_itself_or_tempor
     assert files["sub/notes.txt"]["sha256"] == cache._sha256(folder / "sub" / "notes.txt")
 
 
+def test_a_killed_runs_half_written_temporary_is_removed_before_producing_again(tmp_path):
+    stale = tmp_path / "thing" / cache.artefact_key(PARTS) / ".checkpoint.pt.x1y2.tmp"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"half a checkpoint")  # what SIGKILL during torch_save_atomic leaves
+    seen = []
+    folder, hit = cache.cached("thing", PARTS, lambda f: seen.extend(f.rglob("*.tmp")), root=tmp_path)
+    assert not hit and seen == [] and not stale.exists()
+
+
 def _truncate(folder: Path) -> None:
     path = folder / "model.pt"
     path.write_bytes(path.read_bytes()[:1000])
