@@ -490,34 +490,14 @@ def verify_case(family: str, case: Case, tmp_path: Path, refusals) -> None:
     record("bad input", f"{family}: {case.fault}", case.verify(images, report), "read")
 
 
-@pytest.mark.parametrize("case", FOLDERS, ids=str)
-def test_folder_layouts(case, tmp_path, refusals):
-    verify_case("folders", case, tmp_path, refusals)
+FAMILIES = {"folders": FOLDERS, "file names": FILE_NAMES, "pixels": PIXELS, "manifests": MANIFESTS,
+            "dicom": DICOM, "modality": MODALITY}
 
 
-@pytest.mark.parametrize("case", FILE_NAMES, ids=str)
-def test_file_names(case, tmp_path, refusals):
-    verify_case("file names", case, tmp_path, refusals)
-
-
-@pytest.mark.parametrize("case", PIXELS, ids=str)
-def test_pixel_formats(case, tmp_path, refusals):
-    verify_case("pixels", case, tmp_path, refusals)
-
-
-@pytest.mark.parametrize("case", MANIFESTS, ids=str)
-def test_manifest_dialects(case, tmp_path, refusals):
-    verify_case("manifests", case, tmp_path, refusals)
-
-
-@pytest.mark.parametrize("case", DICOM, ids=str)
-def test_dicom_files(case, tmp_path, refusals):
-    verify_case("dicom", case, tmp_path, refusals)
-
-
-@pytest.mark.parametrize("case", MODALITY, ids=str)
-def test_modality(case, tmp_path, refusals):
-    verify_case("modality", case, tmp_path, refusals)
+@pytest.mark.parametrize(("family", "case"), [(family, case) for family, cases in FAMILIES.items() for case in cases],
+                         ids=lambda value: str(value).replace(" ", "_"))
+def test_each_input_is_read_with_a_note_or_refused_in_one_line(family, case, tmp_path, refusals):
+    verify_case(family, case, tmp_path, refusals)
 
 
 @pytest.mark.parametrize("per_class", [5, 2], ids=["10_images", "4_images"])
