@@ -217,6 +217,11 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     _write_atomic(path, lambda handle: handle.write(json.dumps(obj, indent=2, default=str).encode()))
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write UTF-8 text through a temporary file and ``os.replace`` so readers never see half a file."""
+    _write_atomic(path, lambda handle: handle.write(text.encode()))
+
+
 def torch_save_atomic(obj: Any, path: Path) -> None:
     """``torch.save`` through a temporary file and ``os.replace``."""
     _write_atomic(path, lambda handle: torch.save(obj, handle))

@@ -4,7 +4,6 @@ ways the library runs a federation: on Flower's simulation engine, or the same r
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -44,10 +43,7 @@ class RoundStore:
         """Write one round's line; a line of that round or a later one, left by a run that started again from an
         earlier round, is replaced, so the file never holds a round twice (it is rewritten atomically)."""
         rows = [kept for kept in self.rounds() if kept["round"] < row["round"]] + [dict(row)]
-        path = self.folder / "rounds.jsonl"
-        partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        partial.write_text("".join(json.dumps(kept) + "\n" for kept in rows))
-        os.replace(partial, path)
+        cache.write_text_atomic(self.folder / "rounds.jsonl", "".join(json.dumps(kept) + "\n" for kept in rows))
 
     def resumable(self, config: Mapping[str, Any]) -> int:
         """How many rounds a federation with ``config`` can skip: the rounds 1..k logged in order with their
