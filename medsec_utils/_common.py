@@ -21,3 +21,9 @@ def min_max(array: np.ndarray) -> np.ndarray:
 def plural(count: int, noun: str) -> str:
     """``"1 file"``, ``"3 files"``: a count with its noun, for notes and messages."""
     return f"{count} {noun if count == 1 else noun + 's'}"
+
+
+def listed(items: list[str], limit: int = 5) -> str:
+    """``a, b, c`` or, past ``limit`` items, the first ``limit`` and ``and N more``: lists in one-line messages."""
+    more = f" and {len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more

@@ -17,7 +17,7 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from ._common import DataError, plural
+from ._common import DataError, listed, plural
 from ._downloads import fetch, manifests_dir, read_descriptor
 from ._io import SCALINGS, Decoded, check_finite, decode_image, is_dicom, is_image_file, resize, to_channels
 
@@ -224,9 +224,7 @@ def _walk(folder: Path) -> tuple[list[Path], list[Path], list[Path]]:
 
 def _names(paths: list[Path], shown: int = 5) -> str:
     """Distinct file or folder names, sorted, the first ``shown`` of them (and how many more)."""
-    names = sorted({p.name for p in paths})
-    more = f" and {len(names) - shown} more" if len(names) > shown else ""
-    return ", ".join(names[:shown]) + more
+    return listed(sorted({p.name for p in paths}), shown)
 
 
 def _no_class_folders(root: Path, layers: list[Path]) -> DataError:

@@ -19,6 +19,7 @@ import pandas as pd
 from scipy.stats import binomtest
 from statsmodels.stats.inter_rater import fleiss_kappa
 
+from .._common import listed
 from ..metrics import wilson_interval
 
 CONFIDENCE = {1: "definitely real", 2: "probably real", 3: "unsure", 4: "probably synthetic", 5: "definitely synthetic"}
@@ -216,22 +217,16 @@ def _numbers(text: pd.Series) -> np.ndarray:
     return pd.to_numeric(text.mask(text == ""), errors="coerce").to_numpy(dtype=float, na_value=np.nan)
 
 
-def _listed(items: list[str], limit: int = 5) -> str:
-    """``a, b, c`` or, past ``limit`` items, ``a, ..., e and N more``."""
-    more = f" and {len(items) - limit} more" if len(items) > limit else ""
-    return ", ".join(items[:limit]) + more
-
-
 def _value_problems(rule: str, bad: pd.Series, at: dict[int, str]) -> list[str]:
     if bad.empty:
         return []
-    return [f"{rule}: " + _listed([f"{at[position]} has {value!r}" for position, value in bad.items()])]
+    return [f"{rule}: " + listed([f"{at[position]} has {value!r}" for position, value in bad.items()])]
 
 
 def _name_problems(names: pd.Series, at: dict[int, str]) -> list[str]:
     first = names.drop_duplicates()
     if len(first) > 1:
-        found = _listed([f"{name!r} from {at[position]}" for position, name in first.items()])
+        found = listed([f"{name!r} from {at[position]}" for position, name in first.items()])
         return [f"more than one reader name ({found}); send one file per reader, each with its own name"]
     return ["no reader name; fill in the reader column"] if first.iat[0] == "" else []
 
@@ -244,11 +239,11 @@ def _case_problems(cases: pd.Series, kit: list[str], at: dict[int, str]) -> list
                         "keep one answer per case")
     unknown = cases[~cases.isin(kit)]
     if len(unknown):
-        problems.append("cases not in this kit: " + _listed([f"{case!r} ({at[p]})" for p, case in unknown.items()])
+        problems.append("cases not in this kit: " + listed([f"{case!r} ({at[p]})" for p, case in unknown.items()])
                         + "; check that the sheet belongs to this kit")
     missing = [case for case in kit if case not in set(cases)]
     if missing:
-        problems.append(f"kit cases without an answer: {_listed(missing)}; the reader must rate every case")
+        problems.append(f"kit cases without an answer: {listed(missing)}; the reader must rate every case")
     return problems
 
 
