@@ -98,6 +98,28 @@ def tensor_fingerprint(*tensors: torch.Tensor | dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()[:20]
 
 
+def module_fingerprint(module: torch.nn.Module) -> str:
+    """Identifies a model in a cache key: its class, its structure (``repr``) and its weights and buffers."""
+    return artefact_key({"class": f"{type(module).__module__}.{type(module).__qualname__}", "structure": repr(module),
+                         "state": tensor_fingerprint(module.state_dict())})
+
+
+def folder_fingerprint(folder: Path) -> str:
+    """Identifies a folder's content in a cache key: the checksums of its files, read from its marker when it is a
+    finished artefact, else computed."""
+    folder = Path(folder)
+    try:
+        files = json.loads((folder / MARKER).read_text())["files"]
+    except (OSError, ValueError, KeyError):
+        files = _manifest(folder)
+    return artefact_key(files)
+
+
+def file_fingerprint(path: Path) -> str:
+    """SHA-256 (20 digits) of a file's bytes: identifies a weights file whatever its name."""
+    return _sha256(Path(path))[:20]
+
+
 def cached(
     kind: str, parts: dict[str, Any], produce: Callable[[Path], None], root: Path | None = None
 ) -> tuple[Path, bool]:
@@ -136,6 +158,21 @@ def cached(
         write_json_atomic(folder / MARKER, {"kind": kind, "parts": parts, "seconds": round(time.time() - started, 2),
                                             "files": _manifest(folder)})
     return folder, False
+
+
+def memoised(kind: str, parts: dict[str, Any], compute: Callable[[], Any],
+             root: Path | None = None) -> tuple[Any, bool]:
+    """``(compute(), hit)`` through the artefact cache: for a result that takes minutes to compute and
+    milliseconds to key (feature vectors, generated images, FID curves), so an unchanged rerun loads it.
+    The value is kept with ``torch.save``: tensors, arrays, numbers, strings and containers of them; it is
+    loaded with ``weights_only=False``, as only this library writes the cache (never point it at files of
+    unknown origin)."""
+
+    def produce(folder: Path) -> None:
+        torch_save_atomic(compute(), folder / "value.pt")
+
+    folder, hit = cached(kind, parts, produce, root)
+    return torch.load(folder / "value.pt", weights_only=False), hit
 
 
 @contextlib.contextmanager

@@ -1,7 +1,9 @@
 """The artefact cache: keys, completeness markers, atomic writes, fingerprints."""
 
+import copy
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -75,3 +77,32 @@ def test_tensor_fingerprint_follows_values_shape_and_dtype():
     assert cache.tensor_fingerprint(a) != cache.tensor_fingerprint(b)
     assert cache.tensor_fingerprint({"w": a, "n": torch.tensor(3)}) == cache.tensor_fingerprint({"n": torch.tensor(3), "w": a})
     assert cache.tensor_fingerprint({"n": torch.tensor(3)}) != cache.tensor_fingerprint({"n": torch.tensor(4)})
+
+
+def test_memoised_computes_once_and_keeps_arrays_and_containers(tmp_path):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"rows": [{"p": np.arange(3)}], "x": torch.ones(2)}
+
+    first, hit = cache.memoised("value", {"a": 1}, compute, root=tmp_path)
+    again, hit_again = cache.memoised("value", {"a": 1}, compute, root=tmp_path)
+    assert (hit, hit_again, len(calls)) == (False, True, 1)
+    np.testing.assert_array_equal(again["rows"][0]["p"], first["rows"][0]["p"])
+    assert torch.equal(again["x"], first["x"])
+
+
+def test_fingerprints_tell_models_and_folders_apart_by_content(tmp_path):
+    assert cache.module_fingerprint(torch.nn.Linear(2, 2)) != cache.module_fingerprint(torch.nn.Linear(2, 2))
+    torch.manual_seed(0)
+    one = torch.nn.Linear(2, 2)
+    assert cache.module_fingerprint(one) == cache.module_fingerprint(copy.deepcopy(one))
+    assert cache.module_fingerprint(torch.nn.AdaptiveAvgPool2d(4)) != cache.module_fingerprint(torch.nn.AdaptiveAvgPool2d(2))
+    folder, _ = cache.cached("entry", {"b": 1}, lambda f: (f / "w.pt").write_bytes(b"weights"), root=tmp_path)
+    copied = tmp_path / "copy"
+    copied.mkdir()
+    (copied / "w.pt").write_bytes(b"weights")
+    assert cache.folder_fingerprint(folder) == cache.folder_fingerprint(copied)  # marker or files: same content
+    (copied / "w.pt").write_bytes(b"other")
+    assert cache.folder_fingerprint(folder) != cache.folder_fingerprint(copied)
