@@ -333,7 +333,16 @@ def detector_aware_pgd(magnet: MagNet, x: torch.Tensor, y: torch.Tensor, *, eps:
 def detector_aware_attack(magnet: MagNet, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps: int,
                           batch_size: int, seed: int, device: torch.device) -> torch.Tensor:
     """``detector_aware_pgd`` on the images of ``x`` that ``magnet`` diagnoses right and lets through, in batches;
-    the other images are returned as they are (there is nothing to attack)."""
+    the other images are returned as they are (there is nothing to attack). Kept in the artefact cache."""
+    parts = {"magnet": cache.module_fingerprint(magnet), "images": cache.tensor_fingerprint(x, y),
+             "eps": eps, "steps": steps, "batch_size": batch_size, "seed": seed, "device": device.type,
+             "code": cache.code_fingerprint("defenses", "attacks")}
+    return cache.memoised("detector_aware_attack", parts, lambda: _detector_aware_attack(
+        magnet, x, y, eps=eps, steps=steps, batch_size=batch_size, seed=seed, device=device))[0]
+
+
+def _detector_aware_attack(magnet: MagNet, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps: int,
+                           batch_size: int, seed: int, device: torch.device) -> torch.Tensor:
     torch.manual_seed(seed)
     ok = (predict_labels(magnet, x, device) == y) & ~magnet.rejects(x)
     adversarial = x.clone()
@@ -348,9 +357,17 @@ def score_defense(model: nn.Module, x: torch.Tensor, y: torch.Tensor, changed: t
 
     ``n_correct`` counts the right diagnoses. For a ``Rejecting`` model a refusal is an outcome, as in
     ``magnet_accuracy``: right for an adversarial image, wrong for a clean one; it also gets the shares of
-    adversarial and clean images refused and the accuracy on the adversarial images it let through.
+    adversarial and clean images refused and the accuracy on the adversarial images it let through. Kept in
+    the artefact cache, keyed by the model's weights and class and the images.
     """
     device = device or next(model.parameters()).device
+    parts = {"model": cache.module_fingerprint(model), "images": cache.tensor_fingerprint(x, y, changed), "device": device.type,
+             "code": cache.code_fingerprint("defenses", "attacks")}
+    return cache.memoised("defense_score", parts, lambda: _score(model, x, y, changed, device))[0]
+
+
+def _score(model: nn.Module, x: torch.Tensor, y: torch.Tensor, changed: torch.Tensor,
+           device: torch.device) -> dict[str, Any]:
     correct = predict_labels(model, x, device) == y
     if not isinstance(model, Rejecting):
         return {"n_correct": int(correct.sum())}

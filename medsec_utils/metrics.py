@@ -26,6 +26,7 @@ from torch.nn import functional as F
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 from torchmetrics.image.kid import KernelInceptionDistance
 
+from . import cache
 from .models import IMAGENET_MEAN, IMAGENET_STD
 
 Z95 = float(norm.ppf(0.975))
@@ -136,6 +137,8 @@ class RandomVGGFeatures(nn.Module):
     def __init__(self, seed: int = 0) -> None:
         super().__init__()
         self.seed = seed
+        self.identity = {"space": "random_vgg16", "seed": seed, "torch": torch.__version__,
+                         "torchvision": torchvision.__version__}
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             vgg = torchvision.models.vgg16(weights=None)
@@ -160,6 +163,7 @@ class ClassifierFeatures(nn.Module):
         super().__init__()
         self.classifier = classifier
         self.num_features = int(classifier.backbone.num_features)
+        self.identity = {"space": "classifier", "weights": cache.tensor_fingerprint(classifier.state_dict())}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         backbone = self.classifier.backbone
@@ -188,6 +192,7 @@ class InceptionFeatures(nn.Module):
                 "v0.2.0) where you have internet and pass its path, or use RandomVGGFeatures (the default)")
         from torchmetrics.image.fid import NoTrainInceptionV3
 
+        self.identity = {"space": "inception", "weights": cache.file_fingerprint(path)}
         self.inception = NoTrainInceptionV3("inception-v3-compat", [str(self.num_features)], str(path))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -238,27 +243,55 @@ def degradation_fids(encoder: nn.Module, reference: torch.Tensor, heldout: torch
     by step (``DEGRADATIONS``), against ``reference`` real images: one row per degradation and level, with
     ``fid`` and ``fid_relative``; then one row per ``sentinels`` set (images nobody would take for real,
     such as pure noise or an untrained generator's), with ``sentinel`` naming it. A usable space is lowest
-    at level 0, grows with every level and puts every sentinel beyond every degraded real set.
+    at level 0, grows with every level and puts every sentinel beyond every degraded real set. The rows are
+    kept in the artefact cache (the degraded images' features are not: they serve this check only).
     """
-    ref = image_features(encoder, reference, device, size=size)
+    sentinels = dict(sentinels or {})
+    parts = {"encoder": encoder_identity(encoder), "images": cache.tensor_fingerprint(reference, heldout),
+             "sentinels": {name: cache.tensor_fingerprint(x) for name, x in sentinels.items()}, "seed": seed,
+             "size": size, "device": device.type, "code": cache.code_fingerprint("metrics")}
 
-    def row(x: torch.Tensor, **where: Any) -> dict[str, Any]:
-        scores = fid_kid(ref, image_features(encoder, x, device, size=size), seed=seed)
-        return {**where, "fid": scores["fid"], "fid_relative": scores["fid_relative"], "n_real": len(ref),
-                "n_fake": len(x)}
+    def rows() -> list[dict[str, Any]]:
+        ref = image_features(encoder, reference, device, size=size)
 
-    rows = [row(degrade(heldout, kind, level, seed), degradation=kind, level=level, sentinel=None)
-            for kind, levels in DEGRADATIONS.items() for level in levels]
-    return rows + [row(x, degradation=None, level=None, sentinel=name) for name, x in (sentinels or {}).items()]
+        def row(x: torch.Tensor, **where: Any) -> dict[str, Any]:
+            scores = fid_kid(ref, image_features(encoder, x, device, size=size, keep=False), seed=seed)
+            return {**where, "fid": scores["fid"], "fid_relative": scores["fid_relative"], "n_real": len(ref),
+                    "n_fake": len(x)}
+
+        degraded = [row(degrade(heldout, kind, level, seed), degradation=kind, level=level, sentinel=None)
+                    for kind, levels in DEGRADATIONS.items() for level in levels]
+        return degraded + [row(x, degradation=None, level=None, sentinel=name) for name, x in sentinels.items()]
+
+    return cache.memoised("degradation_fids", parts, rows)[0]
+
+
+def image_features(encoder: nn.Module, x: torch.Tensor, device: torch.device, batch_size: int = 128,
+                   size: int | None = None, keep: bool = True) -> torch.Tensor:
+    """``encoder`` features (float64, CPU) of images ``x`` in [0, 1], one row per image.
+
+    ``size`` resizes the images first (bilinear), e.g. to the size the encoder was trained at. Kept in the
+    artefact cache, keyed by the encoder (its ``identity``, set once from its seed or weights by the feature
+    spaces here, else its weights' fingerprint), the images, size and device type: a rerun, or another
+    chapter embedding the same images, loads them. ``keep=False`` for images embedded once whose result is
+    kept at a coarser level (degraded copies, per-round samples).
+    """
+    if not keep:
+        return _embed(encoder, x, device, batch_size, size)
+    parts = {"encoder": encoder_identity(encoder), "images": cache.tensor_fingerprint(x), "size": size,
+             "device": device.type, "code": cache.code_fingerprint("metrics")}
+    return cache.memoised("features", parts, lambda: _embed(encoder, x, device, batch_size, size))[0]
+
+
+def encoder_identity(encoder: nn.Module) -> Any:
+    """What identifies an encoder's weights: its ``identity`` (set once by the feature spaces here), else a
+    fingerprint of its class, structure and weights."""
+    return getattr(encoder, "identity", None) or cache.module_fingerprint(encoder)
 
 
 @torch.no_grad()
-def image_features(encoder: nn.Module, x: torch.Tensor, device: torch.device, batch_size: int = 128,
-                   size: int | None = None) -> torch.Tensor:
-    """``encoder`` features (float64, CPU) of images ``x`` in [0, 1], one row per image.
-
-    ``size`` resizes the images first (bilinear), e.g. to the size the encoder was trained at.
-    """
+def _embed(encoder: nn.Module, x: torch.Tensor, device: torch.device, batch_size: int,
+           size: int | None) -> torch.Tensor:
     encoder.eval().to(device)
 
     def batch(i: int) -> torch.Tensor:
@@ -363,8 +396,13 @@ def memorisation_audit(train: torch.Tensor, heldout: torch.Tensor, synthetic: to
 
     A synthetic image closer to its nearest training image than *any* held-out image is to the
     training set is flagged as a near-copy (``near_copy``); ``closer_than_median_share`` is a softer view.
-    Rows are vectors: flatten images for pixel space.
+    Rows are vectors: flatten images for pixel space. Kept in the artefact cache, keyed by the three sets.
     """
+    parts = {"vectors": cache.tensor_fingerprint(train, heldout, synthetic), "code": cache.code_fingerprint("metrics")}
+    return cache.memoised("memorisation_audit", parts, lambda: _audit(train, heldout, synthetic))[0]
+
+
+def _audit(train: torch.Tensor, heldout: torch.Tensor, synthetic: torch.Tensor) -> dict[str, Any]:
     synthetic_distance, nearest = nearest_neighbours(synthetic, train)
     heldout_distance, _ = nearest_neighbours(heldout, train)
     threshold = float(heldout_distance.min())

@@ -88,19 +88,36 @@ def run_experiment(sets: Mapping[str, ImageSet], generators: Mapping[tuple[str, 
     """
     results = []
     for label, images in sets.items():
-        real, (test_x, _) = train[label], test[label]
-        counts = {c: int((real[1] == c).sum()) for c in (0, 1)}
         for kind in [k for k in settings["replacement_generators"] if (label, k) in generators]:
-            synthetic = generative.sample_labelled(generators[label, kind], counts, seed=seed + 100, device=device,
-                                                   ddim_steps=settings["ddim_steps"], progress=True)
-            for set_name in TRAINING_SETS:
-                x, y = training_set(set_name, real, synthetic)
-                deep = classifiers[label] if set_name == "real" else classifier_on(
-                    (x, y), val[label], settings, seed=seed, device=device, flip=images.modality == "histology",
-                    arch=arch)[0]
-                forest = baselines.train_lbp_forest(x, y, seed=seed, n_trees=settings["rf_trees"])
-                for model, p in ((arch, predict_proba(deep, test_x, device)),
-                                 (LBP_FOREST, baselines.lbp_forest_proba(forest, test_x))):
-                    results.append({"dataset": label, "generator": kind, "training_set": set_name, "model": model,
-                                    "n_train": len(y), "p_pathology": p})
+            parts = {"generators": {c: cache.module_fingerprint(g) for c, g in generators[label, kind].items()},
+                     "data": [cache.tensor_fingerprint(*split[label]) for split in (train, val, test)],
+                     "classifier": cache.module_fingerprint(classifiers[label]), "arch": arch,
+                     "seed": seed, "flip": images.modality == "histology", "device": device.type,
+                     "settings": {k: settings[k] for k in ("epochs", "batch_size", "lr", "weight_decay", "ddim_steps",
+                                                           "rf_trees")},
+                     "code": cache.code_fingerprint("models", "training", "replacement", "baselines", "generative")}
+            rows, _ = cache.memoised("replacement", parts, lambda: _replace(
+                label, kind, images, generators[label, kind], train[label], val[label], test[label][0],
+                classifiers[label], settings, seed=seed, device=device, arch=arch))
+            results += rows
+    return results
+
+
+def _replace(label: str, kind: str, images: ImageSet, generators: Mapping[int, nn.Module], real: Tensors,
+             val: Tensors, test_x: torch.Tensor, classifier: nn.Module, settings: Mapping[str, Any], *, seed: int,
+             device: torch.device, arch: str) -> list[dict[str, Any]]:
+    """One data set and generator of :func:`run_experiment`: both model types on each training set."""
+    counts = {c: int((real[1] == c).sum()) for c in (0, 1)}
+    synthetic = generative.sample_labelled(generators, counts, seed=seed + 100, device=device,
+                                           ddim_steps=settings["ddim_steps"], progress=True)
+    results = []
+    for set_name in TRAINING_SETS:
+        x, y = training_set(set_name, real, synthetic)
+        deep = classifier if set_name == "real" else classifier_on(
+            (x, y), val, settings, seed=seed, device=device, flip=images.modality == "histology", arch=arch)[0]
+        forest = baselines.train_lbp_forest(x, y, seed=seed, n_trees=settings["rf_trees"])
+        for model, p in ((arch, predict_proba(deep, test_x, device)),
+                         (LBP_FOREST, baselines.lbp_forest_proba(forest, test_x))):
+            results.append({"dataset": label, "generator": kind, "training_set": set_name, "model": model,
+                            "n_train": len(y), "p_pathology": p})
     return results

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import generative, metrics
+from . import cache, generative, metrics
 from .data import ImageSet
 
 Tensors = tuple[torch.Tensor, torch.Tensor]
@@ -91,15 +91,26 @@ def sample_generators(trained: Mapping[tuple[str, str], Mapping[int, nn.Module]]
                                                                       dict[tuple[str, str], float]]:
     """``per_class`` images of each class from every generator pair, and the seconds each image took.
 
+    Kept in the artefact cache, keyed by the generators' weights, the counts, seed, DDIM steps and device type;
+    the seconds are those of the run that sampled them.
+
     Returns:
         ``({(label, kind): (images, labels)}, {(label, kind): seconds per image})``.
     """
     samples, seconds_per_image = {}, {}
     for key, generators in trained.items():
-        started = time.perf_counter()
-        samples[key] = generative.sample_labelled(generators, {c: per_class for c in CLASSES}, seed=seed,
-                                                  device=device, ddim_steps=ddim_steps, progress=True)
-        seconds_per_image[key] = (time.perf_counter() - started) / (len(CLASSES) * per_class)
+        def draw(generators: Mapping[int, nn.Module] = generators) -> dict[str, Any]:
+            started = time.perf_counter()
+            x, y = generative.sample_labelled(generators, {c: per_class for c in CLASSES}, seed=seed, device=device,
+                                              ddim_steps=ddim_steps, progress=True)
+            return {"images": x, "labels": y, "seconds": time.perf_counter() - started}
+
+        parts = {"generators": {c: cache.module_fingerprint(g) for c, g in generators.items()},
+                 "per_class": per_class, "seed": seed, "ddim_steps": ddim_steps, "device": device.type,
+                 "code": cache.code_fingerprint("generative")}
+        drawn, _ = cache.memoised("samples", parts, draw)
+        samples[key] = drawn["images"], drawn["labels"]
+        seconds_per_image[key] = drawn["seconds"] / (len(CLASSES) * per_class)
     return samples, seconds_per_image
 
 

@@ -174,6 +174,11 @@ def test_score_defense_scores_plain_models_and_counts_rejections_by_image_kind()
     assert scored["rejected_adversarial_share"] == pytest.approx(2 / 3)
     assert scored["rejected_clean_share"] == pytest.approx(1 / 3)
     assert scored["accuracy_of_passed_adversarial"] == 1.0
+    with pytest.MonkeyPatch.context() as patch:  # an unchanged rerun predicts nothing again
+        patch.setattr(defenses, "_score", lambda *a, **k: pytest.fail("scored again"))
+        assert defenses.score_defense(magnet, x, y, changed) == scored
+        with pytest.raises(pytest.fail.Exception, match="scored again"):
+            defenses.score_defense(_Constant(0), x, y, changed)  # another model is another entry
 
 
 def test_detector_aware_attack_changes_only_images_magnet_gets_right_and_lets_through(classifier):

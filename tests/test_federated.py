@@ -165,6 +165,9 @@ def test_fid_per_round_covers_the_server_and_both_sites(simulated):
     assert {(r["round"], r["model"]) for r in rows} == {(0, "server")} | {
         (r, who) for r in (1, 2) for who in ("server", "site 0", "site 1")}
     assert all(r["fid"] >= 0 for r in rows)
+    with pytest.MonkeyPatch.context() as patch:  # an unchanged rerun samples nothing again
+        patch.setattr(federated.study.generative, "sample", lambda *a, **k: pytest.fail("sampled again"))
+        assert federated.store_fids(store, config, encoder, real, n=16, device=CPU, progress=False) == rows
 
 
 def test_the_library_never_reloads_or_re_resolves_what_its_caller_loaded(images, monkeypatch):

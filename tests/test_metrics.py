@@ -147,6 +147,21 @@ def test_random_vgg_features_are_seeded_and_treat_grey_as_rgb():
     assert torch.equal(state, torch.random.get_rng_state()), "building the network must not move the global RNG"
 
 
+def test_image_features_are_computed_once_per_encoder_and_images(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDSEC_CACHE", str(tmp_path))
+    cpu, x = torch.device("cpu"), torch.rand(3, 1, 32, 32)
+    first = metrics.image_features(metrics.RandomVGGFeatures(0), x, cpu)
+
+    def embed_again(*args, **kwargs):
+        raise AssertionError("embedded again: the features were not taken from the cache")
+
+    monkeypatch.setattr(metrics, "_embed", embed_again)
+    assert torch.equal(metrics.image_features(metrics.RandomVGGFeatures(0), x.clone(), cpu), first)
+    for encoder, images in ((metrics.RandomVGGFeatures(1), x), (metrics.RandomVGGFeatures(0), x.flip(0))):
+        with pytest.raises(AssertionError, match="embedded again"):
+            metrics.image_features(encoder, images, cpu)
+
+
 def test_feature_space_names_its_space_and_says_what_is_missing():
     encoder, described = metrics.feature_space("random_vgg16", seed=3)
     assert isinstance(encoder, metrics.RandomVGGFeatures) and encoder.seed == 3 and "seed 3" in described

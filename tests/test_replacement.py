@@ -72,6 +72,7 @@ def test_the_experiment_scores_both_models_on_each_training_set_of_each_replacem
     assert [r["n_train"] for r in results[::2]] == [n_real, n_real, 2 * n_real]  # as many synthetic as real
     assert all(r["p_pathology"].shape == test["ct"][1].shape for r in results)
     np.testing.assert_array_equal(results[0]["p_pathology"], training.predict_proba(real_model, test["ct"][0], CPU))
+    monkeypatch.setattr(replacement, "_replace", lambda *a, **k: pytest.fail("an unchanged rerun trained again"))
     again = replacement.run_experiment({"ct": images}, {("ct", "dcgan"): untrained}, train, val, test,
                                        {"ct": real_model}, settings, **kwargs)
     for first, second in zip(results, again):

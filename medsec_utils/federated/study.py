@@ -21,6 +21,8 @@ from .server_app import RoundStore, run_in_process, simulate
 from .task import PREFIXES, SITES, Sites, build_dcgan, federation_config
 
 ONE_PER_SITE = "one modality per site"
+# what a federation's models depend on: editing this study (its FIDs, tables) keeps the trained rounds
+TRAINING_MODULES = ("federated.task", "federated.client_app", "federated.server_app", "generative", "data", "_io")
 FeatureSpace = tuple[nn.Module, str]
 
 
@@ -128,7 +130,7 @@ def feature_spaces(sets: Sequence[ImageSet], design: Design, name: str, *, incep
 def _parts(config: Mapping[str, Any], sites: Sites, what: str) -> dict[str, Any]:
     return {"what": what, "config": {k: v for k, v in config.items() if k not in ("store", "sites")},
             "data": list(sites.checksums), "sites": sites.fingerprint,
-            "code": cache.code_fingerprint("federated", "generative", "data", "_io"), "flwr": flwr.__version__}
+            "code": cache.code_fingerprint(*TRAINING_MODULES), "flwr": flwr.__version__}
 
 
 def _emptied(folder: Path) -> Path:
@@ -174,24 +176,34 @@ def store_fids(store: RoundStore, config: Mapping[str, Any], encoder: nn.Module,
                progress: bool = True) -> list[dict[str, Any]]:
     """FID and KID of every stored generator (the server's and each site's upload, every round) against
     ``real_features``, each from ``n`` seeded samples embedded by ``encoder`` (resized to ``encoder_size``);
-    ``only`` keeps one model, e.g. "server".
+    ``only`` keeps one model, e.g. "server". Kept in the artefact cache, keyed by the store's content, the
+    encoder, the real features and these arguments.
 
     Rows: ``round``, ``epoch`` (local epochs so far), ``model`` ("server", "site 0", ...), ``fid``, ``kid`` ...
     """
     config = federation_config(config)
-    generator, _ = build_dcgan(config)
-    rows = []
-    for server_round in tqdm(range(len(store.rounds()) + 1), desc="FID per round", disable=not progress, unit="round"):
-        for who, state in store.models(server_round).items():
-            weights = {k[len(PREFIXES[0]):]: v for k, v in state.items() if k.startswith(PREFIXES[0])}
-            if not weights or (only and who != only):
-                continue
-            generator.load_state_dict(weights)
-            fake = metrics.image_features(encoder, generative.sample(generator, n, seed=seed, device=device), device,
-                                          size=encoder_size)
-            rows.append({"round": server_round, "epoch": server_round * config["local_epochs"], "model": who,
-                         **metrics.fid_kid(real_features, fake, seed=seed)})
-    return rows
+    parts = {"store": cache.folder_fingerprint(store.folder), "encoder": metrics.encoder_identity(encoder),
+             "real": cache.tensor_fingerprint(real_features), "n": n, "seed": seed, "encoder_size": encoder_size,
+             "only": only, "device": device.type,
+             "code": cache.code_fingerprint("federated.study", "federated.task", "metrics", "generative")}
+
+    def rows() -> list[dict[str, Any]]:
+        generator, _ = build_dcgan(config)
+        scored = []
+        for server_round in tqdm(range(len(store.rounds()) + 1), desc="FID per round", disable=not progress,
+                                 unit="round"):
+            for who, state in store.models(server_round).items():
+                weights = {k[len(PREFIXES[0]):]: v for k, v in state.items() if k.startswith(PREFIXES[0])}
+                if not weights or (only and who != only):
+                    continue
+                generator.load_state_dict(weights)
+                fake = metrics.image_features(encoder, generative.sample(generator, n, seed=seed, device=device),
+                                              device, size=encoder_size, keep=False)
+                scored.append({"round": server_round, "epoch": server_round * config["local_epochs"], "model": who,
+                               **metrics.fid_kid(real_features, fake, seed=seed)})
+        return scored
+
+    return cache.memoised("federation_fids", parts, rows)[0]
 
 
 def site_heterogeneity(federations: Sequence[Federation], design: Design, spaces: Mapping[str, FeatureSpace],
