@@ -5,9 +5,17 @@ from __future__ import annotations
 
 import hashlib
 import io
+import multiprocessing
 import os
 import re
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
+from PIL import Image
 from tqdm.auto import tqdm
 
 from ._common import DataError, listed, plural
@@ -36,6 +45,8 @@ KNOWN_CAVEATS = {  # by a word of the manifest's ``source`` column: caveats to r
     "Kermany": "Kermany chest X-rays: classes imbalanced about 1:3, read balanced accuracy and AUC",
 }
 DICOM_PATIENT = "<dicom>"  # placeholder: replaced by a pseudonym of the header's PatientID
+CHUNK_ROWS = 64  # most rows per task of a parallel decode, and fewest rows worth starting workers for
+_worker_stop: Any = None  # in a decoding worker: the pool's event, set when the parent stops taking results
 
 
 @dataclass
@@ -359,28 +370,111 @@ def dicom_modalities(source: Source) -> dict[str, list[Path]]:
     return found
 
 
-def decode_all(source: Source, size: int, channels: int, window: tuple[float, float] | None,
-               progress: bool) -> dict[str, torch.Tensor]:
-    """Decode, resize and quantise every image.
+def decode_all(source: Source, size: int, channels: int, window: tuple[float, float] | None, progress: bool,
+               workers: int | None = None) -> dict[str, torch.Tensor]:
+    """Decode, resize and quantise every image, in ``workers`` processes (None: one per usable core for DICOM,
+    whose compressed pixel data is slow to decode; one for ordinary image files, which decode faster than
+    workers start: measured in ``benchmarks/bench_training_and_loading.py``).
+
+    Image files are decoded by a process pool in chunks of rows put back in row order, so the result is the
+    same for any ``workers`` and a bad file raises the same DataError as in one process. Sources of fewer than
+    :data:`CHUNK_ROWS` rows, and ``.npz`` arrays (decoded already), are decoded in this process: starting
+    workers would cost more than it saves.
 
     Returns:
         ``images`` uint8 ``(N, C, size, size)``, ``sizes`` int64 ``(N, 2)`` native height and width,
         ``scaling`` int8 ``(N,)`` index into ``_io.SCALINGS`` and ``alpha`` bool ``(N,)``: what
         :func:`decode_notes` reports.
     """
+    if workers is None and source.arrays is None and any(is_dicom(Path(path)) for path in source.rows["path"]):
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = 1 if workers is None else workers
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1 (or None: one per core for DICOM), not {workers}")
+    with tqdm(total=len(source.rows), desc=f"decode {source.name}", disable=not progress, mininterval=2) as bar:
+        if workers > 1 and source.arrays is None and len(source.rows) >= CHUNK_ROWS:
+            try:
+                decoded = _decode_in_pool(source, size, channels, window, workers, bar.update)
+            except BrokenProcessPool as error:
+                print(f"medsec data: decoding in {workers} processes failed ({error}); decoding in this one. A "
+                      "script that loads data needs an `if __name__ == \"__main__\":` guard, or pass workers=1",
+                      file=sys.stderr, flush=True)
+                bar.reset()
+                decoded = _decode_rows(source, size, channels, window, bar.update)
+        else:
+            decoded = _decode_rows(source, size, channels, window, bar.update)
+    return {name: torch.from_numpy(array) for name, array in decoded.items()}
+
+
+def _decode_in_pool(source: Source, size: int, channels: int, window: tuple[float, float] | None, workers: int,
+                    advance: Callable[[int], object]) -> dict[str, np.ndarray]:
+    """:func:`_decode_rows` over chunks of rows in ``workers`` processes, put back in row order.
+
+    Each worker gets four chunks or more, so that all finish at nearly the same time. Workers fork from a
+    forkserver that imports this module once per session (not from this process, whose torch threads make
+    fork unsafe). On an error or Ctrl-C here, chunks not started are cancelled, the workers stop after their
+    current image and are waited for, so none is left behind.
+    """
     rows = source.rows
-    images = torch.empty((len(rows), channels, size, size), dtype=torch.uint8)
-    sizes = torch.zeros((len(rows), 2), dtype=torch.int64)
-    scaling = torch.zeros(len(rows), dtype=torch.int8)
-    alpha = torch.zeros(len(rows), dtype=torch.bool)
-    for i, row in enumerate(tqdm(rows.itertuples(), total=len(rows), desc=f"decode {source.name}",
-                                 disable=not progress, mininterval=2)):
-        decoded = _read_row(source, row, channels, window)
-        sizes[i] = torch.tensor(decoded.pixels.shape[:2])
-        scaling[i], alpha[i] = SCALINGS.index(decoded.scaling), decoded.alpha
-        array = resize(decoded.pixels, size, row.where)
-        images[i] = torch.from_numpy(np.round(array * 255).astype(np.uint8).transpose(2, 0, 1))
-    return {"images": images, "sizes": sizes, "scaling": scaling, "alpha": alpha}
+    decoded = _empty_arrays(len(rows), size, channels)
+    step = min(CHUNK_ROWS, -(-len(rows) // (4 * workers)))
+    starts = range(0, len(rows), step)
+    chunks = (Source(source.name, rows.iloc[start:start + step], source.modality) for start in starts)
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    context = multiprocessing.get_context(method)
+    if method == "forkserver":
+        context.set_forkserver_preload(["__main__", __name__])
+    stop = context.Event()
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
+                               initargs=(Image.MAX_IMAGE_PIXELS, stop))
+    try:
+        for start, chunk in zip(starts, pool.map(_decode_rows, chunks, repeat(size), repeat(channels), repeat(window))):
+            for name, array in chunk.items():
+                decoded[name][start:start + len(array)] = array
+            advance(len(chunk["sizes"]))
+    except DataError as error:
+        raise error from None  # the worker's traceback would only bury the one line naming the file
+    finally:
+        stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+    return decoded
+
+
+def _start_worker(pixel_limit: int | None, stop: Any) -> None:
+    """Set up a decoding worker: the parent's decompression-bomb limit (users raise it to read large trusted
+    images) and its stop event. Ctrl-C is left to the parent, which sets the event; if the parent dies (killed,
+    out of memory) the worker exits rather than wait for work forever."""
+    global _worker_stop
+    Image.MAX_IMAGE_PIXELS, _worker_stop = pixel_limit, stop
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def exit_with_parent() -> None:
+        multiprocessing.parent_process().join()
+        os._exit(1)
+
+    threading.Thread(target=exit_with_parent, daemon=True).start()
+
+
+def _decode_rows(source: Source, size: int, channels: int, window: tuple[float, float] | None,
+                 advance: Callable[[int], object] | None = None) -> dict[str, np.ndarray]:
+    """The arrays of :func:`decode_all` for the rows of ``source``, calling ``advance(1)`` after each."""
+    decoded = _empty_arrays(len(source.rows), size, channels)
+    for i, row in enumerate(source.rows.itertuples()):
+        if _worker_stop is not None and _worker_stop.is_set():
+            break
+        image = _read_row(source, row, channels, window)
+        decoded["sizes"][i] = image.pixels.shape[:2]
+        decoded["scaling"][i], decoded["alpha"][i] = SCALINGS.index(image.scaling), image.alpha
+        array = resize(image.pixels, size, row.where)
+        decoded["images"][i] = np.round(array * 255).astype(np.uint8).transpose(2, 0, 1)
+        if advance is not None:
+            advance(1)
+    return decoded
+
+
+def _empty_arrays(count: int, size: int, channels: int) -> dict[str, np.ndarray]:
+    return {"images": np.empty((count, channels, size, size), np.uint8), "sizes": np.zeros((count, 2), np.int64),
+            "scaling": np.zeros(count, np.int8), "alpha": np.zeros(count, bool)}
 
 
 def decode_notes(decoded: dict[str, torch.Tensor]) -> list[str]:

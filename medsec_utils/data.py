@@ -56,6 +56,7 @@ SPEC_OPTIONS = ("modality", "window", "patient_regex", "n")
 MIN_PATIENTS_PER_CLASS = len(SPLITS)  # made splits give every split both classes from this many patients per class
 # The modules whose code turns files into images: cache keys of anything made from loaded real images name them all.
 READER_MODULES = ("data", "_common", "_downloads", "_sources", "_io", "_dicom")
+PHANTOM_MODULES = ("phantoms", "_phantom_models", "_phantom_geometry")
 
 
 @dataclass
@@ -152,17 +153,23 @@ def load_dataset(
     split_fractions: tuple[float, float, float] = SPLIT_FRACTIONS,
     use_cache: bool = True,
     progress: bool = True,
+    workers: int | None = None,
 ) -> ImageSet:
     """Load the images of a DATASET spec at ``size`` x ``size`` px (see the module docstring).
 
-    Missing splits are made per patient with ``seed``; no patient is ever in two splits.
+    Missing splits are made per patient with ``seed``; no patient is ever in two splits. Image files are
+    decoded in ``workers`` processes (None: one per core for DICOM, whose JPEG 2000 pixel data is slow to
+    decode, and this process for other files, which decode faster than workers start); the images are the
+    same for any ``workers``, and small data sets are decoded in this process anyway. Workers import the main
+    script, as multiprocessing does: in a script, keep the code under ``if __name__ == "__main__":`` (and heavy
+    imports out of its top level), or pass ``workers=1``; without the guard decoding falls back to this process.
 
     Raises:
         DataError: bad input, with one line naming the file or row and the fix.
     """
     base, options = parse_spec(spec)
     if base.startswith("phantom:"):
-        return _load_phantoms(spec, base, options, size, seed, phantom_images, split_fractions)
+        return _load_phantoms(spec, base, options, size, seed, phantom_images, split_fractions, use_cache)
     source = resolve(base, options)
     notes = list(source.notes)
     modality = _modality(base, options, source, notes)
@@ -173,7 +180,7 @@ def load_dataset(
     channels = CHANNELS[modality]
 
     def decode(folder: Path) -> None:
-        cache.torch_save_atomic(decode_all(source, size, channels, window, progress), folder / "images.pt")
+        cache.torch_save_atomic(decode_all(source, size, channels, window, progress, workers), folder / "images.pt")
 
     if use_cache:
         parts = {"checksum": checksum, "size": size, "channels": channels, "window": window,
@@ -181,7 +188,7 @@ def load_dataset(
         folder, _ = cache.cached("images", parts, decode)
         decoded = torch.load(folder / "images.pt")
     else:
-        decoded = decode_all(source, size, channels, window, progress)
+        decoded = decode_all(source, size, channels, window, progress, workers)
     notes += decode_notes(decoded)
     rows = source.rows
     given_ids = bool((rows["patient_id"] != "").all())
@@ -330,14 +337,19 @@ def _check_patients_in_one_split(frame: pd.DataFrame, origin: str) -> None:
 
 
 def _load_phantoms(spec: str, base: str, options: dict[str, str], size: int, seed: int, n: int,
-                   fractions: tuple[float, float, float]) -> ImageSet:
+                   fractions: tuple[float, float, float], use_cache: bool) -> ImageSet:
     modality = base.split(":", 1)[1]
     if modality not in MODALITIES:
         raise DataError(f"{spec}: no phantom {modality!r}; use phantom:chest_xray, phantom:ct or phantom:histology")
     from . import phantoms
 
     n = int(options.get("n", n))
-    made = phantoms.make_phantoms(modality, n=n, size=size, seed=seed)
+    def draw() -> phantoms.PhantomSet:
+        return phantoms.make_phantoms(modality, n=n, size=size, seed=seed)
+
+    parts = {"modality": modality, "n": n, "size": size, "seed": seed,
+             "code": cache.code_fingerprint(*PHANTOM_MODULES)}
+    made = cache.memoised("phantoms", parts, draw)[0] if use_cache else draw()
     array = made.images if made.images.ndim == 4 else made.images[..., None]
     images = torch.from_numpy(np.ascontiguousarray(array.transpose(0, 3, 1, 2)))
     digest = hashlib.sha256(array.tobytes() + made.labels.tobytes()).hexdigest()

@@ -192,6 +192,24 @@ def test_decoded_images_cache_round_trip(tmp_path):
     assert len(list(cache_root.rglob("artefact.json"))) == 2
 
 
+def test_parallel_decode_same_as_serial(tmp_path):
+    """Worker processes give the very tensors, in row order, and the very error of decoding in one process."""
+    folder = manifest_set(tmp_path / "cxr_parallel", patients=50, per_patient=2)  # 100 rows: several chunks
+    serial, parallel = load(folder, workers=1), load(folder, workers=2)
+    assert torch.equal(serial.images, parallel.images) and serial.images.dtype == parallel.images.dtype
+    assert torch.equal(serial.labels, parallel.labels) and np.array_equal(serial.patient_ids, parallel.patient_ids)
+    assert np.array_equal(serial.native_sizes, parallel.native_sizes) and serial.notes == parallel.notes
+    for name in ("img/p35_1.png", "img/p45_0.png"):  # two bad files in later chunks: the first one is named
+        (folder / name).write_text("this is not a PNG\n")
+    errors = []
+    for workers in (1, 2):
+        with pytest.raises(DataError) as caught:
+            load(folder, workers=workers)
+        errors.append(caught.value)
+    assert str(errors[0]) == str(errors[1]) and type(errors[0]) is type(errors[1])
+    assert "p35_1.png" in str(errors[1]) and "unreadable" in str(errors[1]) and errors[1].__cause__ is None
+
+
 def test_real_chest_xray_manifest():
     folder = shared("chest_xray")
     s = load(folder, size=32)
@@ -314,16 +332,18 @@ def test_named_descriptor_unreachable_url_says_where_to_put_file(tmp_path, monke
 
 
 @pytest.mark.parametrize("modality,channels", [("chest_xray", 1), ("ct", 1), ("histology", 3)])
-def test_phantoms(modality, channels):
+def test_phantoms(modality, channels, monkeypatch):
     reason = phantoms_available()
     if reason:
         pytest.skip(reason)
-    s = load(f"phantom:{modality}?n=30", size=32, seed=3)
+    s = load(f"phantom:{modality}?n=30", size=32, seed=3, use_cache=True)
     assert s.is_phantom and s.provenance()["is_phantom"] is True
     assert s.images.dtype == torch.uint8 and tuple(s.images.shape) == (30, channels, 32, 32)
     assert set(s.labels.tolist()) <= {0, 1} and s.modality == modality
     assert_patients_in_one_split(s.patient_ids, s.splits)
-    same = load(f"phantom:{modality}?n=30", size=32, seed=3)
+    with monkeypatch.context() as patch:  # drawn once, then from the artefact cache
+        patch.setattr("medsec_utils.phantoms.make_phantoms", lambda *a, **k: pytest.fail("phantoms drawn again"))
+        same = load(f"phantom:{modality}?n=30", size=32, seed=3, use_cache=True)
     assert same.checksum == s.checksum and torch.equal(same.images, s.images)
     assert load(f"phantom:{modality}?n=30", size=32, seed=4).checksum != s.checksum
     x, _ = s.tensors("train")
