@@ -1,6 +1,7 @@
 # make          the main job: install, run every chapter (smoke profile, built-in phantoms), build the book
 # make test     install, then pytest (library, notebooks through nbval, book build): what CI runs
 # make reference  rerun every chapter in the cpu profile on ../shared/data into book/reference/
+# make plan     what `make reference` will cost on this machine, per chapter, before running it
 # make chapter NB=01 [DATASET="spec ..."] [PROFILE=cpu] [PARAMS="epochs=3 seed=1"]
 #               one chapter notebook with papermill into $(RUNS)/<profile>/<notebook>/
 VENV ?= .venv
@@ -9,7 +10,8 @@ SHARED ?= ../shared/data
 PROFILE ?= smoke
 RUNS ?= runs
 
-.PHONY: all env run book test reference chapter clean
+.PHONY: all env run book test reference plan chapter clean
+REAL_DATA := --dataset $(SHARED)/chest_xray --dataset $(SHARED)/ct --dataset $(SHARED)/histology
 all: book
 
 env: $(VENV)/.installed
@@ -28,9 +30,11 @@ test: env
 	$(PY) -m pytest --nbval-lax tests notebooks --durations=30
 
 reference: env
-	$(PY) scripts/compendium.py run --profile cpu --out book/reference \
-	  --dataset $(SHARED)/chest_xray --dataset $(SHARED)/ct --dataset $(SHARED)/histology
+	$(PY) scripts/compendium.py run --profile cpu --out book/reference $(REAL_DATA)
 	$(PY) scripts/compendium.py book --out _build/reference --strict
+
+plan: env
+	$(PY) scripts/compendium.py plan --profile cpu $(REAL_DATA)
 
 chapter: env
 	$(if $(NB),,$(error say which chapter: make chapter NB=01 [DATASET=spec] [PROFILE=cpu] [PARAMS="epochs=3"]))

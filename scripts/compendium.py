@@ -1,48 +1,181 @@
-"""Run the chapter notebooks with papermill and build the Jupyter Book from a run.
+"""Plan and run the chapter notebooks with papermill, and build the Jupyter Book from a run.
 
+    python scripts/compendium.py plan --profile cpu [--dataset SPEC ...] [--detail]
     python scripts/compendium.py run --profile smoke --out runs/smoke [--dataset SPEC ...] [--chapter 01]
                                      [--param 'splits=[iid]' ...]
     python scripts/compendium.py book [--run runs/smoke] --out _build/smoke [--strict]
 
-``run`` executes every notebook of ``notebooks/`` into ``OUT/<chapter>/`` (executed notebook,
-``metrics.json``, figures). ``book`` stages the book sources, replaces the committed reference run by
-``--run`` if given, and builds HTML with Jupyter Book 1 without executing anything again.
+``plan`` prints each chapter's expected wall time from per-step costs measured on this machine
+(``medsec_utils.plan``) and the total. ``run`` executes every notebook of ``notebooks/`` into
+``OUT/<chapter>/`` (executed notebook, ``metrics.json``, figures), printing the time left as it goes and each
+chapter's wall time at the end (also in ``OUT/wall_times.json``). ``book`` stages the book sources, replaces
+the committed reference run by ``--run`` if given, and builds HTML with Jupyter Book 1 without executing
+anything again.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 REFERENCE = ROOT / "book" / "reference"
 BOOK_SOURCES = ("_config.yml", "_toc.yml", "book", "medsec_utils/profiles.yaml")
+DEFAULT_DATASETS = ["phantom:chest_xray", "phantom:ct", "phantom:histology"]  # the notebooks' default
+WALL_TIMES = "wall_times.json"
+
+
+def plan_chapters(profile: str, datasets: list[str], extra: dict | None = None) -> tuple[dict[str, float], Any]:
+    """Expected seconds per chapter from an empty cache and the task table behind them (``medsec_utils.plan``).
+    ``extra`` entries that are profile settings (``epochs=3``) count; notebook-only parameters do not."""
+    from medsec_utils import data, plan, profiles
+
+    known = profiles.resolve_profile(profile)
+    settings = profiles.resolve_profile(profile, **{k: v for k, v in (extra or {}).items() if k in known})
+    sizes = [plan.SetSize.of(data.load_dataset(spec, size=settings.image_size, phantom_images=settings.phantom_images,
+                                               progress=False), settings) for spec in datasets or DEFAULT_DATASETS]
+    print(f"plan: {profile} profile on {', '.join(f'{s.name} ({s.train} train, {s.test} test)' for s in sizes)}",
+          flush=True)
+    started = time.perf_counter()
+    costs, hit = plan.unit_costs(settings)
+    where = "from the artefact cache" if hit else f"measured now in {time.perf_counter() - started:.0f} s"
+    print(f"per-step costs {where} ({plan.machine()['cpu']}, {plan.machine()['threads']} threads)", flush=True)
+    frame = plan.estimate(settings, sizes, costs)
+    return plan.chapter_seconds(frame), frame
+
+
+def print_plan(profile: str, datasets: list[str], extra: dict | None, detail: bool) -> None:
+    """``plan``: each chapter's expected wall time and the total."""
+    from medsec_utils.plan import duration
+
+    seconds, frame = plan_chapters(profile, datasets, extra)
+    if detail:
+        print(frame.assign(seconds=frame["seconds"].round(1)).to_string(index=False))
+    for chapter, value in seconds.items():
+        print(f"  {chapter:22s} {duration(value):>14s}")
+    print(f"  {'total':22s} {duration(sum(seconds.values())):>14s}  (from an empty artefact cache; cached parts cost "
+          f"almost nothing)")
+
+
+class Progress:
+    """Prints, every ``every`` seconds while a chapter runs and after each chapter, the time spent and the time
+    left, from the plan's estimates scaled by how the finished chapters compared with theirs."""
+
+    def __init__(self, estimates: dict[str, float], every: float) -> None:
+        self.estimates, self.every, self.done = estimates, every, {}
+        self.chapter, self.started, self._stop = "", 0.0, threading.Event()
+
+    def _scale(self) -> float:
+        planned = sum(self.estimates.get(c, 0.0) for c in self.done)
+        return sum(self.done.values()) / planned if planned > 0 else 1.0
+
+    def left(self, elapsed: float) -> tuple[float, float]:
+        """Seconds left in the current chapter and in the whole run."""
+        scale = self._scale()
+        chapter_left = max(0.0, self.estimates.get(self.chapter, 0.0) * scale - elapsed)
+        later = [c for c in self.estimates if c not in self.done and c != self.chapter]
+        return chapter_left, chapter_left + scale * sum(self.estimates[c] for c in later)
+
+    def _beat(self) -> None:
+        from medsec_utils.plan import duration
+
+        while not self._stop.wait(self.every):
+            elapsed = time.perf_counter() - self.started
+            chapter_left, total_left = self.left(elapsed)
+            left = (f", about {duration(chapter_left)} left in the chapter, {duration(total_left)} in all"
+                    if self.planned else "")
+            print(f"   {self.chapter}: {duration(elapsed)} in{left}", flush=True)
+
+    @property
+    def planned(self) -> bool:
+        return any(self.estimates.values())
+
+    def start(self, chapter: str) -> None:
+        self.chapter, self.started = chapter, time.perf_counter()
+        self._stop.clear()
+        threading.Thread(target=self._beat, daemon=True).start()
+
+    def finish(self, ok: bool = True) -> float:
+        """Stop the progress lines; the chapter's seconds. A failed chapter is not counted as done."""
+        from medsec_utils.plan import duration
+
+        self._stop.set()
+        seconds = time.perf_counter() - self.started
+        if not ok:
+            print(f"   {self.chapter} stopped after {duration(seconds)}", flush=True)
+            return seconds
+        self.done[self.chapter] = seconds
+        self.chapter = ""
+        left = f"; about {duration(self.left(0.0)[1])} left" if self.planned else ""
+        print(f"   done in {duration(seconds)}{left}", flush=True)
+        return seconds
 
 
 def run_chapters(profile: str, out: Path, datasets: list[str], chapters: list[str],
-                 extra: dict | None = None) -> None:
-    """Execute the chapter notebooks with papermill, each into ``out/<stem>/``; ``extra`` sets more parameters."""
+                 extra: dict | None = None, every: float = 60.0, planned: bool = True) -> None:
+    """Execute the chapter notebooks with papermill, each into ``out/<stem>/``; ``extra`` sets more parameters.
+    Prints progress with the time left (from the plan unless ``planned`` is False), and each chapter's wall
+    time at the end, also written to ``out/wall_times.json``."""
     import papermill
 
     notebooks = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
     chosen = [nb for nb in notebooks if not chapters or nb.name[:2] in chapters]
     if not chosen:
         sys.exit(f"no chapter notebook matches {chapters} in {NOTEBOOKS}")
-    for notebook in chosen:
+    estimates = plan_chapters(profile, datasets, extra)[0] if planned else {}
+    progress = Progress({nb.stem: estimates.get(nb.stem, 0.0) for nb in chosen}, every)
+    for number, notebook in enumerate(chosen, 1):
         folder = out / notebook.stem
         folder.mkdir(parents=True, exist_ok=True)
         params = {"profile": profile, "output_dir": _relative(folder)}
         if datasets:
             params["dataset"] = datasets
         params.update(extra or {})
-        print(f"== {notebook.name} -> {_relative(folder)} with {params}", flush=True)
-        papermill.execute_notebook(str(notebook), str(folder / notebook.name), parameters=params, cwd=str(ROOT),
-                                   kernel_name="python3", progress_bar=False, log_output=False)
+        print(f"== [{number}/{len(chosen)}] {notebook.name} -> {_relative(folder)} with {params}", flush=True)
+        progress.start(notebook.stem)
+        try:
+            papermill.execute_notebook(str(notebook), str(folder / notebook.name), parameters=params, cwd=str(ROOT),
+                                       kernel_name="python3", progress_bar=False, log_output=False)
+        except BaseException:
+            progress.finish(ok=False)
+            raise
+        seconds = progress.finish()
+        _record_wall_time(out, notebook.stem, seconds, estimates.get(notebook.stem), profile, datasets)
+    _print_wall_times(progress.done, estimates)
+
+
+def _record_wall_time(out: Path, chapter: str, seconds: float, estimate: float | None, profile: str,
+                      datasets: list[str]) -> None:
+    from medsec_utils import plan
+    from medsec_utils.cache import write_json_atomic
+    from medsec_utils.reporting.provenance import git_state
+
+    path = out / WALL_TIMES
+    record = json.loads(path.read_text()) if path.is_file() else {"chapters": {}}
+    record["chapters"][chapter] = {"seconds": round(seconds, 1), "estimated_seconds": estimate and round(estimate, 1),
+                                   "profile": profile, "datasets": datasets or DEFAULT_DATASETS, "git": git_state(),
+                                   "machine": plan.machine(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    write_json_atomic(path, record)
+
+
+def _print_wall_times(measured: dict[str, float], estimates: dict[str, float]) -> None:
+    from medsec_utils.plan import duration
+
+    print("wall time per chapter (measured | planned):")
+    for chapter, seconds in measured.items():
+        planned = estimates.get(chapter)
+        print(f"  {chapter:22s} {duration(seconds):>14s} | {duration(planned) if planned else 'not planned':>14s}")
+    print(f"  {'total':22s} {duration(sum(measured.values())):>14s} | "
+          f"{duration(sum(estimates.get(c, 0.0) for c in measured)) if estimates else 'not planned':>14s}")
 
 
 def build_book(run: Path | None, out: Path, strict: bool) -> None:
@@ -98,13 +231,26 @@ def main() -> None:
     run.add_argument("--chapter", action="append", default=[], help="two-digit chapter number (repeatable)")
     run.add_argument("--param", action="append", default=[], type=parse_param,
                      help="name=value: a notebook parameter for every chosen chapter (repeatable)")
+    run.add_argument("--progress-every", type=float, default=60.0, help="seconds between progress lines")
+    run.add_argument("--plan", action=argparse.BooleanOptionalAction, default=None,
+                     help="plan first, for time-left estimates (default: every profile but smoke, whose run is "
+                          "short and whose plan would cost a minute of measuring on a fresh cache)")
+    planner = commands.add_parser("plan", help="expected wall time per chapter, before a run")
+    planner.add_argument("--profile", default="smoke")
+    planner.add_argument("--dataset", action="append", default=[], help="DATASET spec (repeat for several)")
+    planner.add_argument("--param", action="append", default=[], type=parse_param,
+                         help="name=value: a profile setting to override (repeatable)")
+    planner.add_argument("--detail", action="store_true", help="also print every task's units and seconds")
     book = commands.add_parser("book", help="build the HTML book")
     book.add_argument("--run", type=Path, help="a run folder whose chapters replace the reference run")
     book.add_argument("--out", type=Path, required=True)
     book.add_argument("--strict", action="store_true", help="warnings are errors")
     args = parser.parse_args()
     if args.command == "run":
-        run_chapters(args.profile, args.out, args.dataset, args.chapter, dict(args.param))
+        planned = args.profile != "smoke" if args.plan is None else args.plan
+        run_chapters(args.profile, args.out, args.dataset, args.chapter, dict(args.param), args.progress_every, planned)
+    elif args.command == "plan":
+        print_plan(args.profile, args.dataset, dict(args.param), args.detail)
     else:
         build_book(args.run, args.out, args.strict)
 

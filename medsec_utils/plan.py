@@ -1,0 +1,243 @@
+"""What a run will cost before it runs: each chapter's wall time from per-step costs measured on this machine.
+
+A run's time is almost all in a few kinds of work: EfficientNet-B3 training steps, input gradients (attacks,
+adversarial training, HGD), predictions, feature vectors (FID, audit), generator steps and samples, and the
+federated DC-GANs. :func:`unit_costs` times a few batches of each at the profile's sizes (cached per machine,
+profile and code); :func:`workload` counts how many of each unit every chapter needs for given data sets, as
+the chapters loop; :func:`estimate` multiplies the two. Counts assume an empty artefact cache and every
+attack running all its iterations on every image, but for AutoAttack's later stages on chapter 2's
+undefended models (``UNBROKEN_OVER_BUDGETS``); chapter 3's adaptive attacks are upper bounds. Start-up,
+bootstrap intervals, plots and Flower's per-round overhead are not counted.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from . import cache, generative, metrics, models
+from .data import ImageSet
+
+CHAPTERS = ("01_classifiers", "02_attacks", "03_defenses", "04_synthetic_images", "05_federated")
+ATTACK_BUDGETS = 5  # chapter 2's epsilons (0.5, 1, 2, 4, 8 / 255; the headline 2/255 is one of them)
+# AutoAttack runs FAB and Square only on the images APGD left unbroken: summed over chapter 2's five budgets,
+# about 2 images in 5 budgets' worth (cpu reference run, book/reference/02_attacks: robust accuracy about 0.9,
+# 0.7, 0.35, 0.03 and 0 of the attacked images). Chapter 3's defended models are counted as if nothing broke.
+UNBROKEN_OVER_BUDGETS = 2.0
+SAMPLE_BATCH = 32
+GENERATOR_BATCHES = 2  # optimiser steps timed per generator (per ProGAN level), the first one warming up
+
+
+@dataclass(frozen=True)
+class SetSize:
+    """The image counts of one data set that a run's costs depend on."""
+
+    name: str
+    channels: int
+    train: int
+    val: int
+    test: int
+    train_per_class: tuple[int, int]
+
+    @classmethod
+    def of(cls, images: ImageSet, settings: Mapping[str, Any], seed: int = 0) -> SetSize:
+        """Counts as the chapters take them: ``max_train_images`` and ``max_eval_images`` applied."""
+        train = images.indices("train", settings["max_train_images"], seed)
+        labels = images.labels[train]
+        return cls(images.name, images.channels, len(train),
+                   len(images.indices("val", settings["max_eval_images"], seed)),
+                   len(images.indices("test", settings["max_eval_images"], seed)),
+                   (int((labels == 0).sum()), int((labels == 1).sum())))
+
+
+def _seconds_per(run: Callable[[], Any], items: int, repeats: int = 1) -> float:
+    """Seconds per item of ``run`` (which handles ``items`` items): best of ``repeats`` after one warm-up."""
+    run()
+    best = math.inf
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - started)
+    return best / items
+
+
+def _measure(settings: Mapping[str, Any], channels: int) -> dict[str, float]:
+    size, batch = settings["image_size"], settings["batch_size"]
+    torch.manual_seed(0)
+    x, y = torch.rand(batch, channels, size, size), torch.arange(batch) % 2
+    classifier = models.build_classifier(channels)
+    optimiser = torch.optim.AdamW(classifier.parameters(), lr=1e-3)
+
+    def train_step() -> None:
+        classifier.train()
+        loss = F.cross_entropy(classifier(x), y)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+
+    def input_gradient() -> None:
+        classifier.eval()
+        inputs = x.clone().requires_grad_(True)
+        torch.autograd.grad(F.cross_entropy(classifier(inputs), y), inputs)
+
+    @torch.no_grad()
+    def predict() -> None:
+        classifier.eval()(predict_x)
+
+    predict_x = torch.rand(128, channels, size, size)
+    encoder, _ = metrics.feature_space("random_vgg16")
+    costs = {"classifier_train": _seconds_per(train_step, batch),
+             "input_gradient": _seconds_per(input_gradient, batch),
+             "predict": _seconds_per(predict, 128),
+             "features": _seconds_per(lambda: metrics.image_features(encoder, predict_x, torch.device("cpu")), 128)}
+    for kind, entry in generative.GENERATORS.items():
+        costs.update(_generator_costs(kind, entry, settings, channels, size))
+    for size_fl in settings["fl_sizes"]:
+        entry = generative.GENERATORS["dcgan"]
+        costs[f"dcgan_{size_fl}px_step"] = _generator_costs("dcgan", entry, settings, channels, size_fl)["dcgan_step"]
+    return costs
+
+
+def _generator_costs(kind: str, entry: Any, settings: Mapping[str, Any], channels: int,
+                     size: int) -> dict[str, float]:
+    """Seconds per optimiser step (ProGAN: mean over its levels) and per sampled image of one kind."""
+    torch.manual_seed(0)
+    batch = settings["batch_size"]
+    x = torch.rand(GENERATOR_BATCHES * batch, channels, size, size)
+    generator, discriminator = entry.build(channels, size, settings)
+    started = time.perf_counter()
+    history = entry.train(generator, discriminator, x, settings, epochs=1, batch_size=batch, seed=0,
+                          device=torch.device("cpu"), progress=False, checkpoint=None)
+    step = (time.perf_counter() - started) / (GENERATOR_BATCHES * len(history))
+    sample = _seconds_per(lambda: generative.sample(generator, SAMPLE_BATCH, seed=0, device=torch.device("cpu"),
+                                                    ddim_steps=settings["ddim_steps"]), SAMPLE_BATCH, repeats=1)
+    return {f"{kind}_step": step, f"{kind}_sample": sample}
+
+
+def machine() -> dict[str, Any]:
+    """What per-step costs depend on besides the code: CPU model, cores, threads, torch and CUDA."""
+    model = next((line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")),
+                 platform.processor())
+    return {"cpu": model, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__}
+
+
+def _cpuinfo() -> list[str]:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            return handle.read().splitlines()
+    except OSError:
+        return []
+
+
+UNIT_SETTINGS = ("image_size", "batch_size", "latent_dim", "gan_width", "gan_augment", "progan_width", "ddpm_width",
+                 "ddim_steps", "fl_sizes")
+
+
+def unit_costs(settings: Mapping[str, Any], channels: int = 1) -> tuple[dict[str, float], bool]:
+    """Seconds per unit of work on this machine at ``settings``' sizes (per image; generators per step), measured
+    once per machine, sizes and code and kept in the artefact cache: ``(costs, cache_hit)``."""
+    parts = {"machine": machine(), "settings": {k: settings[k] for k in UNIT_SETTINGS}, "channels": channels,
+             "code": cache.code_fingerprint("plan", "models", "generative", "metrics")}
+    return cache.memoised("unit_costs", parts, lambda: _measure(settings, channels))
+
+
+def workload(settings: Mapping[str, Any], sets: Sequence[SetSize], *, generators: Sequence[str] = ("dcgan", "progan",
+             "ddpm"), cross_modality: bool = True) -> list[dict[str, Any]]:
+    """Rows ``chapter``, ``dataset``, ``task``, ``unit``, ``count``: the units each chapter needs on ``sets`` from an
+    empty cache, at the chapters' default parameters."""
+    s, rows = settings, []
+
+    def add(chapter: int, dataset: str, task: str, unit: str, count: float) -> None:
+        rows.append({"chapter": CHAPTERS[chapter - 1], "dataset": dataset, "task": task, "unit": unit,
+                     "count": count})
+
+    for d in sets:
+        attacked = min(d.test, s["attack_images"] or d.test)
+        add(1, d.name, "classifier training", "classifier_train", s["epochs"] * d.train)
+        add(1, d.name, "validation and test predictions", "predict", s["epochs"] * d.val + d.test)
+        apgd, fab = s["apgd_steps"] * s["apgd_restarts"], 2 * s["fab_steps"]
+        gradients = {"fgsm": 1, "pgd": s["pgd_steps"], "cw": s["cw_steps"], "autoattack": apgd + fab}
+        budgeted = ATTACK_BUDGETS * (gradients["fgsm"] + gradients["pgd"] + apgd) + UNBROKEN_OVER_BUDGETS * fab
+        add(2, d.name, "attacks (4 kinds, 5 budgets)", "input_gradient", attacked * (budgeted + gradients["cw"]))
+        add(2, d.name, "AutoAttack Square queries", "predict", attacked * UNBROKEN_OVER_BUDGETS * s["square_queries"])
+        perturb = 1 if s["adv_train_method"] == "fgsm_rs" else s["defense_pgd_steps"]
+        add(3, d.name, "adversarial training", "classifier_train", s["adv_train_epochs"] * d.train)
+        add(3, d.name, "adversarial training images", "input_gradient", s["adv_train_epochs"] * d.train * perturb)
+        add(3, d.name, "HGD training images and guided loss", "input_gradient",
+            s["hgd_epochs"] * d.train * (s["defense_pgd_steps"] + 1))
+        add(3, d.name, "MagNet auto-encoder", "predict", s["magnet_epochs"] * d.train)
+        adaptive = 3 * (gradients["fgsm"] + gradients["autoattack"] + gradients["cw"]) + s["pgd_steps"]
+        add(3, d.name, "adaptive attacks on 3 defences", "input_gradient", attacked * adaptive)
+        add(3, d.name, "adaptive Square queries", "predict", attacked * 3 * s["square_queries"])
+        n_synthetic = 2 * s["synthetic_images"]
+        for kind in generators:
+            per_step = 1 if kind != "progan" else int(math.log2(s["image_size"])) - 1
+            for n_class in d.train_per_class:
+                steps = generative.epochs_for(s[generative.GENERATORS[kind].steps_key], n_class, s["batch_size"])
+                add(4, d.name, f"{kind} training", f"{kind}_step",
+                    steps * max(1, n_class // s["batch_size"]) * per_step)
+            add(4, d.name, f"{kind} samples", f"{kind}_sample", n_synthetic + s["reader_images"])
+        add(4, d.name, "feature vectors (check, quality, audit)", "features",
+            d.test + d.train + 2 * n_synthetic + n_synthetic * (len(generators) + 1))
+        for kind in s["replacement_generators"]:
+            add(4, d.name, f"replacement: {kind} training images", f"{kind}_sample", d.train)
+            add(4, d.name, f"replacement: classifiers on {kind} images", "classifier_train", s["epochs"] * 3 * d.train)
+    add_federations(rows, s, sets, cross_modality, add)
+    return rows
+
+
+def add_federations(rows: list[dict[str, Any]], s: Mapping[str, Any], sets: Sequence[SetSize], cross_modality: bool,
+                    add: Callable[..., None]) -> None:
+    """Chapter 5: every set under every split, and the first two one-channel sets one per site, at every size;
+    FedAvg at each period, centralised once per set and size, local-only per site."""
+    grey = [d for d in sets if d.channels == 1]
+    pairs = [((d,), split) for d in sets for split in s["fl_splits"]]
+    if cross_modality and len(grey) >= 2:
+        pairs.append((tuple(grey[:2]), "one per site"))
+    pooled = set()
+    for chosen, split in pairs:
+        name, n = " | ".join(d.name for d in chosen), sum(d.train for d in chosen)
+        tests = sum(d.test for d in chosen)
+        for size in s["fl_sizes"]:
+            runs = len(s["fl_periods"]) + 1 + ((name, size) not in pooled)
+            pooled.add((name, size))
+            add(5, name, f"{split} DC-GANs at {size} px ({runs} runs)", f"dcgan_{size}px_step",
+                runs * s["fl_epochs"] * max(1, n // s["batch_size"]))
+            models_scored = sum(3 * (s["fl_epochs"] // p + 1) for p in s["fl_periods"]) + (runs - len(
+                s["fl_periods"])) * (s["fl_epochs"] + 1)
+            add(5, name, f"{split} FID samples at {size} px", "dcgan_sample", models_scored * s["fl_fid_images"])
+            add(5, name, f"{split} FID features at {size} px", "features",
+                models_scored * s["fl_fid_images"] + tests + n)
+
+
+def estimate(settings: Mapping[str, Any], sets: Sequence[SetSize], costs: Mapping[str, float],
+             **options: Any) -> pd.DataFrame:
+    """:func:`workload` with ``seconds`` = count x the unit's measured cost."""
+    frame = pd.DataFrame(workload(settings, sets, **options))
+    frame["seconds"] = frame["count"] * frame["unit"].map(costs)
+    return frame
+
+
+def chapter_seconds(frame: pd.DataFrame) -> dict[str, float]:
+    """Estimated seconds per chapter, in chapter order."""
+    totals = frame.groupby("chapter")["seconds"].sum()
+    return {chapter: float(totals.get(chapter, 0.0)) for chapter in CHAPTERS}
+
+
+def duration(seconds: float) -> str:
+    """``1 h 05 min``, ``12 min 30 s`` or ``45 s``."""
+    seconds = round(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+    if seconds >= 60:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds} s"

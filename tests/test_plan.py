@@ -1,0 +1,96 @@
+"""The run plan: workload counts follow the chapters' loops, costs are measured and cached, and the progress
+arithmetic of ``scripts/compendium.py`` scales the time left by how finished chapters compared with the plan."""
+
+import importlib.util
+import math
+
+import pytest
+
+from _paths import REPO
+from medsec_utils import data, federated, plan, profiles
+
+SMALL = dict(image_size=32, batch_size=4, fl_sizes=[32], gan_width=8, progan_width=8, ddpm_width=8, ddim_steps=2)
+
+
+def _compendium():
+    spec = importlib.util.spec_from_file_location("compendium", REPO / "scripts" / "compendium.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _sizes(settings):
+    sets = [data.load_dataset(f"phantom:{m}", size=settings.image_size, phantom_images=64, progress=False)
+            for m in ("chest_xray", "ct", "histology")]
+    return sets, [plan.SetSize.of(images, settings) for images in sets]
+
+
+def test_workload_counts_follow_the_profile_and_data_sizes():
+    settings = profiles.resolve_profile("smoke", **SMALL)
+    _, sizes = _sizes(settings)
+    rows = plan.workload(settings, sizes)
+    chest = sizes[0]
+    training = [r for r in rows if r["chapter"] == "01_classifiers" and r["unit"] == "classifier_train"]
+    assert [r["count"] for r in training] == [settings.epochs * s.train for s in sizes]
+    assert chest.train == sum(chest.train_per_class) > 0
+    doubled = plan.workload(profiles.resolve_profile("smoke", **SMALL, epochs=2 * settings.epochs), sizes)
+    ch1 = lambda rs: sum(r["count"] for r in rs if r["chapter"] == "01_classifiers" and r["unit"] == "classifier_train")
+    assert ch1(doubled) == 2 * ch1(rows)
+    fewer = plan.workload(profiles.resolve_profile("smoke", **SMALL, attack_images=4), sizes)
+    attack = lambda rs: sum(r["count"] for r in rs if r["chapter"] == "02_attacks")
+    assert attack(fewer) < attack(rows)
+    assert {r["chapter"] for r in rows} == set(plan.CHAPTERS)
+
+
+def test_chapter_5_plans_as_many_federations_as_the_chapter_runs():
+    settings = profiles.resolve_profile("smoke", **SMALL, fl_splits=["iid", "dirichlet"])
+    sets, sizes = _sizes(settings)
+    design = federated.Design.of(settings, 0)
+    planned = [r for r in plan.workload(settings, sizes) if r["unit"].startswith("dcgan_") and
+               r["unit"].endswith("px_step")]
+    assert len(planned) == len(federated.plan_federations(sets, design))
+
+
+def test_unit_costs_are_measured_once_and_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDSEC_CACHE", str(tmp_path))
+    settings = profiles.resolve_profile("smoke", **SMALL)
+    costs, hit = plan.unit_costs(settings)
+    assert not hit
+    units = {r["unit"] for r in plan.workload(settings, _sizes(settings)[1])}
+    assert units <= set(costs)
+    assert all(math.isfinite(v) and v > 0 for v in costs.values())
+    again, hit = plan.unit_costs(settings)
+    assert hit and again == costs
+    frame = plan.estimate(settings, _sizes(settings)[1], costs)
+    assert frame["seconds"].notna().all()
+    assert sum(plan.chapter_seconds(frame).values()) == pytest.approx(frame["seconds"].sum())
+
+
+def test_time_left_scales_with_how_finished_chapters_compared_with_the_plan():
+    progress = _compendium().Progress({"a": 100.0, "b": 200.0, "c": 300.0}, every=3600)
+    progress.chapter = "a"
+    assert progress.left(40.0) == (60.0, 560.0)
+    progress.done["a"] = 200.0  # twice its estimate: what is left is read as twice as long
+    progress.chapter = "b"
+    assert progress.left(100.0) == (300.0, 900.0)
+
+
+@pytest.mark.parametrize("seconds, text", [(45, "45 s"), (750, "12 min 30 s"), (3900, "1 h 05 min")])
+def test_durations_read_as_people_write_them(seconds, text):
+    assert plan.duration(seconds) == text
+
+
+def test_progress_lines_say_time_left_only_when_planned(capsys):
+    compendium = _compendium()
+    unplanned = compendium.Progress({"a": 0.0}, every=3600)
+    unplanned.start("a")
+    unplanned.finish()
+    planned = compendium.Progress({"a": 10.0, "b": 20.0}, every=3600)
+    planned.start("a")
+    planned.finish()
+    planned.start("b")
+    planned.finish(ok=False)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("   done in") and "left" not in lines[0]
+    assert "left" in lines[1] and lines[2].startswith("   b stopped after")
+    assert list(planned.done) == ["a"]
