@@ -27,7 +27,7 @@ class NormalizedClassifier(nn.Module):
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone((x - self.mean) / self.std)
+        return self.backbone(((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last))
 
 
 def build_classifier(
@@ -41,6 +41,10 @@ def build_classifier(
         weights: a local pretrained weights file (``.safetensors``/``.pth``); None means random init.
             Nothing is ever downloaded.
         drop_rate: dropout before the classifier head.
+
+    Weights and activations are kept ``channels_last``: on 2 CPU cores training, input gradients (attacks)
+    and inference ran 1.27x, 1.28x and 1.55x as fast as the default layout, with logits within 2e-6
+    (``benchmarks/bench_speedups.py``). Saved weights are the same tensors either way.
     """
     if weights is not None and not Path(weights).is_file():
         raise FileNotFoundError(f"{weights}: pretrained weights file not found; give a local file or None")
@@ -49,5 +53,5 @@ def build_classifier(
                                  num_classes=2, in_chans=in_chans, drop_rate=drop_rate)
     mean = IMAGENET_MEAN if in_chans == 3 else (sum(IMAGENET_MEAN) / 3,) * in_chans
     std = IMAGENET_STD if in_chans == 3 else (sum(IMAGENET_STD) / 3,) * in_chans
-    return NormalizedClassifier(backbone, mean, std)
+    return NormalizedClassifier(backbone, mean, std).to(memory_format=torch.channels_last)
 

@@ -19,6 +19,23 @@ def test_classifier_has_two_logits_and_takes_unit_range_images(channels):
     assert model.mean.shape == (1, channels, 1, 1) and float(model.std.min()) > 0
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+def test_channels_last_classifier_gives_the_logits_and_gradients_of_the_default_layout(channels):
+    torch.manual_seed(0)
+    model = models.build_classifier(channels, "test_resnet").eval()
+    default = models.build_classifier(channels, "test_resnet").to(memory_format=torch.contiguous_format).eval()
+    default.load_state_dict(model.state_dict())
+    conv = next(p for p in model.parameters() if p.dim() == 4)
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+    x = torch.rand(3, channels, 32, 32, requires_grad=True)
+    logits = model(x)
+    reference = default.backbone((x - default.mean) / default.std)
+    torch.testing.assert_close(logits, reference, rtol=1e-5, atol=1e-5)
+    grad, = torch.autograd.grad(logits[:, 1].sum(), x)
+    reference_grad, = torch.autograd.grad(reference[:, 1].sum(), x)
+    torch.testing.assert_close(grad, reference_grad, rtol=1e-4, atol=1e-6)
+
+
 def test_missing_weights_file_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="weights file not found"):
         models.build_classifier(1, weights=tmp_path / "absent.safetensors")
