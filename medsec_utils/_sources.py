@@ -373,8 +373,9 @@ def dicom_modalities(source: Source) -> dict[str, list[Path]]:
 def decode_all(source: Source, size: int, channels: int, window: tuple[float, float] | None, progress: bool,
                workers: int | None = None) -> dict[str, torch.Tensor]:
     """Decode, resize and quantise every image, in ``workers`` processes (None: one per usable core for DICOM,
-    whose compressed pixel data is slow to decode; one for ordinary image files, which decode faster than
-    workers start: measured in ``benchmarks/bench_training_and_loading.py``).
+    whose JPEG 2000 pixel data decodes at about 5 img/s per core; this process for other files, which decode at
+    about 1,400 img/s, so that starting the workers, about 3 s, costs about what they save on a few thousand;
+    measured by ``benchmarks/bench_training_and_loading.py``; pass ``workers`` to choose).
 
     Image files are decoded by a process pool in chunks of rows put back in row order, so the result is the
     same for any ``workers`` and a bad file raises the same DataError as in one process. Sources of fewer than

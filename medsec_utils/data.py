@@ -159,7 +159,7 @@ def load_dataset(
 
     Missing splits are made per patient with ``seed``; no patient is ever in two splits. Image files are
     decoded in ``workers`` processes (None: one per core for DICOM, whose JPEG 2000 pixel data is slow to
-    decode, and this process for other files, which decode faster than workers start); the images are the
+    decode, and this process for other files, which decode about as fast as workers start); the images are the
     same for any ``workers``, and small data sets are decoded in this process anyway. Workers import the main
     script, as multiprocessing does: in a script, keep the code under ``if __name__ == "__main__":`` (and heavy
     imports out of its top level), or pass ``workers=1``; without the guard decoding falls back to this process.

@@ -210,6 +210,24 @@ def test_parallel_decode_same_as_serial(tmp_path):
     assert "p35_1.png" in str(errors[1]) and "unreadable" in str(errors[1]) and errors[1].__cause__ is None
 
 
+def test_a_pool_that_cannot_start_falls_back_to_one_process_with_one_line(tmp_path, monkeypatch, capsys):
+    """As in a script without ``if __name__ == "__main__":``, whose workers die importing it."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    from medsec_utils import _sources
+
+    folder = manifest_set(tmp_path / "cxr_broken_pool", patients=40, per_patient=2)
+    serial = load(folder, workers=1)
+
+    def broken(*args, **kwargs):
+        raise BrokenProcessPool("a child process terminated abruptly")
+
+    monkeypatch.setattr(_sources, "_decode_in_pool", broken)
+    assert torch.equal(load(folder, workers=2).images, serial.images)
+    message = capsys.readouterr().err.strip().splitlines()
+    assert len(message) == 1 and "decoding in this one" in message[0] and "workers=1" in message[0]
+
+
 def test_real_chest_xray_manifest():
     folder = shared("chest_xray")
     s = load(folder, size=32)
