@@ -98,7 +98,8 @@ def _measure(settings: Mapping[str, Any], channels: int) -> dict[str, float]:
     costs = {"classifier_train": _seconds_per(train_step, batch),
              "input_gradient": _seconds_per(input_gradient, batch),
              "predict": _seconds_per(predict, 128),
-             "features": _seconds_per(lambda: metrics.image_features(encoder, predict_x, torch.device("cpu")), 128)}
+             "features": _seconds_per(lambda: metrics.image_features(encoder, predict_x, torch.device("cpu"),
+                                                                     keep=False), 128)}
     for kind, entry in generative.GENERATORS.items():
         costs.update(_generator_costs(kind, entry, settings, channels, size))
     for size_fl in settings["fl_sizes"]:
@@ -124,7 +125,7 @@ def _generator_costs(kind: str, entry: Any, settings: Mapping[str, Any], channel
 
 
 def machine() -> dict[str, Any]:
-    """What per-step costs depend on besides the code: CPU model, cores, threads, torch and CUDA."""
+    """What per-step costs depend on besides the code: CPU model, cores, threads and torch version."""
     model = next((line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")),
                  platform.processor())
     return {"cpu": model, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__}

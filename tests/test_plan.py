@@ -56,6 +56,7 @@ def test_unit_costs_are_measured_once_and_cached(tmp_path, monkeypatch):
     settings = profiles.resolve_profile("smoke", **SMALL)
     costs, hit = plan.unit_costs(settings)
     assert not hit
+    assert not (tmp_path / "features").exists(), "embedding was timed through the cache, not measured"
     units = {r["unit"] for r in plan.workload(settings, _sizes(settings)[1])}
     assert units <= set(costs)
     assert all(math.isfinite(v) and v > 0 for v in costs.values())
