@@ -59,15 +59,12 @@ class SetSize:
                    (int((labels == 0).sum()), int((labels == 1).sum())))
 
 
-def _seconds_per(run: Callable[[], Any], items: int, repeats: int = 1) -> float:
-    """Seconds per item of ``run`` (which handles ``items`` items): best of ``repeats`` after one warm-up."""
+def _seconds_per(run: Callable[[], Any], items: int) -> float:
+    """Seconds per item of ``run`` (which handles ``items`` items), timed once after one warm-up call."""
     run()
-    best = math.inf
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - started)
-    return best / items
+    started = time.perf_counter()
+    run()
+    return (time.perf_counter() - started) / items
 
 
 def _measure(settings: Mapping[str, Any], channels: int) -> dict[str, float]:
@@ -120,7 +117,7 @@ def _generator_costs(kind: str, entry: Any, settings: Mapping[str, Any], channel
                           device=torch.device("cpu"), progress=False, checkpoint=None)
     step = (time.perf_counter() - started) / (GENERATOR_BATCHES * len(history))
     sample = _seconds_per(lambda: generative.sample(generator, SAMPLE_BATCH, seed=0, device=torch.device("cpu"),
-                                                    ddim_steps=settings["ddim_steps"]), SAMPLE_BATCH, repeats=1)
+                                                    ddim_steps=settings["ddim_steps"]), SAMPLE_BATCH)
     return {f"{kind}_step": step, f"{kind}_sample": sample}
 
 
