@@ -32,21 +32,20 @@ import argparse
 import json
 import math
 import os
-import platform
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medsec_utils import attacks, models, training
+from medsec_utils import attacks, models, plan, training
 
 CPU = torch.device("cpu")
 ADOPT = 1.1  # a change is worth adopting only if it is more than 10 % faster in this run
@@ -309,18 +308,6 @@ def compile_rows(result: dict[str, float], batch: int) -> list[Row]:
                 f"{decision}; compile {compile_s:.0f} s, {payback}")]
 
 
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (platform's processor string elsewhere)."""
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def print_table(rows: list[Row]) -> None:
     print(f"{'section':<10}{'variant':<15}{'s/img':>9}{'img/s':>9}{'ratio':>8}  verdict")
     for row in rows:
@@ -344,7 +331,7 @@ def main() -> None:
         return
     batches = 2 if args.quick else TRAIN_BATCHES
     started = time.perf_counter()
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, CPU {cpu_model()} "
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, CPU {plan.machine()['cpu']} "
           f"({torch.backends.cpu.get_cpu_capability()}), load average {os.getloadavg()[0]:.2f} at start")
     print(f"EfficientNet-B3, 1 channel, {args.size} px, random init and data; best of {args.repeats} interleaved "
           f"repeats; ratio = float32 / variant (> 1 faster); adopt only above {ADOPT}")
@@ -388,7 +375,7 @@ UNIT_SECTIONS = {"classifier_train": "training", "input_gradient": "attack", "pr
 def whole_run_estimate(rows: list[Row]) -> None:
     """The plan of the ``cpu`` run on ../shared/data (``medsec_utils.plan``: per-step costs measured here) as the
     library runs today, and with this run's channels_last ratios applied to the classifier units they time."""
-    from medsec_utils import data, plan, profiles
+    from medsec_utils import data, profiles
 
     shared = Path(__file__).resolve().parents[2] / "shared" / "data"
     specs = [str(shared / name) for name in ("chest_xray", "ct", "histology")]
