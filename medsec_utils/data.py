@@ -42,7 +42,7 @@ from ._sources import (SPLITS, Source, decode_all, decode_notes, dicom_modalitie
                        source_checksum)
 
 __all__ = ["DataError", "ImageSet", "load_dataset", "assign_splits", "fetch", "known_datasets", "read_descriptor",
-           "data_root", "deidentify_dicom", "MODALITIES"]
+           "data_root", "deidentify_dicom", "spec_checksum", "MODALITIES"]
 
 CHANNELS = {"chest_xray": 1, "ct": 1, "histology": 3}
 MODALITIES = tuple(CHANNELS)
@@ -205,6 +205,14 @@ def load_dataset(
         splits=splits, checksum=checksum, native_sizes=decoded["sizes"].numpy(), patient_ids_given=given_ids,
         notes=notes,
     )
+
+
+def spec_checksum(spec: str) -> str:
+    """The checksum ``load_dataset`` records for a spec of files (file list, labels, patient ids, given splits
+    and every file's bytes), without decoding an image. A phantom spec stands for itself: its images follow from
+    the spec, the profile and the code."""
+    base, options = parse_spec(spec)
+    return spec if base.startswith("phantom:") else source_checksum(resolve(base, options))[0]
 
 
 def parse_spec(spec: str) -> tuple[str, dict[str, str]]:

@@ -2,13 +2,16 @@
 
     python scripts/compendium.py plan --profile cpu [--dataset SPEC ...] [--detail]
     python scripts/compendium.py run --profile smoke --out runs/smoke [--dataset SPEC ...] [--chapter 01]
-                                     [--param 'splits=[iid]' ...]
+                                     [--param 'splits=[iid]' ...] [--force]
     python scripts/compendium.py book [--run runs/smoke] --out _build/smoke [--strict]
 
 ``plan`` prints each chapter's expected wall time from per-step costs measured on this machine
 (``medsec_utils.plan``) and the total. ``run`` executes every notebook of ``notebooks/`` into
 ``OUT/<chapter>/`` (executed notebook, ``metrics.json``, figures), printing the time left as it goes and each
-chapter's wall time at the end (also in ``OUT/wall_times.json``). ``book`` stages the book sources, replaces
+chapter's wall time at the end (also in ``OUT/wall_times.json``). A chapter whose inputs (notebook,
+parameters, library files, data checksums, installed packages) and files are as its last finished run left
+them is kept, not executed again (``--force`` executes it anyway); a changed chapter still loads every
+unchanged artefact from the cache. ``book`` stages the book sources, replaces
 the committed reference run by ``--run`` if given, and builds HTML with Jupyter Book 1 without executing
 anything again.
 """
@@ -16,6 +19,8 @@ anything again.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
 import json
 import shutil
 import subprocess
@@ -28,10 +33,12 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
+LIBRARY = ROOT / "medsec_utils"
 REFERENCE = ROOT / "book" / "reference"
 BOOK_SOURCES = ("_config.yml", "_toc.yml", "book", "medsec_utils/profiles.yaml")
 DEFAULT_DATASETS = ["phantom:chest_xray", "phantom:ct", "phantom:histology"]  # the notebooks' default
 WALL_TIMES = "wall_times.json"
+INPUTS = "inputs.json"  # in each chapter folder: what its finished run was made from, and the files it left
 
 
 def plan_chapters(profile: str, datasets: list[str], extra: dict | None = None) -> tuple[dict[str, float], Any]:
@@ -73,6 +80,12 @@ class Progress:
     def __init__(self, estimates: dict[str, float], every: float) -> None:
         self.estimates, self.every, self.done = estimates, every, {}
         self.chapter, self.started, self._stop = "", 0.0, threading.Event()
+
+    def keep(self, chapter: str) -> None:
+        """A chapter kept from an earlier run: it neither counts as left nor scales the estimates."""
+        self._stop.set()
+        self.estimates.pop(chapter, None)
+        self.chapter = ""
 
     def _scale(self) -> float:
         planned = sum(self.estimates.get(c, 0.0) for c in self.done)
@@ -120,12 +133,54 @@ class Progress:
         return seconds
 
 
+def chapter_inputs(notebook: Path, params: dict[str, Any]) -> dict[str, Any]:
+    """What an executed chapter depends on: the notebook, its parameters, every file of the library, the data
+    sets' checksums and the installed packages. Seeds are fixed everywhere, so the same inputs make the same
+    chapter (on the same kind of device)."""
+    from importlib import metadata
+
+    inputs = {
+        "notebook": _sha256(notebook),
+        "parameters": params,
+        "library": {str(p.relative_to(LIBRARY)): _sha256(p) for p in sorted(LIBRARY.rglob("*"))
+                    if p.is_file() and "__pycache__" not in p.parts},
+        "data": _data_checksums(params.get("dataset") or DEFAULT_DATASETS),
+        "packages": sorted(f"{d.metadata.get('Name', '?')}=={d.version}" for d in metadata.distributions()),
+    }
+    return json.loads(json.dumps(inputs, default=str))  # as it reads back from inputs.json
+
+
+def _data_checksums(specs: list[str]) -> dict[str, str]:
+    from medsec_utils.data import spec_checksum
+
+    with contextlib.chdir(ROOT):  # where the notebooks run, so relative specs name the same files
+        return {spec: spec_checksum(spec) for spec in specs}
+
+
+def chapter_files(folder: Path) -> dict[str, str]:
+    """SHA-256 of every file a chapter run left in ``folder``."""
+    return {str(p.relative_to(folder)): _sha256(p) for p in sorted(folder.rglob("*")) if p.is_file() and p.name != INPUTS}
+
+
+def unchanged_run(folder: Path, inputs: dict[str, Any]) -> dict[str, Any] | None:
+    """The record of the finished run in ``folder`` if it was made from ``inputs`` and its files are as it left
+    them (none missing, added or edited); else None."""
+    try:
+        record = json.loads((folder / INPUTS).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if record.get("inputs") == inputs and record.get("files") == chapter_files(folder) else None
+
+
 def run_chapters(profile: str, out: Path, datasets: list[str], chapters: list[str],
-                 extra: dict | None = None, every: float = 60.0, planned: bool = True) -> None:
+                 extra: dict | None = None, every: float = 60.0, planned: bool = True, force: bool = False) -> None:
     """Execute the chapter notebooks with papermill, each into ``out/<stem>/``; ``extra`` sets more parameters.
+    A chapter whose inputs and files are unchanged since its last finished run there is kept unless ``force``.
     Prints progress with the time left (from the plan unless ``planned`` is False), and each chapter's wall
     time at the end, also written to ``out/wall_times.json``."""
     import papermill
+
+    from medsec_utils.cache import write_json_atomic
 
     notebooks = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
     chosen = [nb for nb in notebooks if not chapters or nb.name[:2] in chapters]
@@ -133,6 +188,7 @@ def run_chapters(profile: str, out: Path, datasets: list[str], chapters: list[st
         sys.exit(f"no chapter notebook matches {chapters} in {NOTEBOOKS}")
     estimates = plan_chapters(profile, datasets, extra)[0] if planned else {}
     progress = Progress({nb.stem: estimates.get(nb.stem, 0.0) for nb in chosen}, every)
+    measured: dict[str, float] = {}
     for number, notebook in enumerate(chosen, 1):
         folder = out / notebook.stem
         folder.mkdir(parents=True, exist_ok=True)
@@ -143,25 +199,40 @@ def run_chapters(profile: str, out: Path, datasets: list[str], chapters: list[st
         print(f"== [{number}/{len(chosen)}] {notebook.name} -> {_relative(folder)} with {params}", flush=True)
         progress.start(notebook.stem)
         try:
-            papermill.execute_notebook(str(notebook), str(folder / notebook.name), parameters=params, cwd=str(ROOT),
-                                       kernel_name="python3", progress_bar=False, log_output=False)
+            inputs = chapter_inputs(notebook, params)
+            earlier = None if force else unchanged_run(folder, inputs)
+            if earlier is None:
+                (folder / INPUTS).unlink(missing_ok=True)
+                papermill.execute_notebook(str(notebook), str(folder / notebook.name), parameters=params,
+                                           cwd=str(ROOT), kernel_name="python3", progress_bar=False, log_output=False)
         except BaseException:
             progress.finish(ok=False)
             raise
-        seconds = progress.finish()
-        _record_wall_time(out, notebook.stem, seconds, estimates.get(notebook.stem), profile, datasets)
-    _print_wall_times(progress.done, estimates)
+        if earlier is not None:
+            seconds = time.perf_counter() - progress.started
+            progress.keep(notebook.stem)
+            print(f"   unchanged since {earlier['finished']} (inputs and files checked in {seconds:.1f} s): kept; "
+                  f"--force executes it again", flush=True)
+        else:
+            seconds = progress.finish()
+            write_json_atomic(folder / INPUTS, {"inputs": inputs, "files": chapter_files(folder), "seconds": round(
+                seconds, 1), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        measured[notebook.stem] = seconds
+        _record_wall_time(out, notebook.stem, seconds, estimates.get(notebook.stem), profile, datasets,
+                          kept=earlier is not None)
+    _print_wall_times(measured, estimates)
 
 
 def _record_wall_time(out: Path, chapter: str, seconds: float, estimate: float | None, profile: str,
-                      datasets: list[str]) -> None:
+                      datasets: list[str], kept: bool) -> None:
     from medsec_utils import plan
     from medsec_utils.cache import write_json_atomic
     from medsec_utils.reporting.provenance import git_state
 
     path = out / WALL_TIMES
     record = json.loads(path.read_text()) if path.is_file() else {"chapters": {}}
-    record["chapters"][chapter] = {"seconds": round(seconds, 1), "estimated_seconds": estimate and round(estimate, 1),
+    record["chapters"][chapter] = {"seconds": round(seconds, 1), "kept": kept,
+                                   "estimated_seconds": estimate and round(estimate, 1),
                                    "profile": profile, "datasets": datasets or DEFAULT_DATASETS, "git": git_state(),
                                    "machine": plan.machine(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     write_json_atomic(path, record)
@@ -216,6 +287,10 @@ def parse_param(text: str) -> tuple[str, object]:
     return name.strip(), yaml.safe_load(value)
 
 
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def _relative(path: Path) -> str:
     path = path.resolve()
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
@@ -232,6 +307,7 @@ def main() -> None:
     run.add_argument("--param", action="append", default=[], type=parse_param,
                      help="name=value: a notebook parameter for every chosen chapter (repeatable)")
     run.add_argument("--progress-every", type=float, default=60.0, help="seconds between progress lines")
+    run.add_argument("--force", action="store_true", help="execute chapters whose inputs and files are unchanged")
     run.add_argument("--plan", action=argparse.BooleanOptionalAction, default=None,
                      help="plan first, for time-left estimates (default: every profile but smoke, whose run is "
                           "short and whose plan would cost a minute of measuring on a fresh cache)")
@@ -248,7 +324,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.command == "run":
         planned = args.profile != "smoke" if args.plan is None else args.plan
-        run_chapters(args.profile, args.out, args.dataset, args.chapter, dict(args.param), args.progress_every, planned)
+        run_chapters(args.profile, args.out, args.dataset, args.chapter, dict(args.param), args.progress_every, planned,
+                     args.force)
     elif args.command == "plan":
         print_plan(args.profile, args.dataset, dict(args.param), args.detail)
     else:
