@@ -375,6 +375,43 @@ def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> dict
     return {"precision": float(precision), "recall": float(recall), "k": k}
 
 
+def diversity(real: torch.Tensor, fake: torch.Tensor) -> float:
+    """How much synthetic images vary against real ones: the mean pairwise Euclidean distance between the fake
+    feature vectors over the same mean between the real ones. About 1 for a generator that varies as much as
+    the data; near 0 for one that collapsed onto a few images, which a picture shows and this makes a number.
+
+    Raises:
+        ValueError: fewer than 2 vectors in a set.
+    """
+    if min(len(real), len(fake)) < 2:
+        raise ValueError("diversity needs at least 2 feature vectors per set")
+    return float(torch.pdist(fake.double()).mean() / torch.pdist(real.double()).mean())
+
+
+def real_vs_synthetic_accuracy(real: torch.Tensor, fake: torch.Tensor, *, seed: int, folds: int = 5) -> float:
+    """A machine reader's accuracy at telling real from synthetic feature vectors: a logistic regression on
+    standardised features (as the reader study's machine reader), cross-validated in ``folds`` stratified folds on
+    as many real as synthetic vectors (the larger set subsampled with ``seed``). 0.5: the sets cannot be told
+    apart in that space; 1.0: every synthetic image gives itself away.
+
+    Raises:
+        ValueError: fewer than ``folds`` vectors in a set.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    n = min(len(real), len(fake))
+    if n < folds:
+        raise ValueError(f"a {folds}-fold machine reader needs at least {folds} vectors per set, got {n}")
+    pick = torch.Generator().manual_seed(seed)
+    x = torch.cat([v[torch.randperm(len(v), generator=pick)[:n]] for v in (real, fake)]).double().numpy()
+    y = np.repeat([0, 1], n)
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    return float(cross_val_score(model, x, y, cv=StratifiedKFold(folds, shuffle=True, random_state=seed)).mean())
+
+
 def _knn_radii(x: torch.Tensor, k: int) -> torch.Tensor:
     return torch.cdist(x, x).kthvalue(k + 1, dim=1).values  # k + 1: each vector is its own nearest neighbour
 

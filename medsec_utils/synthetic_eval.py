@@ -126,12 +126,28 @@ def quality_features(spaces: Mapping[str, Space], train: Mapping[str, Tensors], 
     features = {}
     for label, (encoder, _) in spaces.items():
         features[label, HELDOUT] = metrics.image_features(encoder, test[label][0], device)
-        train_x = train[label][0]
-        floor = train_x[torch.randperm(len(train_x), generator=torch.Generator().manual_seed(seed))[:n_floor]]
+        floor = train[label][0][_floor_pick(len(train[label][0]), n_floor, seed)]
         judged = {FLOOR: floor, **{kind: x for (of, kind), (x, _) in samples.items() if of == label}}
         for kind, x in judged.items():
             features[label, kind] = metrics.image_features(encoder, x, device)
     return features
+
+
+def quality_labels(train: Mapping[str, Tensors], test: Mapping[str, Tensors],
+                   samples: Mapping[tuple[str, str], Tensors], *, n_floor: int,
+                   seed: int) -> dict[tuple[str, str], torch.Tensor]:
+    """The class of every feature vector of :func:`quality_features` (same keys, same order), so quality can be
+    judged per class: a generator pair can be fine for one class and collapsed for the other."""
+    labels = {}
+    for label in test:
+        labels[label, HELDOUT] = test[label][1]
+        labels[label, FLOOR] = train[label][1][_floor_pick(len(train[label][1]), n_floor, seed)]
+    labels.update({(label, kind): y for (label, kind), (_, y) in samples.items()})
+    return labels
+
+
+def _floor_pick(n: int, n_floor: int, seed: int) -> torch.Tensor:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:n_floor]
 
 
 def memorisation_audits(spaces: Mapping[str, Space], train: Mapping[str, Tensors], test: Mapping[str, Tensors],

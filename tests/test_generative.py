@@ -279,3 +279,48 @@ def test_the_table_refuses_a_taken_name_and_sample_an_unknown_model():
     assert list(generative.GENERATORS) == KINDS, "the toy kind of the test before is gone again"
     with pytest.raises(TypeError, match="no generator kind samples a ConstantImage"):
         generative.sample(ConstantImage(1, 16), 2, seed=0, device=CPU)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_each_generator_samples_with_the_moving_average_of_its_weights(kind, tmp_path):
+    generator, _ = _train(kind, _images(8, 1, 16), epochs=2, checkpoint=tmp_path / "checkpoint.pt")
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)["state"]
+    raw = state["unet" if kind == "ddpm" else "generator"]
+    averaged = state["average"]["shadow_params"]
+    names = [name for name, _ in generator.named_parameters()]
+    assert len(averaged) == len(names)
+    for name, parameter, mean in zip(names, generator.parameters(), averaged):
+        torch.testing.assert_close(parameter.detach(), mean)
+    assert any(not torch.equal(parameter.detach(), raw[name]) for name, parameter in generator.named_parameters()), \
+        "the averaged weights differ from the last optimiser step's"
+
+
+def test_the_weight_average_smooths_noisy_weights_and_starts_from_the_first_step():
+    model = nn.Linear(1, 1, bias=False)
+    average = generative.WeightAverage(model)
+    noise = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        model.weight.fill_(5.0)
+        average.update()  # the warm-up's first decay is 0: the average starts at the first weights
+        assert float(average.average.shadow_params[0]) == 5.0
+        for _ in range(3000):
+            model.weight.copy_(1.0 + torch.randn(1, 1, generator=noise))  # the optimiser jitters around 1
+            average.update()
+    last = float(model.weight.detach())
+    average.copy_to_model()
+    averaged = float(model.weight.detach())
+    assert abs(averaged - 1.0) < 0.15 and averaged != last  # single weights scatter by 1
+
+
+def test_batch_norm_statistics_are_re_estimated_for_the_averaged_weights():
+    torch.manual_seed(0)
+    generator, discriminator = generative.build_generative("dcgan", 1, 16, SETTINGS)
+    generative.GENERATORS["dcgan"].train(generator, discriminator, _images(8, 1, 16), SETTINGS, epochs=3, batch_size=4,
+                                         seed=0, device=CPU, progress=False, checkpoint=None)
+    norm = next(m for m in generator.modules() if isinstance(m, nn.BatchNorm2d))
+    statistics = torch.Generator().manual_seed(0)  # the latents train_dcgan re-estimates with (seed 0)
+    batches = [generative.latent(4, SETTINGS["latent_dim"], statistics) for _ in range(generative.BATCH_NORM_BATCHES)]
+    first = generator.net[0]  # the transposed convolution before that batch norm
+    with torch.no_grad():
+        means = torch.stack([first(z.view(4, -1, 1, 1)).mean((0, 2, 3)) for z in batches]).mean(0)
+    torch.testing.assert_close(norm.running_mean, means, rtol=1e-4, atol=1e-6)

@@ -92,6 +92,30 @@ def test_precision_and_recall_separate_fidelity_from_coverage():
     assert far["precision"] == 0.0 and far["recall"] == 0.0
 
 
+def test_diversity_is_one_for_the_same_distribution_and_falls_with_collapse():
+    real = _features(300, 0)
+    assert metrics.diversity(real, _features(300, 1)) == pytest.approx(1.0, abs=0.05)
+    collapsed = real[:5].repeat(60, 1) + 1e-3 * _features(300, 2)  # five images, each drawn 60 times
+    assert metrics.diversity(real, collapsed) < 0.9  # pairs of copies are at distance 0: a fifth of all pairs
+    assert metrics.diversity(real, real[:1].repeat(300, 1) + 1e-3 * _features(300, 3)) < 0.01
+    assert metrics.diversity(real, 2 * _features(300, 4)) == pytest.approx(2.0, abs=0.1)
+    with pytest.raises(ValueError, match="at least 2"):
+        metrics.diversity(real, real[:1])
+
+
+def test_the_machine_reader_guesses_on_one_distribution_and_sees_a_shift():
+    real = _features(200, 0)
+    same = metrics.real_vs_synthetic_accuracy(real, _features(300, 1), seed=0)
+    assert 0.35 < same < 0.65
+    # every coordinate shifted by 0.5: the best possible accuracy is Phi(sqrt(8) * 0.5 / 2) = 0.760
+    shifted = metrics.real_vs_synthetic_accuracy(real, _features(300, 2) + 0.5, seed=0)
+    assert shifted == pytest.approx(0.760, abs=0.05)
+    assert metrics.real_vs_synthetic_accuracy(real, _features(300, 2) + 0.5, seed=0) == shifted
+    assert metrics.real_vs_synthetic_accuracy(real, _features(300, 2) + 2, seed=0) > 0.97
+    with pytest.raises(ValueError, match="5-fold"):
+        metrics.real_vs_synthetic_accuracy(real, real[:3], seed=0)
+
+
 def test_the_memorisation_audit_finds_a_planted_copy_of_a_training_image():
     train, heldout = _features(200, 0), _features(50, 1)
     synthetic = 3 * _features(40, 2)  # wider than the real data: none is close to a training image ...

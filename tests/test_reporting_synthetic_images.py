@@ -145,3 +145,21 @@ def test_check_reader_and_audit_results_become_records_with_their_data_set_and_t
     audits = reporting.audit_records(sets, {(LABEL, "dcgan", "pixels"): audit})
     assert audits[0]["n_near_copies"] == 3 and audits[0]["section"] == "audit"
     assert list(reporting.audit_table(audits).columns) == reporting.AUDIT_COLUMNS
+
+
+def test_class_quality_shows_the_class_whose_samples_collapsed():
+    images = data.load_dataset("phantom:ct?n=40", size=16, use_cache=False, progress=False)
+    label, g = data_label(images), torch.Generator().manual_seed(0)
+    heldout, heldout_y = torch.randn(80, 6, generator=g, dtype=torch.float64), torch.arange(80) % 2
+    fake_y = torch.arange(60) % 2
+    fake = torch.randn(60, 6, generator=g, dtype=torch.float64)
+    fake[fake_y == 1] = fake[fake_y == 1][:1] + 1e-3 * fake[fake_y == 1]  # every Pathology sample one image
+    features = {(label, "test"): heldout, (label, "dcgan"): fake}
+    labels = {(label, "test"): heldout_y, (label, "dcgan"): fake_y}
+    records = reporting.class_quality_records({label: images}, features, labels, {label: (None, "toy features")}, seed=0)
+    table = reporting.class_quality_table(records).loc[records[0]["dataset"]]
+    normal, pathology = table.loc[("dcgan", "Normal")], table.loc[("dcgan", "Pathology")]
+    assert normal["diversity"] == pytest.approx(1.0, abs=0.2) and pathology["diversity"] < 0.01
+    assert normal["machine_reader_accuracy"] < 0.75 and pathology["machine_reader_accuracy"] >= 0.85
+    assert normal["n_samples"] == 30 and normal["n_real"] == 40
+    assert {r["section"] for r in records} == {"class_quality"} and len(records) == 2

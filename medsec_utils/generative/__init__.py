@@ -8,7 +8,8 @@ the manner of timm's model registry; adding a generator is that one entry plus i
 - ``progan``: ProGAN (Karras et al. 2018), :mod:`.progan`.
 - ``ddpm``: DDPM (Ho et al. 2020) on diffusers, :mod:`.ddpm`.
 
-Both GANs can train with DiffAugment (Zhao et al. 2020, :mod:`.augment`, profile key ``gan_augment``).
+Both GANs can train with DiffAugment (Zhao et al. 2020, :mod:`.augment`, profile key ``gan_augment``). Every
+kind samples with the moving average of its weights (:class:`WeightAverage`).
 Images are in [0, 1] outside this package; the networks see [-1, 1]. Training budgets are optimiser steps
 (each kind's ``steps_key``), rounded up to whole epochs of the class's images. Training checkpoints every
 epoch, so an interrupted run resumes where it stopped.
@@ -27,6 +28,7 @@ from torch import nn
 
 from .. import cache
 from ..data import READER_MODULES, ImageSet
+from ._loop import BATCH_NORM_BATCHES, WeightAverage
 from ._plumbing import (GENERATORS, GeneratorKind, epochs_for, latent, register_generator, to_image_range,
                         to_model_range)
 from .augment import AUGMENTS, diff_augment
@@ -36,11 +38,11 @@ from .ddpm import DDPM_TIMESTEPS, make_ddpm, train_ddpm
 from .progan import (DRIFT, GP_WEIGHT, EqualizedConv2d, MinibatchStdDev, PixelNorm, ProGANDiscriminator,
                      ProGANGenerator, train_progan)
 
-__all__ = ["AUGMENTS", "DCGANDiscriminator", "DCGANGenerator", "DDPM_TIMESTEPS", "DRIFT", "EqualizedConv2d",
+__all__ = ["AUGMENTS", "BATCH_NORM_BATCHES", "DCGANDiscriminator", "DCGANGenerator", "DDPM_TIMESTEPS", "DRIFT", "EqualizedConv2d",
            "GENERATORS", "GP_WEIGHT", "GeneratorKind", "MinibatchStdDev", "PixelNorm", "ProGANDiscriminator",
            "ProGANGenerator", "build_generative", "diff_augment", "epochs_for", "generator_for", "latent",
            "make_ddpm", "register_generator", "sample", "sample_labelled", "to_image_range", "to_model_range",
-           "train_dcgan", "train_ddpm", "train_progan"]
+           "train_dcgan", "train_ddpm", "train_progan", "WeightAverage"]
 
 
 def _kind(kind: str) -> GeneratorKind:

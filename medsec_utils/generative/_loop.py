@@ -1,4 +1,5 @@
-"""The checkpointed epoch loop every generator trains in, and the optimiser set-up of the GANs."""
+"""The checkpointed epoch loop every generator trains in, the optimiser set-up of the GANs, and the moving
+average of weights every generator samples with."""
 
 from __future__ import annotations
 
@@ -8,12 +9,48 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from diffusers.training_utils import EMAModel
 from torch import nn
+from torch.optim.swa_utils import update_bn
 from tqdm import tqdm
 
 from .. import cache
 
 Step = Callable[[torch.Tensor, dict[str, Any], float, torch.Generator], dict[str, float]]
+EMA_DECAY = 0.999  # ProGAN's generator average (Karras et al. 2018): the ceiling of the warm-up below
+EMA_POWER = 3 / 4  # diffusers' warm-up exponent for runs of fewer than about 100k steps
+BATCH_NORM_BATCHES = 32  # latent batches that re-estimate batch-norm statistics for the averaged weights
+
+
+class WeightAverage:
+    """Exponential moving average of a generator's weights, the weights it samples with: ProGAN's generator
+    average (Karras et al. 2018), the weight averaging Yazici et al. found to help GANs in general (ICLR 2019,
+    arXiv:1806.04498), and diffusers' ``EMAModel`` for diffusion models, whose warm-up (decay
+    ``1 - (1 + step)^-3/4``, at most ``EMA_DECAY``) averages the recent weights of a short run instead of
+    remembering its random start. Checkpointed with the optimisers (``state_dict``)."""
+
+    def __init__(self, model: nn.Module, decay: float = EMA_DECAY) -> None:
+        self.model = model
+        self.average = EMAModel(model.parameters(), decay=decay, use_ema_warmup=True, power=EMA_POWER)
+
+    def update(self) -> None:
+        """Fold the model's current weights into the average (after each optimiser step)."""
+        self.average.step(self.model.parameters())
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.average.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.average.load_state_dict(state)
+
+    def copy_to_model(self, latents: Callable[[], torch.Tensor] | None = None) -> None:
+        """Put the averaged weights into the model. Batch-norm statistics belong to the weights that produced
+        them, so a model with batch norm gets them re-estimated for the averaged weights from
+        ``BATCH_NORM_BATCHES`` batches of ``latents()`` (as ``torch.optim.swa_utils.update_bn`` does for SWA)."""
+        self.average.copy_to(self.model.parameters())
+        if latents is not None:
+            with torch.no_grad():
+                update_bn([latents() for _ in range(BATCH_NORM_BATCHES)], self.model)
 
 
 def update(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._loop import gan_optimisers, run_epochs, update
+from ._loop import WeightAverage, gan_optimisers, run_epochs, update
 from ._plumbing import latent, levels, register_generator, sample_latents, to_model_range
 from .augment import diff_augment
 
@@ -71,8 +71,10 @@ def train_dcgan(generator: DCGANGenerator, discriminator: DCGANDiscriminator, im
                 batch_size: int, lr: float, seed: int, device: torch.device, augment: str = "",
                 progress: bool = True, checkpoint: Path | None = None) -> list[dict[str, float]]:
     """Train a DC-GAN on ``images`` in [0, 1] with Adam (beta1 0.5) and the non-saturating loss; the
-    discriminator sees every image through :func:`diff_augment` with policy ``augment``."""
+    discriminator sees every image through :func:`diff_augment` with policy ``augment``. Leaves the generator
+    with its moving average of weights (:class:`WeightAverage`) and batch-norm statistics re-estimated for them."""
     opt_g, opt_d, state = gan_optimisers(generator, discriminator, device, lr, betas=(0.5, 0.999))
+    state["average"] = average = WeightAverage(generator)
     bce = F.binary_cross_entropy_with_logits
 
     def step(index: torch.Tensor, plan: dict[str, Any], fraction: float, rng: torch.Generator) -> dict[str, float]:
@@ -85,10 +87,14 @@ def train_dcgan(generator: DCGANGenerator, discriminator: DCGANDiscriminator, im
         fooled = discriminator(diff_augment(fake, augment, rng))
         loss_g = bce(fooled, torch.ones_like(fooled))
         update(opt_g, loss_g)
+        average.update()
         return {"loss_d": loss_d.item(), "loss_g": loss_g.item()}
 
-    return run_epochs([{} for _ in range(epochs)], len(images), batch_size, seed, step, state=state,
-                      checkpoint=checkpoint, desc="DC-GAN", progress=progress)
+    history = run_epochs([{} for _ in range(epochs)], len(images), batch_size, seed, step, state=state,
+                         checkpoint=checkpoint, desc="DC-GAN", progress=progress)
+    statistics = torch.Generator().manual_seed(seed)
+    average.copy_to_model(lambda: latent(batch_size, generator.latent_dim, statistics).to(device))
+    return history
 
 
 def _train(generator: DCGANGenerator, discriminator: DCGANDiscriminator, images: torch.Tensor,

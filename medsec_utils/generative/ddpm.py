@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 from tqdm import tqdm
 
-from ._loop import run_epochs, update
+from ._loop import WeightAverage, run_epochs, update
 from ._plumbing import levels, register_generator, to_model_range
 
 DDPM_TIMESTEPS = 1000
@@ -37,10 +37,13 @@ def make_ddpm(channels: int = 1, size: int = 64, width: int = 64) -> UNet2DModel
 
 def train_ddpm(unet: UNet2DModel, images: torch.Tensor, *, epochs: int, batch_size: int, lr: float, seed: int,
                device: torch.device, progress: bool = True, checkpoint: Path | None = None) -> list[dict[str, float]]:
-    """Train a DDPM noise predictor on ``images`` in [0, 1] (MSE on the noise, AdamW)."""
+    """Train a DDPM noise predictor on ``images`` in [0, 1] (MSE on the noise, AdamW). Leaves the U-Net with its
+    moving average of weights (:class:`WeightAverage`, diffusers' ``EMAModel``), as diffusers' training examples
+    sample."""
     unet.to(device).train()
     scheduler = DDPMScheduler(num_train_timesteps=DDPM_TIMESTEPS, beta_schedule="linear")
     optimizer = torch.optim.AdamW(unet.parameters(), lr=lr)
+    average = WeightAverage(unet)
 
     def step(index: torch.Tensor, plan: dict[str, Any], fraction: float, rng: torch.Generator) -> dict[str, float]:
         clean = to_model_range(images[index])
@@ -49,11 +52,14 @@ def train_ddpm(unet: UNet2DModel, images: torch.Tensor, *, epochs: int, batch_si
         noisy = scheduler.add_noise(clean, noise, t)
         loss = F.mse_loss(unet(noisy.to(device), t.to(device)).sample, noise.to(device))
         update(optimizer, loss)
+        average.update()
         return {"loss": loss.item()}
 
-    return run_epochs([{} for _ in range(epochs)], len(images), batch_size, seed, step,
-                      state={"unet": unet, "optimizer": optimizer}, checkpoint=checkpoint, desc="DDPM",
-                      progress=progress)
+    history = run_epochs([{} for _ in range(epochs)], len(images), batch_size, seed, step,
+                         state={"unet": unet, "optimizer": optimizer, "average": average}, checkpoint=checkpoint,
+                         desc="DDPM", progress=progress)
+    average.copy_to_model()
+    return history
 
 
 def sample_ddpm(unet: UNet2DModel, n: int, rng: torch.Generator, *, device: torch.device, batch_size: int,

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._loop import gan_optimisers, run_epochs, update
+from ._loop import WeightAverage, gan_optimisers, run_epochs, update
 from ._plumbing import latent, levels, register_generator, sample_latents, to_model_range
 from .augment import diff_augment
 
@@ -132,9 +132,11 @@ def train_progan(generator: ProGANGenerator, discriminator: ProGANDiscriminator,
 
     Each level trains ``epochs_per_level`` epochs; above 4 px its first half fades the level in (real
     images are faded the same way). The critic sees every image through :func:`diff_augment` with policy
-    ``augment``. The history's ``alpha`` is the epoch's mean fade-in weight.
+    ``augment``. The history's ``alpha`` is the epoch's mean fade-in weight. Leaves the generator with its
+    moving average of weights (:class:`WeightAverage`), as the paper samples.
     """
     opt_g, opt_d, state = gan_optimisers(generator, discriminator, device, lr, betas=(0.0, 0.99))
+    state["average"] = average = WeightAverage(generator)
     pyramid = [F.adaptive_avg_pool2d(images, 4 * 2**level) for level in range(generator.max_level + 1)]
     fade_epochs = epochs_per_level / 2
 
@@ -153,12 +155,15 @@ def train_progan(generator: ProGANGenerator, discriminator: ProGANDiscriminator,
         update(opt_d, loss_d)
         loss_g = -discriminator(seen_fake, level, alpha).mean()
         update(opt_g, loss_g)
+        average.update()
         return {"loss_d": loss_d.item(), "loss_g": loss_g.item(), "alpha": alpha}
 
     plan = [{"level": level, "resolution": 4 * 2**level, "epoch_in_level": epoch}
             for level in range(generator.max_level + 1) for epoch in range(epochs_per_level)]
-    return run_epochs(plan, len(images), batch_size, seed, step, state=state, checkpoint=checkpoint, desc="ProGAN",
-                      progress=progress)
+    history = run_epochs(plan, len(images), batch_size, seed, step, state=state, checkpoint=checkpoint,
+                         desc="ProGAN", progress=progress)
+    average.copy_to_model()
+    return history
 
 
 def _gradient_penalty(critic: ProGANDiscriminator, real: torch.Tensor, fake: torch.Tensor, level: int, alpha: float,

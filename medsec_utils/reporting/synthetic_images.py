@@ -19,7 +19,7 @@ from .. import metrics, paper
 from ..data import ImageSet
 from ..reader_study.readers import MACHINE_READER, SIMULATED_READERS, Demonstration
 from ..reader_study.scoring import roc_points
-from ..synthetic_eval import HELDOUT, Space, training_seconds
+from ..synthetic_eval import CLASSES, HELDOUT, Space, training_seconds
 from .common import CLASS_NAMES, ci_cell, dataset_fields, labelled, phantom_banner, show_image
 
 Records = list[dict[str, Any]]
@@ -31,6 +31,7 @@ POOLED_READER = "simulated readers (pooled)"
 AUDIT_COLUMNS = ["n_near_copies", "near_copy_share", "closer_than_median_share", "median_synthetic_distance",
                  "median_heldout_distance", "n_synthetic", "n_heldout", "n_train"]
 DROP = "drop real -> synthetic (pp)"
+CLASS_QUALITY_COLUMNS = ["precision", "recall", "diversity", "machine_reader_accuracy", "n_samples", "n_real"]
 
 
 def section(records: Records, name: str) -> pd.DataFrame:
@@ -222,6 +223,31 @@ def quality_records(sets: Mapping[str, ImageSet], features: Mapping[tuple[str, s
                            n_real=len(features[label, HELDOUT]), seconds_per_image=seconds_per_image.get((label, kind)),
                            train_seconds=training_seconds(histories, label, kind))
             for (label, kind), fake in features.items() if kind != HELDOUT]
+
+
+def class_quality_records(sets: Mapping[str, ImageSet], features: Mapping[tuple[str, str], torch.Tensor],
+                          labels: Mapping[tuple[str, str], torch.Tensor], spaces: Mapping[str, Space], *,
+                          seed: int) -> Records:
+    """Per data set, generator (and floor) and class: precision and recall, :func:`metrics.diversity` and the
+    machine reader's accuracy (:func:`metrics.real_vs_synthetic_accuracy`) against the held-out real images of
+    that class, so a class whose samples collapse shows as a number."""
+    records = []
+    for (label, kind), fake in features.items():
+        if kind == HELDOUT:
+            continue
+        for c in CLASSES:
+            real_c, fake_c = features[label, HELDOUT][labels[label, HELDOUT] == c], fake[labels[label, kind] == c]
+            records.append({**dataset_fields(sets[label]), "section": "class_quality", "generator": kind,
+                            "class": CLASS_NAMES[c], **metrics.precision_recall(real_c, fake_c),
+                            "diversity": metrics.diversity(real_c, fake_c),
+                            "machine_reader_accuracy": metrics.real_vs_synthetic_accuracy(real_c, fake_c, seed=seed),
+                            "n_samples": len(fake_c), "n_real": len(real_c), "feature_extractor": spaces[label][1]})
+    return records
+
+
+def class_quality_table(records: Records) -> pd.DataFrame:
+    """Precision, recall, diversity and the machine reader's accuracy per data set, generator and class."""
+    return section(records, "class_quality").set_index(["dataset", "generator", "class"])[CLASS_QUALITY_COLUMNS]
 
 
 def quality_table(records: Records) -> pd.DataFrame:
