@@ -116,6 +116,30 @@ def test_progan_layers_keep_their_defining_properties():
     assert abs(float(conv.weight.detach().std()) - 1) < 0.2 and conv.scale == pytest.approx((2 / 54) ** 0.5)
 
 
+def test_progan_output_and_input_layers_have_the_reference_codes_gains():
+    generator, discriminator = generative.build_generative("progan", 1, 32, SETTINGS)
+    width = generator.to_rgb[0].weight.shape[1]
+    assert generator.to_rgb[0].scale == pytest.approx(1 / width**0.5)  # linear output: gain 1, not He's sqrt(2)
+    assert generator.seed.scale == pytest.approx(2**0.5 / 4 / SETTINGS["latent_dim"] ** 0.5)
+    assert discriminator.final[-1].scale == pytest.approx(1 / discriminator.final[-1].weight.shape[1] ** 0.5)
+    hidden = generator.blocks[0][1]
+    assert hidden.scale == pytest.approx((2 / (hidden.weight.shape[1] * 9)) ** 0.5)
+
+
+def test_ddpm_samples_on_its_training_schedule_starting_from_pure_noise():
+    from diffusers import DDPMScheduler
+
+    from medsec_utils.generative.ddpm import DDPM_SCHEDULE, sampling_scheduler
+
+    trained_on = DDPMScheduler(num_train_timesteps=generative.DDPM_TIMESTEPS, beta_schedule=DDPM_SCHEDULE)
+    sampler = sampling_scheduler(25)
+    torch.testing.assert_close(sampler.alphas_cumprod, trained_on.alphas_cumprod)
+    assert int(sampler.timesteps[0]) == generative.DDPM_TIMESTEPS - 1 and len(sampler.timesteps) == 25
+    assert float(trained_on.alphas_cumprod[-1]) < 1e-4  # the last level is noise: nothing of the image is left
+    half = float(trained_on.alphas_cumprod[generative.DDPM_TIMESTEPS // 2])
+    assert 0.3 < half < 0.7  # cosine: half the signal left halfway, where the linear schedule keeps 0.08
+
+
 def _check_dcgan_history(history):
     assert {"loss_d", "loss_g", "seconds"} <= set(history[0])
 

@@ -25,14 +25,20 @@ ABOUT = (
     "the WGAN-GP loss with the drift term.")
 
 
-class EqualizedConv2d(nn.Module):
-    """Convolution with N(0, 1) weights scaled by He's constant at run time (equalised learning rate)."""
+HE_GAIN = 2**0.5
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, padding: int = 0) -> None:
+
+class EqualizedConv2d(nn.Module):
+    """Convolution with N(0, 1) weights scaled at run time by ``gain / sqrt(fan_in)`` (equalised learning rate).
+    The gains are the reference code's: He's sqrt(2) before a leaky ReLU, 1 for the linear output layers
+    (to-RGB, the critic's score) and sqrt(2) / 4 for the generator's first, latent-to-4-px layer."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, padding: int = 0,
+                 gain: float = HE_GAIN) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.zeros(out_channels))
-        self.scale = (2 / (in_channels * kernel_size**2)) ** 0.5
+        self.scale = gain / (in_channels * kernel_size**2) ** 0.5
         self.padding = padding
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -77,12 +83,12 @@ class ProGANGenerator(nn.Module):
         self.latent_dim = latent_dim
         widths = _progan_widths(width, self.max_level)
         self.norm = PixelNorm()
-        self.seed = EqualizedConv2d(latent_dim, widths[0] * 16, 1)
+        self.seed = EqualizedConv2d(latent_dim, widths[0] * 16, 1, gain=HE_GAIN / 4)
         self.stem = nn.Sequential(nn.LeakyReLU(0.2), PixelNorm(), *_conv_block(widths[0], widths[0], norm=True))
         self.blocks = nn.ModuleList(
             nn.Sequential(nn.Upsample(scale_factor=2), *_conv_block(a, b, True), *_conv_block(b, b, True))
             for a, b in zip(widths, widths[1:]))
-        self.to_rgb = nn.ModuleList(EqualizedConv2d(w, channels, 1) for w in widths)
+        self.to_rgb = nn.ModuleList(EqualizedConv2d(w, channels, 1, gain=1.0) for w in widths)
 
     def forward(self, z: torch.Tensor, level: int | None = None, alpha: float = 1.0) -> torch.Tensor:
         level = self.max_level if level is None else level
@@ -111,7 +117,7 @@ class ProGANDiscriminator(nn.Module):
             for a, b in zip(widths, widths[1:]))
         self.final = nn.Sequential(MinibatchStdDev(), *_conv_block(widths[0] + 1, widths[0], False),
                                    EqualizedConv2d(widths[0], widths[0], 4), nn.LeakyReLU(0.2),
-                                   EqualizedConv2d(widths[0], 1, 1))
+                                   EqualizedConv2d(widths[0], 1, 1, gain=1.0))
 
     def forward(self, x: torch.Tensor, level: int | None = None, alpha: float = 1.0) -> torch.Tensor:
         level = self.max_level if level is None else level
