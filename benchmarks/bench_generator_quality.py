@@ -1,91 +1,100 @@
-"""Benchmark: the generative-quality targets on real images, per generator and class, and an ablation of
-DC-GAN's sampling weights.
+"""Benchmark: the generative-quality targets on real images, per generator and class, against training steps.
 
     python benchmarks/bench_generator_quality.py [--dataset ../shared/data/chest_xray] [--profile cpu]
-        [--kind dcgan --kind progan --kind ddpm] [--ablation]
+        [--kind dcgan --kind ddpm ...] [--budgets 0.25,0.5,1] [--work DIR]
 
-Trains each kind's generator of both classes at the profile's settings, or loads it from the artefact cache (an
-interrupted run resumes from its last epoch), samples ``synthetic_images`` per class, embeds them and the
-held-out real test images in chapter 4's feature space (random-init VGG-16), and prints per generator and class
-the precision, recall, diversity and machine reader's accuracy against the targets of the generative-quality
-issue (recall >= 0.3, precision >= 0.5, diversity >= 0.8; machine reader <= 0.70 for DC-GAN and DDPM), beside
-the floor of as many real training images.
+For each kind and class, trains a generator at the profile's settings to each fraction of the profile's step
+budget in turn (DC-GAN and DDPM continue one run from its checkpoint; ProGAN, whose budget is per level, trains
+each fraction from scratch), samples ``synthetic_images`` and embeds them, with the held-out real test images
+of the class, in chapter 4's feature space (random-init VGG-16). Prints per point the optimiser steps, training
+minutes, precision, recall, diversity and the machine reader's accuracy against the targets of the
+generative-quality issue (recall >= 0.3, precision >= 0.5, diversity >= 0.8; machine reader <= 0.70 for DC-GAN
+and DDPM), beside the floor of as many real training images: the curve shows where more training would help.
 
-``--ablation`` trains one DC-GAN of ``--ablation-class`` outside the cache, keeps its last raw weights, and
-compares samples of the raw weights with the batch-norm statistics of training (how the library sampled before
-the moving average), of the raw weights with statistics re-estimated for them, and of the moving average with
-re-estimated statistics (how it samples now).
+Each point is sampled three ways where they differ: with the moving average of the weights and batch-norm
+statistics re-estimated for them (how the library samples), with the last raw weights and the statistics of
+training (how it sampled before the moving average), and (DC-GAN) the raw weights with re-estimated statistics.
+Checkpoints and finished points are kept in ``--work`` (default: in the artefact cache), so a killed run resumes.
 """
 
 from __future__ import annotations
 
 import argparse
-import tempfile
+import json
 from pathlib import Path
 
 import torch
+from torch import nn
 from torch.optim.swa_utils import update_bn
 
-from medsec_utils import data, generative, metrics, profiles, synthetic_eval
+from medsec_utils import cache, data, generative, metrics, profiles
 
 CPU = torch.device("cpu")
-TARGETS = {"precision": (">=", 0.5), "recall": (">=", 0.3), "diversity": (">=", 0.8)}
+TARGETS = {"precision": 0.5, "recall": 0.3, "diversity": 0.8}
 MACHINE_READER_TARGET = {"dcgan": 0.70, "ddpm": 0.70}
 CLASS_NAMES = ("Normal", "Pathology")
+RAW_KEYS = {"ddpm": "unet"}
 
 
 def figures(real: torch.Tensor, fake: torch.Tensor, seed: int) -> dict[str, float]:
-    """The targets' figures of one set of generated feature vectors against real ones."""
-    return {**{k: v for k, v in metrics.precision_recall(real, fake).items() if k != "k"},
-            "diversity": metrics.diversity(real, fake),
+    """The targets' figures of generated feature vectors against real ones."""
+    found = metrics.precision_recall(real, fake)
+    return {"precision": found["precision"], "recall": found["recall"], "diversity": metrics.diversity(real, fake),
             "machine_reader": metrics.real_vs_synthetic_accuracy(real, fake, seed=seed)}
 
 
 def verdict(kind: str, row: dict[str, float]) -> str:
-    misses = [name for name, (_, bound) in TARGETS.items() if row[name] < bound]
-    if kind in MACHINE_READER_TARGET and row["machine_reader"] > MACHINE_READER_TARGET[kind]:
-        misses.append("machine_reader")
+    misses = [name for name, bound in TARGETS.items() if row[name] < bound]
+    if row["machine_reader"] > MACHINE_READER_TARGET.get(kind, 1.0):
+        misses.append("machine reader")
     return "meets every target" if not misses else "misses " + ", ".join(misses)
 
 
-def print_row(label: str, row: dict[str, float], note: str = "") -> None:
-    print(f"{label:34s} {row['precision']:9.2f} {row['recall']:7.2f} {row['diversity']:9.2f} "
-          f"{row['machine_reader']:14.2f}  {note}", flush=True)
+def samplings(kind: str, averaged: nn.Module, raw_state: dict, images: data.ImageSet,
+              settings: profiles.Settings, seed: int) -> dict[str, nn.Module]:
+    """The ways one trained point is sampled (see the module docstring)."""
+    def raw() -> nn.Module:
+        model = generative.build_generative(kind, images.channels, images.size, settings)[0]
+        model.load_state_dict(raw_state)
+        return model
+
+    ways = {"moving average": averaged, "raw weights": raw()}
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in averaged.modules()):
+        ways["raw weights"], ways["raw, re-estimated BN"] = raw(), raw()
+        latents = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            update_bn([generative.latent(settings.batch_size, settings.latent_dim, latents)
+                       for _ in range(generative.BATCH_NORM_BATCHES)], ways["raw, re-estimated BN"])
+    return ways
 
 
-def header() -> None:
-    print(f"{'generator, class':34s} {'precision':>9s} {'recall':>7s} {'diversity':>9s} {'machine reader':>14s}")
-
-
-def ablation(images: data.ImageSet, settings: profiles.Settings, label: int, real: torch.Tensor,
-             encoder: torch.nn.Module, n: int, seed: int) -> None:
-    """DC-GAN of class ``label`` sampled three ways (see the module docstring)."""
+def point(kind: str, images: data.ImageSet, label: int, settings: profiles.Settings, fraction: float, folder: Path,
+          real: torch.Tensor, encoder: nn.Module, seed: int) -> dict:
+    """Train class ``label``'s ``kind`` generator to ``fraction`` of the budget and measure it (kept in
+    ``folder``)."""
+    entry = generative.GENERATORS[kind]
     x, y = images.tensors("train", settings.max_train_images, seed)
     x = x[y == label]
+    epochs = generative.epochs_for(round(settings[entry.steps_key] * fraction), len(x), settings.batch_size)
+    run = folder / (f"budget_{fraction:g}" if kind == "progan" else "run")
+    done = run / f"epochs_{epochs}.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    run.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    averaged, discriminator = generative.build_generative("dcgan", images.channels, images.size, settings)
-    epochs = generative.epochs_for(settings.gan_steps, len(x), settings.batch_size)
-    with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = Path(tmp) / "checkpoint.pt"
-        generative.GENERATORS["dcgan"].train(averaged, discriminator, x, settings, epochs=epochs,
-                                             batch_size=settings.batch_size, seed=seed, device=CPU, progress=True,
-                                             checkpoint=checkpoint)
-        raw_state = torch.load(checkpoint, weights_only=False)["state"]["generator"]
-    raw = generative.build_generative("dcgan", images.channels, images.size, settings)[0]
-    raw.load_state_dict(raw_state)
-    re_estimated = generative.build_generative("dcgan", images.channels, images.size, settings)[0]
-    re_estimated.load_state_dict(raw_state)
-    latents = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        update_bn([generative.latent(settings.batch_size, settings.latent_dim, latents)
-                   for _ in range(generative.BATCH_NORM_BATCHES)], re_estimated)
-    print(f"\nablation: DC-GAN, {CLASS_NAMES[label]}, {epochs} epochs of {len(x)} images")
-    header()
-    for about, model in (("raw weights, training BN statistics", raw),
-                         ("raw weights, re-estimated BN", re_estimated),
-                         ("moving average, re-estimated BN", averaged)):
-        fake = metrics.image_features(encoder, generative.sample(model, n, seed=seed, device=CPU), CPU, keep=False)
-        print_row(about, figures(real, fake, seed))
+    model, critic = generative.build_generative(kind, images.channels, images.size, settings)
+    history = entry.train(model, critic, x, settings, epochs=epochs, batch_size=settings.batch_size, seed=seed,
+                          device=CPU, progress=True, checkpoint=run / "checkpoint.pt")
+    raw_state = torch.load(run / "checkpoint.pt", weights_only=False)["state"][RAW_KEYS.get(kind, "generator")]
+    n = settings.synthetic_images
+    measured = {way: figures(real, metrics.image_features(encoder, generative.sample(
+        sampler, n, seed=seed, device=CPU, ddim_steps=settings.ddim_steps), CPU, keep=False), seed)
+                for way, sampler in samplings(kind, model.eval(), raw_state, images, settings, seed).items()}
+    result = {"kind": kind, "class": CLASS_NAMES[label], "fraction": fraction, "epochs": epochs,
+              "steps": history[-1]["step"],
+              "minutes": sum(h["seconds"] for h in history) / 60, "figures": measured}
+    cache.write_json_atomic(done, result)
+    return result
 
 
 def main() -> None:
@@ -93,35 +102,42 @@ def main() -> None:
     parser.add_argument("--dataset", default="../shared/data/chest_xray")
     parser.add_argument("--profile", default="cpu")
     parser.add_argument("--kind", action="append", default=[], help="generator kind (default: every kind)")
-    parser.add_argument("--ablation", action="store_true", help="also the DC-GAN sampling-weights ablation")
-    parser.add_argument("--ablation-class", type=int, default=0)
+    parser.add_argument("--budgets", default="1", help="fractions of the profile's step budget, e.g. 0.25,0.5,1")
+    parser.add_argument("--work", type=Path, help="checkpoints and finished points (default: in the cache)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     settings = profiles.resolve_profile(args.profile)
+    budgets = sorted(float(b) for b in args.budgets.split(","))
     images = data.load_dataset(args.dataset, size=settings.image_size, seed=args.seed)
+    work = args.work or cache.cache_root() / "bench_generator_quality" / cache.artefact_key(
+        {"data": images.checksum, "settings": dict(settings), "seed": args.seed,
+         "code": cache.code_fingerprint("generative")})
     test_x, test_y = images.tensors("test", settings.max_eval_images, args.seed)
     train_x, train_y = images.tensors("train", settings.max_train_images, args.seed)
     encoder, about = metrics.feature_space("random_vgg16", seed=args.seed)
     real = metrics.image_features(encoder, test_x, CPU)
     n = settings.synthetic_images
     print(f"{images.name}, {settings.image_size} px, profile {args.profile}: {n} generated images per class against "
-          f"{len(test_y)} held-out test images in {about}")
-    if args.ablation:
-        ablation(images, settings, args.ablation_class, real[test_y == args.ablation_class], encoder, n, args.seed)
-    header()
+          f"the class's held-out test images in {about}; work folder {work}", flush=True)
+    rows = []
     for c in (0, 1):
         pick = torch.randperm(int((train_y == c).sum()), generator=torch.Generator().manual_seed(args.seed))[:n]
         floor = metrics.image_features(encoder, train_x[train_y == c][pick], CPU)
-        print_row(f"real train (floor), {CLASS_NAMES[c]}", figures(real[test_y == c], floor, args.seed))
+        rows.append(("real train (floor)", CLASS_NAMES[c], "", "", "", figures(real[test_y == c], floor, args.seed),
+                     ""))
     for kind in args.kind or list(generative.GENERATORS):
-        trained = {c: generative.generator_for(kind, images, c, settings, seed=args.seed, device=CPU)[0] for c in (0, 1)}
-        samples, _ = synthetic_eval.sample_generators({(images.name, kind): trained}, n, seed=args.seed, device=CPU,
-                                                      ddim_steps=settings.ddim_steps)
-        fake_x, fake_y = samples[images.name, kind]
-        fake = metrics.image_features(encoder, fake_x, CPU)
         for c in (0, 1):
-            row = figures(real[test_y == c], fake[fake_y == c], args.seed)
-            print_row(f"{kind}, {CLASS_NAMES[c]}", row, verdict(kind, row))
+            for fraction in budgets:
+                found = point(kind, images, c, settings, fraction, work / kind / str(c), real[test_y == c], encoder,
+                              args.seed)
+                for way, row in found["figures"].items():
+                    rows.append((kind, CLASS_NAMES[c], f"{fraction:g}", found["steps"], f"{found['minutes']:.1f}", row,
+                                 f"{way}: {verdict(kind, row)}"))
+    print(f"\n{'generator':20s} {'class':9s} {'budget':>6s} {'steps':>6s} {'min':>6s} {'precision':>9s} {'recall':>7s} "
+          f"{'diversity':>9s} {'machine reader':>14s}  sampled with")
+    for kind, name, fraction, steps, minutes, row, note in rows:
+        print(f"{kind:20s} {name:9s} {fraction:>6s} {steps!s:>6s} {minutes:>6s} {row['precision']:9.2f} "
+              f"{row['recall']:7.2f} {row['diversity']:9.2f} {row['machine_reader']:14.2f}  {note}")
 
 
 if __name__ == "__main__":

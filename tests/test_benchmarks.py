@@ -37,3 +37,27 @@ def test_bench_speedups_quick():
             assert verdict.startswith("keep"), fields
     assert "torch.compile: skipped" in run.stdout
     assert run.stdout.startswith("torch ") and "threads 1" in run.stdout.splitlines()[0]
+
+
+def test_bench_generator_quality_prints_each_sampling_against_the_targets_and_resumes(tmp_path):
+    """Smoke sizes on a small phantom set: a floor row per class, a row per budget, class and way of sampling
+    with a verdict; a second run reads the finished points instead of training again."""
+    command = [sys.executable, str(REPO / "benchmarks" / "bench_generator_quality.py"), "--profile", "smoke",
+               "--dataset", "phantom:chest_xray?n=120", "--kind", "dcgan", "--budgets", "0.5,1",
+               "--work", str(tmp_path / "work")]
+    env = {**os.environ, "MEDSEC_CACHE": str(tmp_path / "cache")}
+    first = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    rows = [line.split() for line in first.stdout.splitlines() if line.startswith(("dcgan ", "real train"))]
+    floors = [row for row in rows if row[0] == "real"]
+    assert [row[3] for row in floors] == ["Normal", "Pathology"]
+    dcgan = [row for row in rows if row[0] == "dcgan"]
+    ways = {" ".join(row[9:]).split(":")[0] for row in dcgan}
+    assert ways == {"moving average", "raw weights", "raw, re-estimated BN"} and len(dcgan) == 2 * 2 * 3
+    for row in dcgan:
+        assert all(0 <= float(value) for value in row[5:9]) and ("meets" in row or "misses" in row), row
+    assert sorted(p.name for p in (tmp_path / "work" / "dcgan" / "0" / "run").glob("epochs_*.json"))
+    again = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "DC-GAN" not in again.stderr, "finished points are read, not trained again"
+    assert [line for line in again.stdout.splitlines() if line.startswith("dcgan ")] == \
+        [line for line in first.stdout.splitlines() if line.startswith("dcgan ")]
