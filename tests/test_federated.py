@@ -90,6 +90,29 @@ def test_a_site_that_shares_only_its_generator_keeps_its_discriminator():
         federated.train_locally(shared, kept, torch.rand(8, 3, 32, 32), config, 1, 0, CPU)
 
 
+def test_a_site_replies_with_its_last_weights_not_their_moving_average():
+    """FedAvg averages the sites' trained models; the moving average is only what chapter 4 samples with."""
+    from medsec_utils import generative
+
+    config = _config(local_epochs=1)
+    x = torch.rand(8, 1, 32, 32)
+    generator, discriminator = federated.build_dcgan(config)
+    start = federated.to_arrays(generator, discriminator, federated.PREFIXES)
+    shared, _, _ = federated.train_locally(start, None, x, config, 1, 0, CPU)
+    replies = {}
+    for average in (False, True):
+        generator, discriminator = federated.build_dcgan(config)
+        federated.load_arrays(start, generator, discriminator)
+        generative.train_dcgan(generator, discriminator, x, epochs=1, batch_size=config["batch_size"],
+                               lr=config["gan_lr"], augment=config["gan_augment"], seed=config["seed"] + 1000,
+                               device=CPU, progress=False, average=average)
+        replies[average] = federated.to_arrays(generator, discriminator, federated.PREFIXES)
+    for name, array in shared.items():
+        torch.testing.assert_close(torch.from_numpy(array.numpy()), torch.from_numpy(replies[False][name].numpy()))
+    assert any(not torch.equal(torch.from_numpy(shared[n].numpy()), torch.from_numpy(replies[True][n].numpy()))
+               for n in shared if n.startswith("generator."))
+
+
 def test_payload_guard_passes_weights_and_refuses_images_lists_and_configs():
     config = _config()
     generator, discriminator = federated.build_dcgan(config)

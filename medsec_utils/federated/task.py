@@ -224,7 +224,8 @@ def train_locally(arrays: ArrayRecord, kept: ArrayRecord | None, x: torch.Tensor
     """One site's part of a round: ``local_epochs`` DC-GAN epochs from the server's weights.
 
     ``kept`` holds the networks the site does not share (``networks`` other than both). Adam starts
-    afresh every round: the server sends weights, not optimiser state. Returns the shared networks to
+    afresh every round: the server sends weights, not optimiser state. The site replies with its last weights,
+    not a moving average of them: FedAvg averages the sites' trained models (McMahan et al. 2017). Returns the shared networks to
     send, the kept ones, and scalar metrics (the sample count weights FedAvg).
     """
     if x.shape[1] != config["channels"]:
@@ -238,7 +239,7 @@ def train_locally(arrays: ArrayRecord, kept: ArrayRecord | None, x: torch.Tensor
     history = generative.train_dcgan(generator, discriminator, x, epochs=config["local_epochs"],
                                      batch_size=config["batch_size"], lr=config["gan_lr"],
                                      augment=config["gan_augment"], seed=config["seed"] + 1000 * server_round + site,
-                                     device=device, progress=False)
+                                     device=device, progress=False, average=False)
     shared = shared_networks(config["networks"])
     private = tuple(p for p in PREFIXES if p not in shared)
     scores = {WEIGHT_KEY: len(x), "site": site, "loss_d": history[-1]["loss_d"], "loss_g": history[-1]["loss_g"],

@@ -69,12 +69,15 @@ class DCGANDiscriminator(nn.Module):
 
 def train_dcgan(generator: DCGANGenerator, discriminator: DCGANDiscriminator, images: torch.Tensor, *, epochs: int,
                 batch_size: int, lr: float, seed: int, device: torch.device, augment: str = "",
-                progress: bool = True, checkpoint: Path | None = None) -> list[dict[str, float]]:
+                progress: bool = True, checkpoint: Path | None = None, average: bool = True) -> list[dict[str, float]]:
     """Train a DC-GAN on ``images`` in [0, 1] with Adam (beta1 0.5) and the non-saturating loss; the
-    discriminator sees every image through :func:`diff_augment` with policy ``augment``. Leaves the generator
-    with its moving average of weights (:class:`WeightAverage`) and batch-norm statistics re-estimated for them."""
+    discriminator sees every image through :func:`diff_augment` with policy ``augment``. With ``average``, leaves
+    the generator with its moving average of weights (:class:`WeightAverage`) and batch-norm statistics
+    re-estimated for them, the weights to sample with; without, with its last weights (a FedAvg site's reply)."""
     opt_g, opt_d, state = gan_optimisers(generator, discriminator, device, lr, betas=(0.5, 0.999))
-    state["average"] = average = WeightAverage(generator)
+    averaged = WeightAverage(generator) if average else None
+    if averaged is not None:
+        state["average"] = averaged
     bce = F.binary_cross_entropy_with_logits
 
     def step(index: torch.Tensor, plan: dict[str, Any], fraction: float, rng: torch.Generator) -> dict[str, float]:
@@ -87,13 +90,15 @@ def train_dcgan(generator: DCGANGenerator, discriminator: DCGANDiscriminator, im
         fooled = discriminator(diff_augment(fake, augment, rng))
         loss_g = bce(fooled, torch.ones_like(fooled))
         update(opt_g, loss_g)
-        average.update()
+        if averaged is not None:
+            averaged.update()
         return {"loss_d": loss_d.item(), "loss_g": loss_g.item()}
 
     history = run_epochs([{} for _ in range(epochs)], len(images), batch_size, seed, step, state=state,
                          checkpoint=checkpoint, desc="DC-GAN", progress=progress)
-    statistics = torch.Generator().manual_seed(seed)
-    average.copy_to_model(lambda: latent(batch_size, generator.latent_dim, statistics).to(device))
+    if averaged is not None:
+        statistics = torch.Generator().manual_seed(seed)
+        averaged.copy_to_model(lambda: latent(batch_size, generator.latent_dim, statistics).to(device))
     return history
 
 
