@@ -28,11 +28,11 @@ from torch import nn
 from torch.optim.swa_utils import update_bn
 
 from medsec_utils import cache, data, generative, metrics, profiles
+from medsec_utils.reporting import CLASS_NAMES
 
 CPU = torch.device("cpu")
 TARGETS = {"precision": 0.5, "recall": 0.3, "diversity": 0.8}
 MACHINE_READER_TARGET = {"dcgan": 0.70, "ddpm": 0.70}
-CLASS_NAMES = ("Normal", "Pathology")
 RAW_KEYS = {"ddpm": "unet"}
 
 
@@ -60,7 +60,7 @@ def samplings(kind: str, averaged: nn.Module, raw_state: dict, images: data.Imag
 
     ways = {"moving average": averaged, "raw weights": raw()}
     if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in averaged.modules()):
-        ways["raw weights"], ways["raw, re-estimated BN"] = raw(), raw()
+        ways["raw, re-estimated BN"] = raw()
         latents = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             update_bn([generative.latent(settings.batch_size, settings.latent_dim, latents)
