@@ -4,7 +4,8 @@ An artefact (decoded images, a trained model, ...) lives in ``<root>/<kind>/<key
 a hash of its parts (settings, data checksum, seed, code fingerprint). A folder counts only once its
 ``artefact.json`` marker is written, after all files are in place, so an interrupted run leaves no
 half artefact behind; a producer may keep resumable state in the folder meanwhile. The marker holds a
-checksum of every file, checked at each load, and a lock per entry keeps two runs from producing it twice.
+checksum of every file, checked at each load, and a lock per entry keeps two runs from producing it twice. Under torchrun every
+process takes part in producing an artefact (training is shared) but only rank 0 locks, checks and writes.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from . import distributed
 
 try:
     import fcntl
@@ -141,22 +144,27 @@ def cached(
     root = root or cache_root()
     entry = f"{kind}/{artefact_key(parts)}"
     folder = root / entry
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with _entry_lock(folder, entry):
-        problem = _check(folder, entry)
+    main = distributed.is_main()
+    if main:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+    with _entry_lock(folder, entry) if main else contextlib.nullcontext():
+        problem = distributed.from_main(_check(folder, entry) if main else None)
         if problem is None:
             return folder, True
-        if problem:
-            aside = _move_aside(folder, root)
-            print(f"medsec cache: {entry} damaged ({problem}); moved aside to {aside}, recomputing",
-                  file=sys.stderr, flush=True)
-        folder.mkdir(exist_ok=True)
-        for leftover in folder.rglob(".*.tmp"):  # a killed run's half-written file; the lock says nobody writes it now
-            leftover.unlink()
+        if main:
+            if problem:
+                aside = _move_aside(folder, root)
+                print(f"medsec cache: {entry} damaged ({problem}); moved aside to {aside}, recomputing",
+                      file=sys.stderr, flush=True)
+            folder.mkdir(exist_ok=True)
+            for leftover in folder.rglob(".*.tmp"):  # a killed run's half-written file; the lock says nobody writes it
+                leftover.unlink()
+        distributed.barrier()
         started = time.time()
         produce(folder)
         write_json_atomic(folder / MARKER, {"kind": kind, "parts": parts, "seconds": round(time.time() - started, 2),
-                                            "files": _manifest(folder)})
+                                            "files": _manifest(folder)} if main else {})
+        distributed.barrier()
     return folder, False
 
 
@@ -249,6 +257,14 @@ def _move_aside(folder: Path, root: Path) -> Path:
     return aside
 
 
+def discard(path: Path) -> None:
+    """Remove a scratch file from an artefact (a finished training's checkpoint): under torchrun once every
+    process is done with it, by rank 0 only."""
+    distributed.barrier()
+    if distributed.is_main():
+        Path(path).unlink(missing_ok=True)
+
+
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Write JSON through a temporary file and ``os.replace`` so readers never see half a file."""
     _write_atomic(path, lambda handle: handle.write(json.dumps(obj, indent=2, default=str).encode()))
@@ -265,6 +281,8 @@ def torch_save_atomic(obj: Any, path: Path) -> None:
 
 
 def _write_atomic(path: Path, write: Callable[[Any], Any]) -> None:
+    if not distributed.is_main():
+        return  # under torchrun only rank 0 writes; the others read its files after a barrier
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

@@ -26,7 +26,7 @@ import torchattacks
 from torch import nn
 from tqdm import tqdm
 
-from . import cache
+from . import cache, distributed
 from .attacks import make_attack, predict_labels
 from .data import ImageSet
 from .training import Perturb, Tensors, seed_everything, train_classifier
@@ -106,12 +106,14 @@ def adversarial_perturb(method: str, eps: float, steps: int) -> Perturb:
 def adversarially_train(model: nn.Module, train: Tensors, val: Tensors, *, method: str, eps: float, steps: int,
                         epochs: int, batch_size: int, lr: float, weight_decay: float, seed: int,
                         device: torch.device, flip: bool = False, progress: bool = True,
-                        checkpoint: Path | None = None) -> History:
+                        checkpoint: Path | None = None, mixed_precision: bool = False) -> History:
     """Fine-tune ``model`` in place on adversarial images of every batch; keeps the best clean validation AUC.
-    With ``checkpoint``, saves every epoch there and resumes from it (``train_classifier``)."""
+    With ``checkpoint``, saves every epoch there and resumes from it (``train_classifier``; ``mixed_precision``
+    applies to the training step, never to the attack)."""
     return train_classifier(model, train, val, epochs=epochs, batch_size=batch_size, lr=lr,
                             weight_decay=weight_decay, seed=seed, device=device, flip=flip,
-                            perturb=adversarial_perturb(method, eps, steps), progress=progress, checkpoint=checkpoint)
+                            perturb=adversarial_perturb(method, eps, steps), progress=progress, checkpoint=checkpoint,
+                            mixed_precision=mixed_precision)
 
 
 class Defended(nn.Module):
@@ -204,14 +206,14 @@ def train_denoiser(denoiser: Denoiser, classifier: nn.Module, train: Tensors, *,
     denoiser.to(device)
     x, y = train
 
-    def batch_loss(index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def batch_loss(network: nn.Module, index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         clean, labels = x[index].to(device), y[index].to(device)
         budget = eps[int(torch.randint(len(eps), (1,), generator=generator))]
         adversarial = make_attack("pgd", classifier, budget, {"pgd_steps": steps})(clean, labels)
         with torch.no_grad():
             target = classifier(clean)
-        denoiser.train()
-        return (classifier(denoiser(adversarial)) - target).abs().sum(1).mean()
+        network.train()
+        return (classifier(network(adversarial)) - target).abs().sum(1).mean()
 
     try:
         return _fit(denoiser, len(x), batch_loss, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
@@ -228,20 +230,22 @@ def train_autoencoder(autoencoder: AutoEncoder, train: torch.Tensor, *, epochs: 
     seed_everything(seed)
     autoencoder.to(device)
 
-    def batch_loss(index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def batch_loss(network: nn.Module, index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         clean = train[index].to(device)
         noisy = (clean + noise * torch.randn(clean.shape, generator=generator).to(device)).clamp(0, 1)
-        autoencoder.train()
-        return F.mse_loss(autoencoder(noisy), clean)
+        network.train()
+        return F.mse_loss(network(noisy), clean)
 
     return _fit(autoencoder, len(train), batch_loss, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                 desc="MagNet auto-encoder", progress=progress, weight_decay=1e-9, checkpoint=checkpoint)
 
 
-def _fit(module: nn.Module, n: int, batch_loss: Callable[[torch.Tensor, torch.Generator], torch.Tensor], *,
-         epochs: int, batch_size: int, lr: float, seed: int, desc: str, progress: bool,
+def _fit(module: nn.Module, n: int, batch_loss: Callable[[nn.Module, torch.Tensor, torch.Generator], torch.Tensor],
+         *, epochs: int, batch_size: int, lr: float, seed: int, desc: str, progress: bool,
          weight_decay: float = 0.0, checkpoint: Path | None = None) -> History:
-    """Adam on ``module`` over seeded shuffles of ``n`` items; ``batch_loss(index, generator)`` gives each loss.
+    """Adam on ``module`` over seeded shuffles of ``n`` items; ``batch_loss(network, index, generator)`` gives each
+    loss, running ``network`` (``module``, or its ``DistributedDataParallel`` wrapper under torchrun, where
+    ``index`` is this process's share of the batch and ``generator`` its own noise, see :mod:`.distributed`).
 
     With ``checkpoint``, every epoch saves the module, the optimiser, the history and both random states (the
     shuffling generator and torch's, which PGD's random starts draw from) there, and a run that finds the file
@@ -260,11 +264,13 @@ def _fit(module: nn.Module, n: int, batch_loss: Callable[[torch.Tensor, torch.Ge
         history = saved["history"]
     bar = tqdm(total=epochs * steps_per_epoch, initial=len(history) * steps_per_epoch, desc=desc,
                disable=not progress, mininterval=5, unit="batch")
+    network = distributed.parallel(module)
     for epoch in range(len(history), epochs):
         started, total = time.perf_counter(), 0.0
         order = torch.randperm(n, generator=generator)
+        noise = distributed.draws(generator, seed, epoch)
         for step in range(steps_per_epoch):
-            loss = batch_loss(order[step * batch_size:(step + 1) * batch_size], generator)
+            loss = batch_loss(network, distributed.shard(order[step * batch_size:(step + 1) * batch_size]), noise)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -394,7 +400,7 @@ def _block(in_channels: int, out_channels: int) -> nn.Sequential:
 @register_defense(
     "adversarial_training", build=lambda channels, classifier: copy.deepcopy(classifier),
     settings_keys=("adv_train_method", "adv_train_eps_255", "adv_train_epochs", "adv_train_lr", "defense_pgd_steps",
-                   "batch_size", "weight_decay", "max_train_images", "max_eval_images"),
+                   "batch_size", "weight_decay", "max_train_images", "max_eval_images", "mixed_precision"),
     about=("Adversarial training (Madry et al. 2018): the classifier is fine-tuned on adversarial images of each "
            "batch (PGD, or with adv_train_method fgsm_rs the cheap variant, FGSM from a random start; Wong, Rice & "
            "Kolter 2020), keeping the epoch with the best clean validation AUC."))
@@ -407,7 +413,7 @@ def _adversarial_training(images: ImageSet, classifier: nn.Module, train: Tensor
         eps=settings["adv_train_eps_255"] / 255, steps=settings["defense_pgd_steps"],
         epochs=settings["adv_train_epochs"], batch_size=settings["batch_size"], lr=settings["adv_train_lr"],
         weight_decay=settings["weight_decay"], seed=seed, device=device, flip=images.modality == "histology",
-        progress=progress, checkpoint=checkpoint)
+        progress=progress, checkpoint=checkpoint, mixed_precision=settings.get("mixed_precision", False))
     return robust, history
 
 
@@ -447,8 +453,9 @@ def _magnet(images: ImageSet, classifier: nn.Module, train: Tensors, settings: M
 
 
 def defense_for(kind: str, images: ImageSet, classifier: nn.Module, settings: Mapping[str, Any], *, seed: int,
-                device: torch.device, progress: bool = True) -> tuple[nn.Module, History, bool]:
-    """The defended model of ``kind`` for ``classifier`` on ``images``: from the artefact cache, or trained now.
+                device: torch.device, progress: bool = True, nproc: int = 1) -> tuple[nn.Module, History, bool]:
+    """The defended model of ``kind`` for ``classifier`` on ``images``: from the artefact cache, or trained now (on
+    ``nproc`` processes under torchrun if more than one, see :mod:`.distributed`).
 
     The cache holds the defended module's whole ``state_dict``, loaded into ``build``'s untrained copy. The key
     holds the classifier's weights, the data checksum, the settings the defence reads (its ``settings_keys`` and
@@ -468,20 +475,24 @@ def defense_for(kind: str, images: ImageSet, classifier: nn.Module, settings: Ma
     parts = {"kind": kind, "classifier": cache.tensor_fingerprint(classifier.state_dict()), "data": images.checksum,
              "seed": seed, "settings": {key: settings[key] for key in ("max_train_images", *defense.settings_keys)},
              "code": cache.code_fingerprint("defenses", "training", "attacks"), "torchattacks": torchattacks.__version__}
-    classifier = classifier.to(device).eval()
-
-    def produce(folder: Path) -> None:
-        if (folder / "history.json").is_file():
-            return  # trained to the end by a run killed before the marker: defense.pt and history.json are whole
-        seed_everything(seed)  # the initial weights depend on the seed only, not on what the process did before
-        train = images.tensors("train", settings["max_train_images"], seed)
-        defended, history = defense.train(images, classifier, train, settings, seed, device, progress,
-                                          folder / "checkpoint.pt")
-        cache.torch_save_atomic({k: v.detach().cpu() for k, v in defended.state_dict().items()}, folder / "defense.pt")
-        cache.write_json_atomic(folder / "history.json", history)
-        (folder / "checkpoint.pt").unlink(missing_ok=True)
-
-    folder, hit = cache.cached("defense", parts, produce)
-    defended = defense.build(images.channels, classifier)
+    folder, hit = cache.cached("defense", parts, lambda folder: distributed.run(
+        nproc, train_defense_into, folder, kind, images, classifier, settings, seed=seed, device=device,
+        progress=progress))
+    defended = defense.build(images.channels, classifier.to(device).eval())
     defended.load_state_dict(torch.load(folder / "defense.pt", map_location="cpu"))
     return defended.to(device).eval(), json.loads((folder / "history.json").read_text()), hit
+
+
+def train_defense_into(folder: Path, kind: str, images: ImageSet, classifier: nn.Module, settings: Mapping[str, Any],
+                       *, seed: int, device: torch.device, progress: bool) -> None:
+    """Train the defence of :func:`defense_for` and write ``defense.pt`` and ``history.json`` into ``folder``,
+    resuming from its ``checkpoint.pt``."""
+    if (folder / "history.json").is_file():
+        return  # trained to the end by a run killed before the marker: defense.pt and history.json are whole
+    seed_everything(seed)  # the initial weights depend on the seed only, not on what the process did before
+    train = images.tensors("train", settings["max_train_images"], seed)
+    defended, history = DEFENSES[kind].train(images, classifier.to(device).eval(), train, settings, seed, device,
+                                             progress, folder / "checkpoint.pt")
+    cache.torch_save_atomic({k: v.detach().cpu() for k, v in defended.state_dict().items()}, folder / "defense.pt")
+    cache.write_json_atomic(folder / "history.json", history)
+    cache.discard(folder / "checkpoint.pt")

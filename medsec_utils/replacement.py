@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import baselines, cache, generative
+from . import baselines, cache, distributed, generative
 from .data import ImageSet
 from .models import DEFAULT_ARCH, build_classifier
 from .training import Tensors, predict_proba, seed_everything, train_classifier
@@ -42,8 +42,10 @@ def training_set(kind: str, real: Tensors, synthetic: Tensors) -> Tensors:
 
 
 def classifier_on(train: Tensors, val: Tensors, settings: Mapping[str, Any], *, seed: int, device: torch.device,
-                  flip: bool, arch: str = DEFAULT_ARCH, progress: bool = True) -> tuple[nn.Module, list[dict], bool]:
-    """A chapter-1 classifier trained on the tensors ``train`` (epoch chosen on ``val``): cached by content.
+                  flip: bool, arch: str = DEFAULT_ARCH, progress: bool = True,
+                  nproc: int = 1) -> tuple[nn.Module, list[dict], bool]:
+    """A chapter-1 classifier trained on the tensors ``train`` (epoch chosen on ``val``): cached by content;
+    trained on ``nproc`` processes under torchrun if more than one.
 
     The key holds fingerprints of the training and validation tensors, the training settings, the seed,
     the architecture and the code of the modules that train it; an interrupted training resumes.
@@ -53,34 +55,42 @@ def classifier_on(train: Tensors, val: Tensors, settings: Mapping[str, Any], *, 
     """
     parts = {"train": cache.tensor_fingerprint(*train), "val": cache.tensor_fingerprint(*val), "arch": arch,
              "seed": seed, "flip": flip, **{k: settings[k] for k in ("epochs", "batch_size", "lr", "weight_decay")},
+             "mixed_precision": settings.get("mixed_precision", False),
              "code": cache.code_fingerprint("models", "training", "replacement")}
     channels = int(train[0].shape[1])
-
-    def produce(folder: Path) -> None:
-        seed_everything(seed)  # the initial weights depend on the seed only, not on what the process did before
-        model = build_classifier(channels, arch)
-        history = train_classifier(model, train, val, epochs=settings["epochs"], batch_size=settings["batch_size"],
-                                   lr=settings["lr"], weight_decay=settings["weight_decay"], seed=seed, device=device,
-                                   flip=flip, checkpoint=folder / "checkpoint.pt", progress=progress)
-        cache.torch_save_atomic(model.state_dict(), folder / "model.pt")
-        cache.write_json_atomic(folder / "history.json", history)
-        (folder / "checkpoint.pt").unlink(missing_ok=True)
-
-    folder, hit = cache.cached("replacement_classifier", parts, produce)
+    folder, hit = cache.cached("replacement_classifier", parts, lambda folder: distributed.run(
+        nproc, train_replacement_into, folder, train, val, settings, seed=seed, device=device, flip=flip, arch=arch,
+        progress=progress))
     model = build_classifier(channels, arch)
     model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu"))
     return model.to(device).eval(), json.loads((folder / "history.json").read_text()), hit
 
 
+def train_replacement_into(folder: Path, train: Tensors, val: Tensors, settings: Mapping[str, Any], *, seed: int,
+                           device: torch.device, flip: bool, arch: str, progress: bool) -> None:
+    """Train the classifier of :func:`classifier_on` and write ``model.pt`` and ``history.json`` into ``folder``,
+    resuming from its ``checkpoint.pt``."""
+    seed_everything(seed)  # the initial weights depend on the seed only, not on what the process did before
+    model = build_classifier(int(train[0].shape[1]), arch)
+    history = train_classifier(model, train, val, epochs=settings["epochs"], batch_size=settings["batch_size"],
+                               lr=settings["lr"], weight_decay=settings["weight_decay"], seed=seed, device=device,
+                               flip=flip, checkpoint=folder / "checkpoint.pt", progress=progress,
+                               mixed_precision=settings.get("mixed_precision", False))
+    cache.torch_save_atomic(model.state_dict(), folder / "model.pt")
+    cache.write_json_atomic(folder / "history.json", history)
+    cache.discard(folder / "checkpoint.pt")
+
+
 def run_experiment(sets: Mapping[str, ImageSet], generators: Mapping[tuple[str, str], Mapping[int, nn.Module]],
                    train: Mapping[str, Tensors], val: Mapping[str, Tensors], test: Mapping[str, Tensors],
                    classifiers: Mapping[str, nn.Module], settings: Mapping[str, Any], *, seed: int,
-                   device: torch.device, arch: str = DEFAULT_ARCH) -> list[dict[str, Any]]:
+                   device: torch.device, arch: str = DEFAULT_ARCH, nproc: int = 1) -> list[dict[str, Any]]:
     """Each data set's test predictions of both model types trained on each training set, for every generator
     of ``settings["replacement_generators"]`` among ``generators`` (``{(label, kind): {class: generator}}``).
 
     The synthetic set has as many images per class as the real one (seed ``seed + 100``); the deep model
-    trained on ``real`` is the data set's classifier in ``classifiers`` (of architecture ``arch``).
+    trained on ``real`` is the data set's classifier in ``classifiers`` (of architecture ``arch``); the others
+    train on ``nproc`` processes (:func:`classifier_on`).
 
     Returns:
         One result per data set, generator, training set and model: ``dataset`` (its label), ``generator``,
@@ -98,14 +108,14 @@ def run_experiment(sets: Mapping[str, ImageSet], generators: Mapping[tuple[str, 
                      "code": cache.code_fingerprint("models", "training", "replacement", "baselines", "generative")}
             rows, _ = cache.memoised("replacement", parts, lambda: _replace(
                 label, kind, images, generators[label, kind], train[label], val[label], test[label][0],
-                classifiers[label], settings, seed=seed, device=device, arch=arch))
+                classifiers[label], settings, seed=seed, device=device, arch=arch, nproc=nproc))
             results += rows
     return results
 
 
 def _replace(label: str, kind: str, images: ImageSet, generators: Mapping[int, nn.Module], real: Tensors,
              val: Tensors, test_x: torch.Tensor, classifier: nn.Module, settings: Mapping[str, Any], *, seed: int,
-             device: torch.device, arch: str) -> list[dict[str, Any]]:
+             device: torch.device, arch: str, nproc: int) -> list[dict[str, Any]]:
     """One data set and generator of :func:`run_experiment`: both model types on each training set."""
     counts = {c: int((real[1] == c).sum()) for c in (0, 1)}
     synthetic = generative.sample_labelled(generators, counts, seed=seed + 100, device=device,
@@ -114,7 +124,8 @@ def _replace(label: str, kind: str, images: ImageSet, generators: Mapping[int, n
     for set_name in TRAINING_SETS:
         x, y = training_set(set_name, real, synthetic)
         deep = classifier if set_name == "real" else classifier_on(
-            (x, y), val, settings, seed=seed, device=device, flip=images.modality == "histology", arch=arch)[0]
+            (x, y), val, settings, seed=seed, device=device, flip=images.modality == "histology", arch=arch,
+            nproc=nproc)[0]
         forest = baselines.train_lbp_forest(x, y, seed=seed, n_trees=settings["rf_trees"])
         for model, p in ((arch, predict_proba(deep, test_x, device)),
                          (LBP_FOREST, baselines.lbp_forest_proba(forest, test_x))):

@@ -67,9 +67,10 @@ def training_seconds(histories: Mapping[tuple[str, str, int], list[dict[str, Any
 
 
 def train_generators(sets: Mapping[str, ImageSet], kinds: list[str], settings: Mapping[str, Any], *, seed: int,
-                     device: torch.device) -> tuple[dict[tuple[str, str], dict[int, nn.Module]],
+                     device: torch.device, nproc: int = 1) -> tuple[dict[tuple[str, str], dict[int, nn.Module]],
                                                     dict[tuple[str, str, int], list[dict[str, Any]]]]:
-    """Every data set's generator of each kind and class (``generative.generator_for``: cached, or trained now).
+    """Every data set's generator of each kind and class (``generative.generator_for``: cached, or trained now on
+    ``nproc`` processes).
 
     Returns:
         ``({(label, kind): {class: generator}}, {(label, kind, class): training history})``.
@@ -80,7 +81,7 @@ def train_generators(sets: Mapping[str, ImageSet], kinds: list[str], settings: M
             trained[label, kind] = {}
             for c in CLASSES:
                 trained[label, kind][c], histories[label, kind, c], hit = generative.generator_for(
-                    kind, images, c, settings, seed=seed, device=device)
+                    kind, images, c, settings, seed=seed, device=device, nproc=nproc)
             print(f"{label} {kind}: {'from the artefact cache' if hit else 'trained now'}, "
                   f"{training_seconds(histories, label, kind):.0f} s of training")
     return trained, histories

@@ -5,7 +5,7 @@ class-weighted cross-entropy (X-ray is imbalanced about 1:3) that keeps the weig
 with the best validation AUC (threshold-free, so it still ranks epochs whose predictions all fall on
 one side of 0.5). It checkpoints every epoch, so an interrupted run resumes where it stopped.
 ``classifier_for`` wraps it in the artefact cache: an unchanged rerun loads the model instead of
-training it again.
+training it again. Under torchrun it trains data-parallel (:mod:`.distributed`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 from torch import nn
 from tqdm import tqdm
 
-from . import cache, metrics
+from . import cache, distributed, metrics
 from .data import READER_MODULES, ImageSet
 from .models import DEFAULT_ARCH, build_classifier
 
@@ -103,6 +103,7 @@ def train_classifier(
     checkpoint: Path | None = None,
     perturb: Perturb | None = None,
     progress: bool = True,
+    mixed_precision: bool = False,
 ) -> list[dict[str, float]]:
     """Train ``model`` in place; return one record per epoch and keep the weights of the best validation AUC.
 
@@ -111,7 +112,10 @@ def train_classifier(
         flip: random flips as augmentation (histology has no orientation; radiographs do).
         checkpoint: file to save after every epoch and resume from if it exists.
         perturb: ``perturb(model, images, labels)`` replaces every training batch after augmentation,
-            e.g. by adversarial images (adversarial training); None trains on the clean batch.
+            e.g. by adversarial images (adversarial training); None trains on the clean batch. It runs outside
+            autocast: attacks keep full-precision gradients.
+        mixed_precision: forward and loss under ``torch.autocast`` (float16 with a gradient scaler on CUDA,
+            bfloat16 elsewhere); weights, optimiser and gradients stay float32 (the ``gpu`` profile).
     """
     seed_everything(seed)
     model.to(device)
@@ -124,12 +128,13 @@ def train_classifier(
     if checkpoint is not None and checkpoint.is_file():
         state = _resume(checkpoint, model, optimizer, scheduler, generator)
     weights = class_weights(y).to(device)
+    precision = Precision(device, mixed_precision)
     bar = tqdm(total=epochs * steps, initial=state["epoch"] * steps, desc="train", disable=not progress,
                mininterval=5, unit="batch")
     for epoch in range(state["epoch"], epochs):
         started = time.perf_counter()
         train_loss = _train_epoch(model, x, y, optimizer, scheduler, weights, batch_size, generator, flip, device, bar,
-                                  perturb)
+                                  perturb, precision)
         record = {"epoch": epoch + 1, "train_loss": train_loss, "seconds": time.perf_counter() - started}
         record.update({f"val_{k}": v for k, v in evaluate(model, val, device).items()})
         state["history"].append(record)
@@ -147,6 +152,19 @@ def train_classifier(
     return state["history"]
 
 
+class Precision:
+    """Mixed precision for one device: ``autocast()`` (float16 on CUDA, bfloat16 elsewhere, off unless ``enabled``)
+    and the gradient ``scaler`` float16 needs (a pass-through otherwise), as PyTorch's AMP recipe sets them up."""
+
+    def __init__(self, device: torch.device, enabled: bool) -> None:
+        self.device_type, self.enabled = device.type, enabled
+        self.dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+        self.scaler = torch.amp.GradScaler(device.type, enabled=enabled and device.type == "cuda")
+
+    def autocast(self) -> torch.autocast:
+        return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.enabled)
+
+
 def warmup_cosine(optimizer: torch.optim.Optimizer, total: int, warmup: int) -> torch.optim.lr_scheduler.LambdaLR:
     """Per-step schedule: linear warm-up over ``warmup`` steps, then cosine decay to zero at ``total``."""
     def factor(step: int) -> float:
@@ -160,22 +178,30 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, total: int, warmup: int) -> 
 def _train_epoch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer,
                  scheduler: torch.optim.lr_scheduler.LRScheduler, weights: torch.Tensor, batch_size: int,
                  generator: torch.Generator, flip: bool, device: torch.device, bar: tqdm,
-                 perturb: Perturb | None) -> float:
+                 perturb: Perturb | None, precision: Precision) -> float:
     model.train()
+    network = distributed.parallel(model)
     order = torch.randperm(len(x), generator=generator)
     steps = len(x) // batch_size or 1
     total = torch.zeros((), device=device)
     for step in range(steps):
         index = order[step * batch_size:(step + 1) * batch_size]
-        inputs, labels = augment(x[index], generator, flip).to(device, non_blocking=True), y[index].to(device)
+        batch_weight = weights[y[index].to(device)].sum()  # of the global batch: N processes step as one would
+        inputs = distributed.shard(augment(x[index], generator, flip)).to(device, non_blocking=True)
+        labels = distributed.shard(y[index]).to(device)
         if perturb is not None:
             inputs = perturb(model, inputs, labels)
             model.train()
-        loss = F.cross_entropy(model(inputs), labels, weight=weights)
+        with precision.autocast():
+            logits = network(inputs)
+        losses = F.cross_entropy(logits.float(), labels, weight=weights, reduction="sum")
+        loss = losses * distributed.world_size() / batch_weight
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        precision.scaler.scale(loss).backward()
+        precision.scaler.unscale_(optimizer)
         nn.utils.clip_grad_norm_(model.parameters(), max_norm=GRAD_CLIP)
-        optimizer.step()
+        precision.scaler.step(optimizer)
+        precision.scaler.update()
         scheduler.step()
         total += loss.detach()
         bar.update()
@@ -209,11 +235,14 @@ def classifier_for(
     arch: str = DEFAULT_ARCH,
     weights: str | Path | None = None,
     progress: bool = True,
+    nproc: int = 1,
 ) -> tuple[nn.Module, list[dict[str, float]], bool]:
     """The chapter-1 classifier of ``images``: from the artefact cache, or trained now and cached.
 
     The cache key holds everything that determines the model: data checksum, image size, settings,
-    seed, architecture, pretrained weights file and the code of the modules that train it.
+    seed, architecture, pretrained weights file and the code of the modules that train it. With ``nproc`` > 1
+    the training runs on that many processes under torchrun (:func:`.distributed.run`); the number of processes
+    is not part of the key, so a run resumes on any number.
 
     Returns:
         ``(model in eval mode, training history, cache_hit)``.
@@ -227,27 +256,33 @@ def classifier_for(
         "weights": str(weights) if weights else None, "seed": seed,
         "max_train_images": settings["max_train_images"], "max_eval_images": settings["max_eval_images"],
         **{k: settings[k] for k in ("epochs", "batch_size", "lr", "weight_decay")},
+        "mixed_precision": settings.get("mixed_precision", False),
         "code": cache.code_fingerprint(*READER_MODULES, "models", "training"),
     }
-
-    def produce(folder: Path) -> None:
-        if (folder / "history.json").is_file():
-            return  # trained to the end by a run killed before the marker: model.pt and history.json are whole
-        seed_everything(seed)  # the initial weights depend on the seed only, not on what the process did before
-        model = build_classifier(images.channels, arch, weights)
-        history = train_classifier(
-            model, images.tensors("train", settings["max_train_images"], seed),
-            images.tensors("val", settings["max_eval_images"], seed), epochs=settings["epochs"],
-            batch_size=settings["batch_size"], lr=settings["lr"], weight_decay=settings["weight_decay"],
-            seed=seed, device=device, flip=images.modality == "histology", checkpoint=folder / "checkpoint.pt",
-            progress=progress,
-        )
-        cache.torch_save_atomic(model.state_dict(), folder / "model.pt")
-        cache.write_json_atomic(folder / "history.json", history)
-        (folder / "checkpoint.pt").unlink(missing_ok=True)
-
-    folder, hit = cache.cached("classifier", parts, produce)
+    folder, hit = cache.cached("classifier", parts, lambda folder: distributed.run(
+        nproc, train_classifier_into, folder, images, settings, seed=seed, device=device, arch=arch, weights=weights,
+        progress=progress))
     model = build_classifier(images.channels, arch)
     model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu"))
     history = json.loads((folder / "history.json").read_text())
     return model.to(device).eval(), history, hit
+
+
+def train_classifier_into(folder: Path, images: ImageSet, settings: dict[str, Any], *, seed: int, device: torch.device,
+                          arch: str, weights: str | Path | None, progress: bool) -> None:
+    """Train the classifier of :func:`classifier_for` and write ``model.pt`` and ``history.json`` into ``folder``,
+    resuming from its ``checkpoint.pt``."""
+    if (folder / "history.json").is_file():
+        return  # trained to the end by a run killed before the marker: model.pt and history.json are whole
+    seed_everything(seed)  # the initial weights depend on the seed only, not on what the process did before
+    model = build_classifier(images.channels, arch, weights)
+    history = train_classifier(
+        model, images.tensors("train", settings["max_train_images"], seed),
+        images.tensors("val", settings["max_eval_images"], seed), epochs=settings["epochs"],
+        batch_size=settings["batch_size"], lr=settings["lr"], weight_decay=settings["weight_decay"],
+        seed=seed, device=device, flip=images.modality == "histology", checkpoint=folder / "checkpoint.pt",
+        progress=progress, mixed_precision=settings.get("mixed_precision", False),
+    )
+    cache.torch_save_atomic(model.state_dict(), folder / "model.pt")
+    cache.write_json_atomic(folder / "history.json", history)
+    cache.discard(folder / "checkpoint.pt")

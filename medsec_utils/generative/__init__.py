@@ -26,7 +26,7 @@ import diffusers
 import torch
 from torch import nn
 
-from .. import cache
+from .. import cache, distributed
 from ..data import READER_MODULES, ImageSet
 from ._loop import BATCH_NORM_BATCHES, WeightAverage
 from ._plumbing import (GENERATORS, GeneratorKind, epochs_for, latent, register_generator, to_image_range,
@@ -97,9 +97,10 @@ def sample_labelled(models: Mapping[int, nn.Module], counts: Mapping[int, int], 
 
 
 def generator_for(kind: str, images: ImageSet, label: int, settings: Mapping[str, Any], *, seed: int,
-                  device: torch.device, progress: bool = True) -> tuple[nn.Module, list[dict[str, Any]], bool]:
+                  device: torch.device, progress: bool = True,
+                  nproc: int = 1) -> tuple[nn.Module, list[dict[str, Any]], bool]:
     """The ``kind`` generator of class ``label`` (0 Normal, 1 Pathology) of ``images``' training split:
-    from the artefact cache, or trained now and cached.
+    from the artefact cache, or trained now and cached (on ``nproc`` processes under torchrun if more than one).
 
     The key holds the data checksum, image size, class, the kind's ``settings_keys``, the seed and the code
     of this package and the data layer. An interrupted training resumes from its last epoch.
@@ -114,26 +115,31 @@ def generator_for(kind: str, images: ImageSet, label: int, settings: Mapping[str
     parts = {"kind": kind, "data": images.checksum, "size": images.size, "channels": images.channels,
              "label": label, "seed": seed, "settings": {key: settings[key] for key in entry.settings_keys},
              "code": cache.code_fingerprint("generative", *READER_MODULES), "diffusers": diffusers.__version__}
-
-    def produce(folder: Path) -> None:
-        if (folder / "history.json").is_file():
-            return  # trained to the end by a run killed before the marker: generator.pt and history.json are whole
-        x, y = images.tensors("train", settings["max_train_images"], seed)
-        if not (y == label).any():
-            raise ValueError(f"{images.spec}: no training image of class {label}; cannot train a generator for it")
-        x = x[y == label]
-        torch.manual_seed(seed)
-        generator, discriminator = entry.build(images.channels, images.size, settings)
-        history = entry.train(generator, discriminator, x, settings,
-                              epochs=epochs_for(settings[entry.steps_key], len(x), settings["batch_size"]),
-                              batch_size=settings["batch_size"], seed=seed, device=device, progress=progress,
-                              checkpoint=folder / "checkpoint.pt")
-        cache.torch_save_atomic({k: v.detach().cpu() for k, v in generator.state_dict().items()},
-                                folder / "generator.pt")
-        cache.write_json_atomic(folder / "history.json", history)
-        (folder / "checkpoint.pt").unlink(missing_ok=True)
-
-    folder, hit = cache.cached("generator", parts, produce)
+    folder, hit = cache.cached("generator", parts, lambda folder: distributed.run(
+        nproc, train_generator_into, folder, kind, images, label, settings, seed=seed, device=device,
+        progress=progress))
     model, _ = entry.build(images.channels, images.size, settings)
     model.load_state_dict(torch.load(folder / "generator.pt", map_location="cpu"))
     return model.to(device).eval(), json.loads((folder / "history.json").read_text()), hit
+
+
+def train_generator_into(folder: Path, kind: str, images: ImageSet, label: int, settings: Mapping[str, Any], *,
+                         seed: int, device: torch.device, progress: bool) -> None:
+    """Train the generator of :func:`generator_for` and write ``generator.pt`` and ``history.json`` into
+    ``folder``, resuming from its ``checkpoint.pt``."""
+    if (folder / "history.json").is_file():
+        return  # trained to the end by a run killed before the marker: generator.pt and history.json are whole
+    entry = _kind(kind)
+    x, y = images.tensors("train", settings["max_train_images"], seed)
+    if not (y == label).any():
+        raise ValueError(f"{images.spec}: no training image of class {label}; cannot train a generator for it")
+    x = x[y == label]
+    torch.manual_seed(seed)
+    generator, discriminator = entry.build(images.channels, images.size, settings)
+    history = entry.train(generator, discriminator, x, settings,
+                          epochs=epochs_for(settings[entry.steps_key], len(x), settings["batch_size"]),
+                          batch_size=settings["batch_size"], seed=seed, device=device, progress=progress,
+                          checkpoint=folder / "checkpoint.pt")
+    cache.torch_save_atomic({k: v.detach().cpu() for k, v in generator.state_dict().items()}, folder / "generator.pt")
+    cache.write_json_atomic(folder / "history.json", history)
+    cache.discard(folder / "checkpoint.pt")

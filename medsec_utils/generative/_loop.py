@@ -14,7 +14,7 @@ from torch import nn
 from torch.optim.swa_utils import update_bn
 from tqdm import tqdm
 
-from .. import cache
+from .. import cache, distributed
 
 Step = Callable[[torch.Tensor, dict[str, Any], float, torch.Generator], dict[str, float]]
 EMA_DECAY = 0.999  # ProGAN's generator average (Karras et al. 2018): the ceiling of the warm-up below
@@ -54,9 +54,10 @@ class WeightAverage:
 
 
 def update(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
-    """One optimiser step on ``loss``."""
+    """One optimiser step on ``loss``, with gradients averaged over the processes under torchrun."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    distributed.average_gradients(p for group in optimizer.param_groups for p in group["params"])
     optimizer.step()
 
 
@@ -73,7 +74,8 @@ def gan_optimisers(generator: nn.Module, discriminator: nn.Module, device: torch
 def run_epochs(plan: list[dict[str, Any]], n: int, batch_size: int, seed: int, step: Step, *, state: dict[str, Any],
                checkpoint: Path | None, desc: str, progress: bool) -> list[dict[str, Any]]:
     """One epoch per entry of ``plan`` over seeded shuffles of ``n`` items; each batch calls
-    ``step(index, plan_entry, fraction_of_epoch, rng)``. Every epoch is checkpointed (models, optimisers,
+    ``step(index, plan_entry, fraction_of_epoch, rng)``; under torchrun ``index`` is this process's share of the
+    batch and ``rng`` its own noise generator (:mod:`..distributed`). Every epoch is checkpointed (models, optimisers,
     history, random state), so a rerun with the same ``checkpoint`` resumes after the last finished epoch.
     """
     rng = torch.Generator().manual_seed(seed)
@@ -90,8 +92,10 @@ def run_epochs(plan: list[dict[str, Any]], n: int, batch_size: int, seed: int, s
     for epoch in range(len(history), len(plan)):
         started, sums = time.perf_counter(), {}
         order = torch.randperm(n, generator=rng)
+        noise = distributed.draws(rng, seed, epoch)
         for i in range(steps):
-            losses = step(order[i * batch_size:(i + 1) * batch_size], plan[epoch], (i + 0.5) / steps, rng)
+            index = distributed.shard(order[i * batch_size:(i + 1) * batch_size])
+            losses = step(index, plan[epoch], (i + 0.5) / steps, noise)
             for key, value in losses.items():
                 sums[key] = sums.get(key, 0.0) + value
             bar.update()

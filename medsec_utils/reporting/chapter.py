@@ -22,13 +22,15 @@ Tensors = tuple[torch.Tensor, torch.Tensor]
 
 @dataclass
 class Chapter:
-    """A chapter run's resolved inputs: ``settings``, the loaded ``sets`` (in the order of the specs) and ``run``."""
+    """A chapter run's resolved inputs: ``settings``, the loaded ``sets`` (in the order of the specs) and ``run``;
+    ``nproc`` processes train each model (torchrun, :mod:`medsec_utils.distributed`)."""
 
     run: Run
     settings: profiles.Settings
     sets: list[data.ImageSet]
     seed: int
     weights: str | None = None
+    nproc: int = 1
     classifiers: dict[str, nn.Module] = field(default_factory=dict)
     histories: dict[str, list[dict[str, float]]] = field(default_factory=dict)
 
@@ -44,7 +46,7 @@ class Chapter:
             name = data_label(images)
             if name not in self.classifiers:
                 self.classifiers[name], self.histories[name], hit = training.classifier_for(
-                    images, self.settings, seed=self.seed, device=self.device, weights=self.weights)
+                    images, self.settings, seed=self.seed, device=self.device, weights=self.weights, nproc=self.nproc)
                 print(f"{name}: classifier {'from the artefact cache' if hit else 'trained now'}")
         return self.classifiers
 
@@ -62,24 +64,27 @@ class Chapter:
 
 def open_chapter(chapter: str, *, profile: str, dataset: str | Iterable[str], seed: int, output_dir: str,
                  device: str | None = None, weights: str | None = None, overrides: dict[str, Any] | None = None,
-                 params: dict[str, Any] | None = None, classifiers: bool = False) -> Chapter:
+                 params: dict[str, Any] | None = None, classifiers: bool = False, nproc: int = 1) -> Chapter:
     """Resolve the profile with ``overrides`` (profile keys; None keeps the profile's), load every DATASET spec
     once, start the run record (``params`` are the notebook's other parameters, recorded as given) and, with
-    ``classifiers``, load or train each data set's classifier. Shows the data notice when run in a notebook.
+    ``classifiers``, load or train each data set's classifier. ``nproc`` > 1 trains every model of the chapter on
+    that many processes under torchrun (one per GPU, or CPU processes with gloo). Shows the data notice when run
+    in a notebook.
 
     Raises:
         ValueError: unknown profile or setting; ``data.DataError``: a bad data set, in one line.
     """
     settings = profiles.resolve_profile(profile, **(overrides or {}))
     specs = [dataset] if isinstance(dataset, str) else list(dataset)
-    recorded = dict(profile=profile, dataset=specs, seed=seed, output_dir=output_dir, weights=weights, **(params or {}))
+    recorded = dict(profile=profile, dataset=specs, seed=seed, output_dir=output_dir, weights=weights, nproc=nproc,
+                    **(params or {}))
     run = Run(chapter, output_dir, params=recorded, settings=settings, device=profiles.pick_device(device))
     print(f"{chapter}: profile {profile} on {run.device}")
     sets = [data.load_dataset(spec, size=settings.image_size, seed=seed, phantom_images=settings.phantom_images)
             for spec in specs]
     for images in sets:
         run.add_dataset(images)
-    opened = Chapter(run, settings, sets, seed, weights)
+    opened = Chapter(run, settings, sets, seed, weights, nproc)
     _show_markdown(data_notice(sets))
     if classifiers:
         opened.load_classifiers()

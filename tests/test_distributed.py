@@ -1,0 +1,85 @@
+"""Data-parallel training under torchrun: 2 processes with the gloo backend on this CPU.
+
+What these tests can catch: a global batch not split into disjoint shares, gradients not averaged (the two
+processes, or one process and two, drift apart), a process other than rank 0 writing into the cache, and a
+``distributed.run`` that does not start, relay or report torchrun. What they cannot: speed-ups (2 cores), NCCL.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from medsec_utils import data, distributed, generative, training
+
+from _ddp import IMAGES, train_generators, train_recorder
+from _paths import REPO
+
+CPU = torch.device("cpu")
+TOLERANCE = {"rtol": 1e-4, "atol": 1e-5}  # float sums in another order: one process and two agree to ~1e-6 here
+SETTINGS = {"latent_dim": 16, "gan_width": 8, "progan_width": 16, "ddpm_width": 8, "gan_lr": 2e-4,
+            "gan_augment": "color,translation,cutout", "progan_lr": 1e-3, "ddpm_lr": 1e-3, "batch_size": 4}
+
+
+@pytest.fixture(autouse=True)
+def importable_helpers(monkeypatch):
+    """The torchrun processes import ``_ddp`` by name, as they would a user's module on their path."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO / "tests"), str(REPO),
+                                                      os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
+def _ranks(folder: Path, world: int) -> list[dict]:
+    return [torch.load(folder / f"rank{rank}.pt", weights_only=False) for rank in range(world)]
+
+
+def test_two_processes_train_a_classifier_as_one_does_on_the_global_batch(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir(), two.mkdir()
+    distributed.run(1, train_recorder, one, device=CPU, progress=False)
+    distributed.run(2, train_recorder, two, device=CPU, progress=False)
+    (alone,), (first, second) = _ranks(one, 1), _ranks(two, 2)
+    assert (alone["world"], first["world"], second["world"]) == (1, 2, 2)
+    assert not set(first["seen"]) & set(second["seen"]), "the two processes must see disjoint shares"
+    assert sorted(first["seen"] + second["seen"]) == sorted(alone["seen"]) == list(range(IMAGES))
+    for name, weight in alone["weights"].items():
+        torch.testing.assert_close(first["weights"][name], weight, **TOLERANCE)
+        torch.testing.assert_close(second["weights"][name], first["weights"][name], rtol=0, atol=0)
+    assert first["written"] == [str(two / "checkpoint.pt")] and second["written"] == []
+
+
+def test_two_processes_train_each_generator_to_the_same_weights_and_rank_0_alone_writes(tmp_path):
+    distributed.run(2, train_generators, tmp_path, SETTINGS, device=CPU, progress=False)
+    first, second = _ranks(tmp_path, 2)
+    assert set(first["weights"]) == set(generative.GENERATORS)
+    for kind, weights in first["weights"].items():
+        torch.manual_seed(0)
+        start = generative.build_generative(kind, 1, 16, SETTINGS)[0].state_dict()
+        assert any(not torch.equal(weights[name], start[name]) for name in start), f"{kind}: a step must change weights"
+        for name, weight in weights.items():
+            torch.testing.assert_close(second["weights"][kind][name], weight, rtol=0, atol=0, msg=f"{kind} {name}")
+    assert set(first["written"]) == {str(tmp_path / kind / "checkpoint.pt") for kind in generative.GENERATORS}
+    assert second["written"] == []
+
+
+def test_a_cached_classifier_trained_on_two_processes_is_one_complete_entry(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDSEC_CACHE", str(tmp_path / "cache"))
+    images = data.load_dataset("phantom:ct?n=40", size=16, use_cache=False, progress=False)
+    settings = {"max_train_images": 24, "max_eval_images": 16, "epochs": 1, "batch_size": 8, "lr": 1e-3,
+                "weight_decay": 0.0}
+    model, history, hit = training.classifier_for(images, settings, seed=0, device=CPU, arch="resnet18",
+                                                  progress=False, nproc=2)
+    again, _, hit_again = training.classifier_for(images, settings, seed=0, device=CPU, arch="resnet18",
+                                                  progress=False, nproc=1)
+    entries = list((tmp_path / "cache" / "classifier").glob("*/artefact.json"))
+    assert (hit, hit_again, len(entries), len(history)) == (False, True, 1, 1)
+    assert sorted(p.name for p in entries[0].parent.iterdir()) == ["artefact.json", "history.json", "model.pt"]
+    for name, weight in model.state_dict().items():
+        torch.testing.assert_close(again.state_dict()[name], weight, rtol=0, atol=0)
+
+
+def test_a_failing_torchrun_job_is_one_error_with_its_output():
+    with pytest.raises(RuntimeError, match=r"torchrun --nproc_per_node=2 loads exited with [1-9](.|\n)*Expecting value"):
+        distributed.run(2, json.loads, "not JSON")
