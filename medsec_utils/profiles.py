@@ -9,6 +9,8 @@ from typing import Any
 import torch
 import yaml
 
+from . import distributed
+
 PROFILES_FILE = Path(__file__).with_name("profiles.yaml")
 
 
@@ -52,7 +54,9 @@ def resolve_profile(profile: str, **overrides: Any) -> Settings:
 
 
 def pick_device(requested: str | None = None) -> torch.device:
-    """``requested`` if given, else CUDA when present, else CPU."""
-    if requested:
-        return torch.device(requested)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """``requested`` if given, else CUDA when present (this process's GPU under torchrun), else CPU. On CUDA,
+    cuDNN benchmarks its kernels once per input shape (every batch of a run has the same shape)."""
+    device = torch.device(requested) if requested else distributed.local_device()
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    return device

@@ -67,6 +67,19 @@ def test_training_learns_an_easy_task():
     assert after["auc"] >= 0.95 and after["accuracy"] >= max(0.8, before + 0.2)
 
 
+def test_mixed_precision_learns_the_easy_task_with_float32_weights_and_low_precision_activations():
+    """The gpu profile's autocast, here with bfloat16 on the CPU: same recipe, same result, weights stay float32."""
+    model = _tiny_cnn()
+    seen = []
+    model[0].register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    train, val = _easy_task(seed=0), _easy_task(seed=1)
+    training.train_classifier(model, train, val, epochs=15, batch_size=16, lr=0.01, weight_decay=0.0, seed=0,
+                              device=CPU, progress=False, mixed_precision=True)
+    assert torch.bfloat16 in seen and all(p.dtype == torch.float32 for p in model.parameters())
+    after = training.evaluate(model, val, CPU)
+    assert after["auc"] >= 0.95 and after["accuracy"] >= 0.8
+
+
 def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch):
     train, val = _easy_task(seed=0), _easy_task(seed=1)
     kwargs = dict(epochs=3, batch_size=16, lr=0.01, weight_decay=0.0, seed=0, device=CPU, progress=False)
