@@ -1,12 +1,14 @@
-"""Benchmark: a FedAvg round on Flower's simulation engine against the same round done in-process.
+"""Benchmark: a FedAvg round on Flower's simulation and deployment engines against the same round in-process.
 
     python benchmarks/bench_federated.py [--profile cpu] [--dataset phantom:chest_xray] [--size 64] [--rounds 3]
 
-Runs the same federation (two sites, one local DC-GAN epoch per round) twice: on Flower's simulation
-engine, where each site is a Ray worker with one CPU, and in this process, where the sites train in turn
-and Flower's own weighted average joins them. Prints seconds per round and their ratio (goal <= 1.5).
-The simulation's first round also starts the sites (workers, imports, reading their tensors); it is printed
-apart, and the steady-state ratio uses the later rounds, the regime a long federation runs in.
+Runs the same federation (two sites, one local DC-GAN epoch per round) three times: on Flower's simulation
+runtime (``federated.simulate``: each site a Ray worker with one CPU), on the deployment engine on this machine
+(``federated.run_on_loopback``: a SuperLink and two SuperNode processes), and in this process, where the sites
+train in turn and Flower's own weighted average joins them. Prints seconds per round and the ratios to in-process
+(goal <= 1.5 for the simulation). The first round on Flower also starts the sites (workers, imports, reading
+their tensors); it is printed apart, and the steady-state ratios use the later rounds, the regime a long
+federation runs in. Whole-run times include starting and stopping the SuperLink.
 """
 
 from __future__ import annotations
@@ -39,20 +41,23 @@ def main() -> None:
                                                   store=str(Path(tmp) / "flower")), settings)
         print(f"{args.dataset} at {args.size} px, profile {args.profile}: sites of {[len(x) for x in sites.x]} images, "
               f"{args.rounds} rounds of 1 local epoch, {torch.get_num_threads()} threads in process")
-        started = time.perf_counter()
-        flower = federated.simulate(config, sites).rounds()
-        flower_total = time.perf_counter() - started
+        engines = {}
+        for name, engine in (("simulation", federated.simulate), ("deployment", federated.run_on_loopback)):
+            started = time.perf_counter()
+            rounds = engine({**config, "store": str(Path(tmp) / name)}, sites).rounds()
+            engines[name] = (rounds, time.perf_counter() - started)
         started = time.perf_counter()
         local = federated.run_in_process({**config, "store": str(Path(tmp) / "in_process")}, list(sites.x), CPU).rounds()
         local_total = time.perf_counter() - started
-    flower_later = np.mean([r["seconds"] for r in flower[1:]])
     local_round = np.mean([r["seconds"] for r in local])
-    print(f"Flower simulation: first round {flower[0]['seconds']:.1f} s (starts the sites), later rounds "
-          f"{flower_later:.2f} s each, whole run {flower_total:.1f} s")
-    print(f"in process:        {local_round:.2f} s per round, whole run {local_total:.1f} s")
-    print(f"ratio Flower / in process, steady state: {flower_later / local_round:.2f} (goal <= 1.5); "
-          f"whole run: {flower_total / local_total:.2f}")
-    print(f"payload per round: {flower[0]['bytes_to_sites'] + flower[0]['bytes_from_sites']:,} bytes")
+    print(f"in process:          {local_round:.2f} s per round, whole run {local_total:.1f} s")
+    for name, (rounds, total) in engines.items():
+        later = np.mean([r["seconds"] for r in rounds[1:]])
+        print(f"Flower {name + ':':12s} first round {rounds[0]['seconds']:.1f} s (starts the sites), later rounds "
+              f"{later:.2f} s each, whole run {total:.1f} s; ratio to in process {later / local_round:.2f} steady "
+              f"state{' (goal <= 1.5)' if name == 'simulation' else ''}, {total / local_total:.2f} whole run")
+    first = engines["simulation"][0][0]
+    print(f"payload per round: {first['bytes_to_sites'] + first['bytes_from_sites']:,} bytes")
 
 
 if __name__ == "__main__":

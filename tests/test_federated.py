@@ -1,20 +1,15 @@
 """Federated DC-GANs on Flower: FedAvg arithmetic, site splits, the payload guard, and two rounds on
 Flower's simulation engine and on its deployment engine (one SuperLink, two SuperNodes on 127.0.0.1)."""
 
-import os
-import socket
-import subprocess
-import sys
-import time
 import tomllib
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
-from _kill import stop_process_trees
 from medsec_utils import data, federated, profiles
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -135,11 +130,15 @@ def simulated(tmp_path_factory, images):
     folder = tmp_path_factory.mktemp("simulated")
     config = _config(split="dirichlet", alpha=1.0, store=str(folder / "store"))
     sites = federated.Sites.from_sets([images], split="dirichlet", alpha=1.0, seed=0, limit=SETTINGS.max_train_images)
-    return config, sites, federated.simulate(config, sites)
+    store = federated.simulate(config, sites)
+    left = [child.name() for child in psutil.Process().children(recursive=True) if "fl" in child.name()]
+    return config, sites, store, left
 
 
 def test_two_rounds_on_the_simulation_engine_store_every_model_and_its_cost(simulated):
-    config, _, store = simulated
+    """Through `flwr run` against a simulation SuperLink, which stops with the run: no Flower process is left."""
+    config, _, store, left = simulated
+    assert not left, f"Flower processes left behind by the simulation: {left}"
     rounds = store.rounds()
     assert [r["round"] for r in rounds] == [1, 2]
     generator, discriminator = federated.build_dcgan(config)
@@ -152,7 +151,7 @@ def test_two_rounds_on_the_simulation_engine_store_every_model_and_its_cost(simu
 
 
 def test_the_server_model_is_the_sample_weighted_mean_of_what_the_sites_sent(simulated):
-    config, sites, store = simulated
+    config, sites, store, _ = simulated
     sizes = [len(x) for x in sites.x]
     assert sizes[0] != sizes[1]
     for server_round in (1, 2):
@@ -164,7 +163,7 @@ def test_the_server_model_is_the_sample_weighted_mean_of_what_the_sites_sent(sim
 
 
 def test_flower_rounds_equal_the_same_rounds_in_process(simulated, tmp_path):
-    config, sites, store = simulated
+    config, sites, store, _ = simulated
     config = federated.federation_config({**config, "store": str(tmp_path / "in_process")})
     sites = list(sites.x)
     threads = torch.get_num_threads()
@@ -180,7 +179,7 @@ def test_flower_rounds_equal_the_same_rounds_in_process(simulated, tmp_path):
 
 
 def test_fid_per_round_covers_the_server_and_both_sites(simulated):
-    config, _, store = simulated
+    config, _, store, _ = simulated
     encoder = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(4), torch.nn.Flatten())
     encoder.num_features = 16
     real = torch.rand(64, 16, dtype=torch.float64)
@@ -193,7 +192,7 @@ def test_fid_per_round_covers_the_server_and_both_sites(simulated):
         assert federated.store_fids(store, config, encoder, real, n=16, device=CPU, progress=False) == rows
 
 
-def test_the_library_never_reloads_or_re_resolves_what_its_caller_loaded(images, monkeypatch):
+def test_the_library_never_reloads_or_re_resolves_what_its_caller_loaded(images, monkeypatch, server_identity):
     sites = federated.Sites.from_sets([images], seed=0, limit=64)
     config = _config(rounds=1)
     design = federated.Design.of(profiles.Settings({**SETTINGS, "image_size": 32, "max_train_images": 64}), 0,
@@ -221,39 +220,73 @@ def test_the_library_never_reloads_or_re_resolves_what_its_caller_loaded(images,
     assert reply.content["metrics"][federated.WEIGHT_KEY] == len(sites.x[1])
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.mark.slow
-def test_two_rounds_on_the_deployment_engine_leave_no_process_behind(tmp_path):
-    home, port = tmp_path / "flwr_home", _free_port()
-    home.mkdir()
-    (home / "config.toml").write_text(f'[superlink.medsec-test]\naddress = "127.0.0.1:{port}"\ninsecure = true\n')
-    env = {**os.environ, "FLWR_HOME": str(home), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    bin_dir = Path(sys.executable).parent
-    commands = [[bin_dir / "flower-superlink", "--insecure", "--disable-runtime-dependency-installation",
-                 "--host", "127.0.0.1", "--port", str(port)]]
-    commands += [[bin_dir / "flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{port}",
-                  "--port", str(_free_port()), "--node-config", f"partition-id={site}"] for site in (0, 1)]
-    processes = []
-    try:
-        for command in commands:
-            log = open(tmp_path / f"{Path(command[0]).name}_{len(processes)}.log", "w")
-            processes.append(subprocess.Popen([str(c) for c in command], env=env, stdout=log, stderr=subprocess.STDOUT,
-                                              start_new_session=True))
-            time.sleep(3)
-        store = tmp_path / "store"
-        done = subprocess.run([str(bin_dir / "flwr"), "run", str(ROOT / "flower_app"), "medsec-test", "--stream",
-                               "--run-config", f"store='{store}' image_size=32 rounds=2"],
-                              env=env, capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
-        rounds = federated.RoundStore(store).rounds()
-        assert [r["round"] for r in rounds] == [1, 2], (done.stdout + done.stderr)[-3000:]
-        assert set(federated.RoundStore(store).models(2)) == {"server", "site 0", "site 1"}
-    finally:
-        alive = stop_process_trees(processes)
-    assert not alive, f"processes left behind: {[p.pid for p in alive]}"
+def test_two_rounds_on_the_deployment_engine_leave_no_process_behind(tmp_path, images):
+    """``run_on_loopback``: a SuperLink and two SuperNode processes, `flwr run flower_app`, all stopped at the end."""
+    sites = federated.Sites.from_sets([images], limit=SETTINGS.max_train_images)
+    store = federated.run_on_loopback(_config(store=str(tmp_path / "store"), rounds=2), sites)
+    assert [r["round"] for r in store.rounds()] == [1, 2]
+    assert set(store.models(2)) == {"server", "site 0", "site 1"}
+    left = [child.name() for child in psutil.Process().children(recursive=True) if "fl" in child.name()]
+    assert not left, f"Flower processes left behind: {left}"
+
+
+@pytest.fixture
+def server_identity(monkeypatch):
+    """What Flower sets in a ServerApp process before its strategy makes messages: a run, task and node id."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for name in ("_run_id", "_task_id", "_node_id"):
+        monkeypatch.setattr(TaskIdentity, name, 1)
+
+
+def _train_reply(site: int, arrays: ArrayRecord | None = None, *, lost: str = "") -> Message:
+    """Site ``site``'s reply to a train message: its weights and image count, or the error Flower puts in its
+    place (``lost``: the reason, as when the SuperLink answers for a SuperNode that stopped)."""
+    request = Message(RecordDict(), dst_node_id=site + 1, message_type="train")
+    if lost:
+        return Message(error=Error(code=0, reason=lost), reply_to=request)
+    return Message(RecordDict({"arrays": arrays, "metrics": MetricRecord({"site": site, federated.WEIGHT_KEY: 10})}),
+                   reply_to=request)
+
+
+def _two_sites_arrays() -> list[ArrayRecord]:
+    return [ArrayRecord({"w": torch.full((2,), float(site))}) for site in range(2)]
+
+
+def test_a_site_lost_mid_round_stops_the_federation_with_one_line_and_keeps_the_finished_rounds(tmp_path,
+                                                                                              server_identity):
+    store = federated.RoundStore(tmp_path)
+    strategy = federated.RecordingFedAvg(store, rounds=3, done=1)  # rounds 1 is stored: this run goes on from it
+    store.log({"round": 1, "seconds": 1.0})
+    strategy.configure_train(1, _two_sites_arrays()[0], ConfigRecord(), grid=_FixedGrid())
+    with pytest.raises(RuntimeError, match=r"round 2: 1 of 2 sites replied; errors: \['node gone'\]; the federation "
+                                           r"stops here \(min_sites=2; with min_sites=1"):
+        strategy.aggregate_train(1, [_train_reply(0, _two_sites_arrays()[0]), _train_reply(1, lost="node gone")])
+    assert [row["round"] for row in store.rounds()] == [1] and not (tmp_path / "round_002").exists()
+
+
+def test_with_min_sites_1_a_round_averages_the_sites_that_replied_and_logs_the_missing_one(tmp_path, capsys,
+                                                                                           server_identity):
+    store = federated.RoundStore(tmp_path)
+    strategy = federated.RecordingFedAvg(store, rounds=2, min_sites=1)
+    arrays = _two_sites_arrays()
+    strategy.configure_train(1, arrays[0], ConfigRecord(), grid=_FixedGrid())
+    averaged, _ = strategy.aggregate_train(1, [_train_reply(1, arrays[1]), _train_reply(0, lost="node gone")])
+    strategy.keep_server_model(1, averaged)
+    torch.testing.assert_close(averaged.to_torch_state_dict()["w"], torch.ones(2))  # site 1's weights alone
+    assert "round 1: no reply from site(s) [0] (errors: ['node gone']); averaging the 1 that replied" in \
+        capsys.readouterr().out
+    assert [(row["round"], row["missing_sites"]) for row in store.rounds()] == [(1, [0])]
+    assert set(store.models(1)) == {"server", "site 1"}
+    with pytest.raises(RuntimeError, match="0 of 2 sites replied"):
+        strategy.aggregate_train(2, [_train_reply(0, lost="node gone"), _train_reply(1, lost="node gone")])
+    with pytest.raises(ValueError, match="min_sites 3: choose 1 to 2"):
+        federated.federation_config({"min_sites": 3})
+
+
+class _FixedGrid:
+    """The part of Flower's ``Grid`` FedAvg's ``configure_train`` uses: two connected SuperNodes."""
+
+    def get_node_ids(self) -> list[int]:
+        return [1, 2]

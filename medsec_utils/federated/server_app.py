@@ -1,5 +1,5 @@
-"""The ServerApp (FedAvg of the shared DC-GAN networks, every round kept in a ``RoundStore``), and the two
-ways the library runs a federation: on Flower's simulation engine, or the same rounds in this process."""
+"""The ServerApp (FedAvg of the shared DC-GAN networks, every round kept in a ``RoundStore``), and the same
+rounds without Flower, in this process (:func:`run_in_process`; Flower's engines: :mod:`.engines`)."""
 
 from __future__ import annotations
 
@@ -16,9 +16,8 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 from .. import cache
-from .client_app import make_client_app
-from .task import (SITES, WEIGHT_KEY, Sites, build_dcgan, federation_config, payload_bytes, run_config,
-                   shared_networks, to_arrays, train_locally)
+from .task import (SITES, WEIGHT_KEY, build_dcgan, federation_config, payload_bytes, run_config, shared_networks,
+                   to_arrays, train_locally)
 
 
 class RoundStore:
@@ -53,7 +52,8 @@ class RoundStore:
         Raises:
             ValueError: the store holds rounds of a federation with other settings.
         """
-        mine = {key: value for key, value in config.items() if key not in ("store", "sites", "rounds")}
+        mine = {key: value for key, value in config.items()
+                if key not in ("store", "sites", "rounds", "round_timeout", "config_file")}
         path = self.folder / self.CONFIG
         if not path.is_file():
             cache.write_json_atomic(path, mine)
@@ -81,16 +81,20 @@ class RoundStore:
 class RecordingFedAvg(FedAvg):
     """Flower's FedAvg (weighted by each site's image count) that also keeps every round in a ``RoundStore``.
 
-    A site that fails makes the round fail loudly instead of averaging what is left. A federation that resumes
-    after round ``done`` counts its rounds on from there (Flower numbers the rounds of each run from 1): the
-    sites get the true round, which seeds their training, so the resumed rounds are the ones an uninterrupted
-    run would have made.
+    A site that fails or does not reply (a SuperNode gone: the SuperLink answers for it once it misses its
+    heartbeats; or no reply within the run's ``round_timeout``) never leaves a partial average unnoticed. With
+    ``min_sites`` = 2 (the default) the round fails with one line naming what is missing, and the federation stops;
+    the store keeps every round finished before. With ``min_sites`` = 1 the round averages the sites that
+    replied, says so, and logs the missing ones in ``rounds.jsonl`` (``missing_sites``); later rounds go to the
+    sites still connected. A federation that resumes after round ``done`` counts its rounds on from there (Flower
+    numbers the rounds of each run from 1): the sites get the true round, which seeds their training, so the
+    resumed rounds are the ones an uninterrupted run would have made.
     """
 
-    def __init__(self, store: RoundStore | None, rounds: int, done: int = 0) -> None:
-        super().__init__(fraction_evaluate=0.0, min_train_nodes=SITES, min_available_nodes=SITES,
+    def __init__(self, store: RoundStore | None, rounds: int, done: int = 0, min_sites: int = SITES) -> None:
+        super().__init__(fraction_evaluate=0.0, min_train_nodes=min_sites, min_available_nodes=min_sites,
                          weighted_by_key=WEIGHT_KEY)
-        self.store, self.total_rounds, self.done = store, rounds, done
+        self.store, self.total_rounds, self.done, self.min_sites = store, rounds, done, min_sites
         self._round: dict[str, Any] = {}
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config, grid: Grid) -> Iterable[Message]:
@@ -102,20 +106,27 @@ class RecordingFedAvg(FedAvg):
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
         server_round += self.done
-        replies = list(replies)
-        failed = [reply.error.reason for reply in replies if reply.has_error()]
-        if failed or len(replies) < SITES:
-            raise RuntimeError(f"round {server_round}: {len(replies) - len(failed)} of {SITES} sites replied; "
-                               f"errors: {failed}")
+        received = list(replies)
+        failed = [reply.error.reason for reply in received if reply.has_error()]
+        replies = [reply for reply in received if not reply.has_error()]
+        if len(replies) < self.min_sites:
+            raise RuntimeError(f"round {server_round}: {len(replies)} of {SITES} sites replied; errors: {failed}; "
+                               f"the federation stops here (min_sites={self.min_sites}; with min_sites=1 in the run "
+                               f"config it continues with the sites that reply)")
         uploads = {int(r.content["metrics"]["site"]): r for r in replies}
         if len(uploads) < len(replies):
             raise RuntimeError(f"round {server_round}: two sites reported the same partition-id; start each "
                                f"SuperNode with its own --node-config \"partition-id=N\"")
+        missing = sorted(set(range(SITES)) - set(uploads))
+        if missing:
+            print(f"round {server_round}: no reply from site(s) {missing} (errors: {failed}); averaging the "
+                  f"{len(replies)} that replied (min_sites={self.min_sites})", flush=True)
         arrays, aggregated = super().aggregate_train(server_round, replies)
         if self.store is not None:
             for site, reply in sorted(uploads.items()):
                 self.store.save(server_round, f"site_{site}", reply.content["arrays"])
-        self._round.update(bytes_from_sites=sum(payload_bytes(r.content["arrays"]) for r in replies),
+        self._round.update(missing_sites=missing,
+                           bytes_from_sites=sum(payload_bytes(r.content["arrays"]) for r in replies),
                            sites={site: {k: float(v) for k, v in r.content["metrics"].items()}
                                   for site, r in uploads.items()})
         return arrays, aggregated
@@ -155,38 +166,12 @@ def make_server_app(config: Mapping[str, Any] | None = None) -> ServerApp:
             kept = "round 1 is" if done == 1 else f"rounds 1-{done} are"
             print(f"resuming after round {done} of {run['rounds']}: {kept} in {store.folder} already"
                   if done < run["rounds"] else f"all {done} rounds are in {store.folder} already", flush=True)
-        strategy = RecordingFedAvg(store, run["rounds"], done)
+        strategy = RecordingFedAvg(store, run["rounds"], done, run["min_sites"])
         if done < run["rounds"]:
-            strategy.start(grid, arrays, num_rounds=run["rounds"] - done, evaluate_fn=strategy.keep_server_model)
+            strategy.start(grid, arrays, num_rounds=run["rounds"] - done, timeout=run["round_timeout"],
+                           evaluate_fn=strategy.keep_server_model)
 
     return app
-
-
-def simulate(config: Mapping[str, Any], sites: Sites, *, verbose: bool = False) -> RoundStore:
-    """Run the federation on ``sites`` in Flower's simulation engine (one virtual SuperNode per site).
-
-    The sites' tensors reach the clients as a file in the artefact cache, named in the run config.
-
-    Raises:
-        ValueError: no ``store`` folder in the config.
-        RuntimeError: the federation stopped before its last round (Flower's log says why).
-    """
-    from flwr.simulation import run_simulation
-
-    config = federation_config(config)
-    if not config["store"]:
-        raise ValueError("simulate needs a store folder in the config, where the rounds are kept")
-    config["sites"] = str(sites.save())
-    gpus = 1.0 / SITES if torch.cuda.is_available() else 0.0
-    run_simulation(make_server_app(config), make_client_app(config), num_supernodes=SITES,
-                   verbose_logging=verbose,
-                   backend_config={"client_resources": {"num_cpus": 1, "num_gpus": gpus},
-                                   "init_args": {"logging_level": "error", "log_to_driver": verbose}})
-    store = RoundStore(config["store"])
-    if len(store.rounds()) < config["rounds"]:
-        raise RuntimeError(f"the federation stopped after {len(store.rounds())} of {config['rounds']} rounds; "
-                           f"rerun with verbose=True to see Flower's log")
-    return store
 
 
 def run_in_process(config: Mapping[str, Any], sites: list[torch.Tensor], device: torch.device) -> RoundStore:

@@ -17,7 +17,8 @@ from tqdm.auto import tqdm
 
 from .. import cache, data, generative, metrics, profiles
 from ..data import ImageSet
-from .server_app import RoundStore, run_in_process, simulate
+from .engines import simulate
+from .server_app import RoundStore, run_in_process
 from .task import PREFIXES, SITES, Sites, build_dcgan, federation_config
 
 ONE_PER_SITE = "one modality per site"

@@ -10,6 +10,7 @@ deployment engine it names a DATASET spec and a profile instead, resolved once a
 from __future__ import annotations
 
 import functools
+import json
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -40,13 +41,17 @@ DEFAULTS: dict[str, Any] = {
     "rounds": 2,
     "networks": "both",               # which DC-GAN networks FedAvg averages: both, generator or discriminator
     "seed": 0,
+    "min_sites": 2,                   # sites whose replies a round needs; fewer: the federation stops (see server_app)
+    "round_timeout": 600,             # seconds the server waits for the sites' replies in a round
     "store": "",                      # folder where the server keeps every round's weights ("": none)
     "sites": "",                      # simulation: the file of the sites' tensors the clients read ("": a DATASET spec)
+    "config_file": "",                # simulation: a JSON file of the whole config, which then replaces this one
 }
 _DCGAN = generative.GENERATORS["dcgan"]
 # The DC-GAN settings a federation reads; its length is rounds x local epochs and its images are the sites'.
 DCGAN_KEYS = tuple(key for key in _DCGAN.settings_keys if key not in (_DCGAN.steps_key, "max_train_images"))
 _TYPES = {"image_size": int, "channels": int, "local_epochs": int, "rounds": int, "seed": int, "alpha": float,
+          "min_sites": int, "round_timeout": float,
           "batch_size": int, "latent_dim": int, "gan_width": int, "gan_lr": float}
 
 
@@ -83,12 +88,16 @@ def federation_config(values: Mapping[str, Any] | None = None,
         raise ValueError(f"networks {config['networks']!r}: choose from {', '.join(NETWORKS)}")
     if config["local_epochs"] < 1 or config["rounds"] < 1 or config["alpha"] <= 0:
         raise ValueError("local_epochs and rounds must be >= 1 and alpha > 0")
+    if not 1 <= config["min_sites"] <= SITES or config["round_timeout"] <= 0:
+        raise ValueError(f"min_sites {config['min_sites']}: choose 1 to {SITES}; round_timeout must be > 0 seconds")
     return config
 
 
 def run_config(values: Mapping[str, Any]) -> dict[str, Any]:
     """The config an app runs with: a library config as it is; a deployment run config, which names a profile
     instead of DC-GAN sizes, completed from that profile (resolved here, at the boundary, once per process)."""
+    if values.get("config_file"):
+        return federation_config({**json.loads(Path(values["config_file"]).read_text()), "config_file": ""})
     config = federation_config(values)
     if config["image_size"] and all(key in config for key in DCGAN_KEYS):
         return config
