@@ -27,7 +27,7 @@ book: run
 	@echo "open _build/smoke/_build/html/index.html"
 
 test: env
-	$(PY) -m pytest --nbval-lax tests notebooks --durations=30
+	OMP_NUM_THREADS=1 $(PY) -m pytest --nbval-lax -n 2 --dist loadfile tests notebooks --durations=30
 
 reference: env
 	$(PY) scripts/compendium.py run --profile cpu --out book/reference $(REAL_DATA)

@@ -4,8 +4,9 @@ An artefact (decoded images, a trained model, ...) lives in ``<root>/<kind>/<key
 a hash of its parts (settings, data checksum, seed, code fingerprint). A folder counts only once its
 ``artefact.json`` marker is written, after all files are in place, so an interrupted run leaves no
 half artefact behind; a producer may keep resumable state in the folder meanwhile. The marker holds a
-checksum of every file, checked at each load, and a lock per entry keeps two runs from producing it twice. Under torchrun every
-process takes part in producing an artefact (training is shared) but only rank 0 locks, checks and writes.
+checksum of every file, checked at each load, and a lock per entry keeps two runs from producing it twice.
+Under torchrun every process takes part in producing an artefact (training is shared) but only rank 0 locks,
+checks and writes.
 """
 
 from __future__ import annotations

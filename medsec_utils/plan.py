@@ -33,6 +33,11 @@ ATTACK_BUDGETS = 5  # chapter 2's epsilons (0.5, 1, 2, 4, 8 / 255; the headline 
 # about 2 images in 5 budgets' worth (cpu reference run, book/reference/02_attacks: robust accuracy about 0.9,
 # 0.7, 0.35, 0.03 and 0 of the attacked images). Chapter 3's defended models are counted as if nothing broke.
 UNBROKEN_OVER_BUDGETS = 2.0
+# One GPU's published training throughput of EfficientNet-B3, against which the plan estimates a run on one GPU:
+# timm's benchmark (huggingface/pytorch-image-models, results/benchmark-train-amp-nhwc-pt112-cu113-rtx3090.csv),
+# 572.18 images/s at 288 px, batch 128, mixed precision, channels_last, an RTX 3090 with PyTorch 1.12.
+GPU_REFERENCE = {"gpu": "RTX 3090", "images_per_second": 572.18, "image_size": 288,
+                 "source": "timm results/benchmark-train-amp-nhwc-pt112-cu113-rtx3090.csv"}
 SAMPLE_BATCH = 32
 GENERATOR_BATCHES = 2  # optimiser steps timed per generator (per ProGAN level), the first one warming up
 
@@ -223,6 +228,15 @@ def estimate(settings: Mapping[str, Any], sets: Sequence[SetSize], costs: Mappin
     frame = pd.DataFrame(workload(settings, sets, **options))
     frame["seconds"] = frame["count"] * frame["unit"].map(costs)
     return frame
+
+
+def gpu_speedup(costs: Mapping[str, float], image_size: int) -> float:
+    """How many times faster ``GPU_REFERENCE`` trains EfficientNet-B3 at ``image_size`` than this machine did
+    (``costs["classifier_train"]``, seconds per image): the published throughput, scaled from its image size by
+    pixel count, times the measured seconds per image. Applied to every kind of work, it estimates a run on that
+    GPU, no more: attacks, generators and feature extraction may speed up more or less than classifier training."""
+    rate = GPU_REFERENCE["images_per_second"] * (GPU_REFERENCE["image_size"] / image_size) ** 2
+    return rate * costs["classifier_train"]
 
 
 def chapter_seconds(frame: pd.DataFrame) -> dict[str, float]:

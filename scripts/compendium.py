@@ -41,9 +41,11 @@ WALL_TIMES = "wall_times.json"
 INPUTS = "inputs.json"  # in each chapter folder: what its finished run was made from, and the files it left
 
 
-def plan_chapters(profile: str, datasets: list[str], extra: dict | None = None) -> tuple[dict[str, float], Any]:
-    """Expected seconds per chapter from an empty cache and the task table behind them (``medsec_utils.plan``).
-    ``extra`` entries that are profile settings (``epochs=3``) count; notebook-only parameters do not."""
+def plan_chapters(profile: str, datasets: list[str],
+                  extra: dict | None = None) -> tuple[dict[str, float], Any, float]:
+    """Expected seconds per chapter from an empty cache, the task table behind them (``medsec_utils.plan``) and
+    how many times faster one GPU would be (``plan.gpu_speedup``). ``extra`` entries that are profile settings
+    (``epochs=3``) count; notebook-only parameters do not."""
     from medsec_utils import data, plan, profiles
 
     known = profiles.resolve_profile(profile)
@@ -57,20 +59,27 @@ def plan_chapters(profile: str, datasets: list[str], extra: dict | None = None) 
     where = "from the artefact cache" if hit else f"measured now in {time.perf_counter() - started:.0f} s"
     print(f"per-step costs {where} ({plan.machine()['cpu']}, {plan.machine()['threads']} threads)", flush=True)
     frame = plan.estimate(settings, sizes, costs)
-    return plan.chapter_seconds(frame), frame
+    return plan.chapter_seconds(frame), frame, plan.gpu_speedup(costs, settings.image_size)
 
 
 def print_plan(profile: str, datasets: list[str], extra: dict | None, detail: bool) -> None:
     """``plan``: each chapter's expected wall time and the total."""
-    from medsec_utils.plan import duration
+    from medsec_utils.plan import GPU_REFERENCE, duration
 
-    seconds, frame = plan_chapters(profile, datasets, extra)
+    seconds, frame, speedup = plan_chapters(profile, datasets, extra)
     if detail:
         print(frame.assign(seconds=frame["seconds"].round(1)).to_string(index=False))
+    gpu = f"one {GPU_REFERENCE['gpu']}"
+    print(f"  {'chapter':22s} {'this machine':>14s} {gpu + ' (estimate)':>26s}")
     for chapter, value in seconds.items():
-        print(f"  {chapter:22s} {duration(value):>14s}")
-    print(f"  {'total':22s} {duration(sum(seconds.values())):>14s}  (from an empty artefact cache; cached parts cost "
-          f"almost nothing)")
+        print(f"  {chapter:22s} {duration(value):>14s} {duration(value / speedup):>26s}")
+    total = sum(seconds.values())
+    print(f"  {'total':22s} {duration(total):>14s} {duration(total / speedup):>26s}  (from an empty artefact cache; "
+          f"cached parts cost almost nothing)")
+    print(f"GPU column: this machine's seconds / {speedup:.0f}, the ratio of {GPU_REFERENCE['gpu']}'s published "
+          f"EfficientNet-B3 training throughput ({GPU_REFERENCE['images_per_second']} images/s at "
+          f"{GPU_REFERENCE['image_size']} px, {GPU_REFERENCE['source']}; scaled by pixel count) to the one measured "
+          f"here, applied to all work: an estimate, not a measurement")
 
 
 class Progress:

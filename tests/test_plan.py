@@ -95,3 +95,11 @@ def test_progress_lines_say_time_left_only_when_planned(capsys):
     assert lines[0].startswith("   done in") and "left" not in lines[0]
     assert "left" in lines[1] and lines[2].startswith("   b stopped after")
     assert list(planned.done) == ["a"]
+
+
+def test_the_gpu_estimate_scales_the_published_throughput_to_the_image_size_by_pixel_count():
+    reference = plan.GPU_REFERENCE
+    ten_per_second = {"classifier_train": 0.1}  # seconds per image measured on this machine
+    rate = reference["images_per_second"]
+    assert plan.gpu_speedup(ten_per_second, reference["image_size"]) == pytest.approx(rate / 10)
+    assert plan.gpu_speedup(ten_per_second, reference["image_size"] // 2) == pytest.approx(4 * rate / 10)

@@ -22,5 +22,5 @@ __all__ = ["DCGAN_KEYS", "DEFAULTS", "NETWORKS", "ONE_PER_SITE", "PREFIXES", "SI
            "Federation", "PayloadError", "RecordingFedAvg", "RoundStore", "Sites", "baseline_for", "build_dcgan",
            "check_payload", "feature_spaces", "federation_config", "federation_for", "load_arrays",
            "make_client_app", "make_server_app", "payload_bytes", "plan_federations", "profile_settings",
-           "run_config", "run_in_process", "run_on_loopback", "run_study", "shared_networks", "simulate", "site_heterogeneity",
-           "site_images", "split_sites", "store_fids", "to_arrays", "train_locally"]
+           "run_config", "run_in_process", "run_on_loopback", "run_study", "shared_networks", "simulate",
+           "site_heterogeneity", "site_images", "split_sites", "store_fids", "to_arrays", "train_locally"]
