@@ -470,8 +470,8 @@ def test_a_killed_federation_server_resumes_after_its_last_stored_round(deployme
 @pytest.mark.slow
 def test_a_federation_with_a_killed_supernode_resumes_after_its_last_stored_round(deployment):
     """SIGKILL one SuperNode while it trains round 2: its ClientApp follows it, the round fails once the
-    SuperLink counts the node as gone (missed heartbeats), naming the error; with the SuperNode started again,
-    the resubmitted run resumes after round 1 and ends with the uninterrupted run's store."""
+    SuperLink counts the node as gone (missed heartbeats), naming the error; with the SuperNode started again
+    after that, the resubmitted run resumes after round 1 and ends with the uninterrupted run's store."""
     flower, reference = deployment
     store = flower.folder / "supernode_killed"
     run, delay, before = _into_round_2(flower, store, "supernode")
@@ -480,8 +480,8 @@ def test_a_federation_with_a_killed_supernode_resumes_after_its_last_stored_roun
     orphans = _clientapps(node)
     node.send_signal(signal.SIGKILL)
     node.wait()
-    flower.start_node(1)
     run.finish()  # `flwr run` exits with 0 even when its ServerApp raised: read what it printed
+    flower.start_node(1)  # only now: started at once, it could take up the killed node's round-2 message
     refused = next((line.strip() for line in run.lines if "round 2: 1 of 2 sites replied" in line), "")
     assert refused, run.tail()
     assert [row["round"] for row in _store_state(store)["rounds"]] == [1]
