@@ -18,17 +18,21 @@ match one process only as closely as batch statistics over 1/N of the batch matc
 
 A notebook hands its training to torchrun through :func:`run` (the trainers' ``nproc`` argument): it starts
 ``torchrun --standalone --nproc_per_node=N`` on one trainer's producing function, which fills the artefact cache,
-and goes on in its own process with the cached result.
+and goes on in its own process with the cached result. With ``$MEDSEC_NNODES`` > 1 the job is also left in the
+shared cache, where :func:`follow`, running on each other node, joins it through a c10d rendezvous that the
+notebook's node hosts at ``$MEDSEC_RDZV_ENDPOINT``.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import importlib
 import os
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -39,6 +43,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 T = TypeVar("T")
+_MODULE = __spec__.name if __spec__ else __name__  # what torchrun's processes run, also when this runs as __main__
 
 
 def world_size() -> int:
@@ -125,34 +130,112 @@ def from_main(value: T) -> T:
     return box[0]
 
 
+NODES_ENV = "MEDSEC_NNODES"  # nodes that train each model together (default 1)
+ENDPOINT_ENV = "MEDSEC_RDZV_ENDPOINT"  # host:port of this node's rendezvous, which the other nodes join
+JOBS_FOLDER = "torchrun_jobs"  # under the (shared) artefact cache: jobs waiting for the other nodes
+
+
 def run(nproc: int, function: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-    """Call ``function(*args, **kwargs)`` for its files: here when ``nproc`` is 1 or this process already runs under
-    torchrun, else on ``nproc`` processes of one node started with ``torchrun --standalone``. ``function`` must
-    be importable by name; the arguments travel pickled through a temporary file; a ``device`` keyword becomes
-    each process's own device (:func:`local_device`) and ``progress`` shows on rank 0 only. The processes'
-    output is relayed here as it comes, so progress bars show in a notebook.
+    """Call ``function(*args, **kwargs)`` for its files: here when this process already runs under torchrun or
+    there is one process to run; else on ``nproc`` processes of this node started with ``torchrun --standalone``,
+    or, with ``$MEDSEC_NNODES`` > 1, on ``nproc`` processes here and those of :func:`follow` on the other nodes,
+    which meet at ``$MEDSEC_RDZV_ENDPOINT`` (this node hosts the rendezvous). ``function`` must be importable by
+    name; the arguments travel pickled through a job file; a ``device`` keyword becomes each process's own device
+    (:func:`local_device`) and ``progress`` shows on rank 0 only. The processes' output is relayed here as it
+    comes, so progress bars show in a notebook.
 
     Raises:
+        ValueError: several nodes without ``$MEDSEC_RDZV_ENDPOINT``.
         RuntimeError: torchrun failed; the message names its exit code and ends with its last output.
     """
-    if nproc <= 1 or world_size() > 1:
+    nnodes = int(os.environ.get(NODES_ENV, "1"))
+    if world_size() > 1 or (nproc <= 1 and nnodes <= 1):
         function(*args, **kwargs)
         return
-    with tempfile.TemporaryDirectory(prefix="medsec-torchrun-") as folder:
-        job = Path(folder) / "job.pt"
-        torch.save({"function": f"{function.__module__}:{function.__qualname__}", "args": args, "kwargs": kwargs},
-                   job)
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-                   "-m", __name__, str(job)]
-        with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as process:
-            tail = b""
-            while chunk := process.stdout.read1(4096):
-                sys.stderr.write(chunk.decode(errors="replace"))
-                sys.stderr.flush()
-                tail = (tail + chunk)[-3000:]
-        if process.returncode:
-            raise RuntimeError(f"torchrun --nproc_per_node={nproc} {function.__qualname__} exited with "
-                               f"{process.returncode}:\n{tail.decode(errors='replace')}")
+    spec = {"function": f"{function.__module__}:{function.__qualname__}", "args": args, "kwargs": kwargs}
+    if nnodes <= 1:
+        with tempfile.TemporaryDirectory(prefix="medsec-torchrun-") as folder:
+            job = Path(folder) / "job.pt"
+            torch.save(spec, job)
+            _torchrun(["--standalone", f"--nproc_per_node={nproc}"], job, function.__qualname__)
+        return
+    endpoint = os.environ.get(ENDPOINT_ENV)
+    if not endpoint:
+        raise ValueError(f"{NODES_ENV}={nnodes} needs {ENDPOINT_ENV}=host:port, an address of this node that the "
+                         f"other nodes reach (they run: python -m {_MODULE} follow)")
+    jobs = jobs_folder()
+    jobs.mkdir(parents=True, exist_ok=True)
+    for stale in jobs.glob("*.pt"):  # left by a notebook on this node that was killed: no follower should join it
+        if not _alive(int(stale.stem.rsplit("-", 1)[-1])):
+            stale.unlink(missing_ok=True)
+    job = jobs / f"{time.time_ns()}-{os.getpid()}.pt"
+    torch.save(spec, job.with_suffix(".part"))
+    os.replace(job.with_suffix(".part"), job)
+    try:
+        _torchrun(_rendezvous(nproc, nnodes, endpoint, job, host=True), job, function.__qualname__)
+    finally:
+        job.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def jobs_folder() -> Path:
+    """Where :func:`run` leaves jobs for the other nodes: ``torchrun_jobs`` in the artefact cache, which several
+    nodes must share anyway (rank 0, on whichever node, writes the artefacts there)."""
+    from .cache import cache_root
+
+    return cache_root() / JOBS_FOLDER
+
+
+def follow(nproc: int, nnodes: int, endpoint: str, *, jobs: Path | None = None, poll: float = 1.0,
+           once: bool = False) -> None:
+    """On a node other than the notebook's: join every job :func:`run` leaves in :func:`jobs_folder` with
+    ``nproc`` processes, one job at a time, until interrupted (``once``: after the first job). A failed job is
+    reported and the next one is taken."""
+    jobs = jobs or jobs_folder()
+    jobs.mkdir(parents=True, exist_ok=True)
+    joined: set[str] = set()
+    print(f"following {jobs}: {nproc} processes per job, rendezvous at {endpoint} (Ctrl-C stops)", flush=True)
+    while True:
+        for job in sorted(jobs.glob("*.pt")):
+            if job.name in joined:
+                continue
+            joined.add(job.name)
+            try:
+                _torchrun(_rendezvous(nproc, nnodes, endpoint, job, host=False), job, job.stem)
+            except RuntimeError as error:
+                print(error, file=sys.stderr, flush=True)
+            if once:
+                return
+        time.sleep(poll)
+
+
+def _rendezvous(nproc: int, nnodes: int, endpoint: str, job: Path, *, host: bool) -> list[str]:
+    """torchrun's options for one job on one of ``nnodes`` nodes: a c10d rendezvous named after the job."""
+    return [f"--nnodes={nnodes}", f"--nproc_per_node={nproc}", "--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}",
+            f"--rdzv-id={job.stem}", f"--rdzv-conf=is_host={int(host)}"]
+
+
+def _torchrun(options: list[str], job: Path, name: str) -> None:
+    """Run ``job`` under torchrun with ``options``, relaying its output to stderr as it comes."""
+    command = [sys.executable, "-m", "torch.distributed.run", *options, "-m", _MODULE, str(job)]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as process:
+        tail = b""
+        while chunk := process.stdout.read1(4096):
+            sys.stderr.write(chunk.decode(errors="replace"))
+            sys.stderr.flush()
+            tail = (tail + chunk)[-3000:]
+    if process.returncode:
+        raise RuntimeError(f"torchrun {' '.join(options)} {name} exited with "
+                           f"{process.returncode}:\n{tail.decode(errors='replace')}")
 
 
 def _run_job(job: Path) -> None:
@@ -172,5 +255,21 @@ def _run_job(job: Path) -> None:
     dist.destroy_process_group()
 
 
+def _main(argv: list[str]) -> None:
+    if argv[:1] != ["follow"]:
+        _run_job(Path(argv[0]))
+        return
+    parser = argparse.ArgumentParser(prog=f"python -m {_MODULE} follow", description=follow.__doc__)
+    parser.add_argument("--nproc-per-node", type=int, default=1, help="processes on this node")
+    parser.add_argument("--nnodes", type=int, required=True, help="nodes in all, as MEDSEC_NNODES on the first")
+    parser.add_argument("--rdzv-endpoint", required=True, help="host:port, as MEDSEC_RDZV_ENDPOINT on the first")
+    parser.add_argument("--once", action="store_true", help="stop after one job")
+    options = parser.parse_args(argv[1:])
+    try:
+        follow(options.nproc_per_node, options.nnodes, options.rdzv_endpoint, once=options.once)
+    except KeyboardInterrupt:
+        print("stopped following", file=sys.stderr)
+
+
 if __name__ == "__main__":
-    _run_job(Path(sys.argv[1]))
+    _main(sys.argv[1:])

@@ -38,7 +38,7 @@ UNBROKEN_OVER_BUDGETS = 2.0
 # 572.18 images/s at 288 px, batch 128, mixed precision, channels_last, an RTX 3090 with PyTorch 1.12.
 GPU_REFERENCE = {"gpu": "RTX 3090", "images_per_second": 572.18, "image_size": 288,
                  "source": "timm results/benchmark-train-amp-nhwc-pt112-cu113-rtx3090.csv"}
-SAMPLE_BATCH = 32
+SAMPLE_BATCH = 8  # images per timed sampling call (DDPM at 128 px on a CPU: seconds per image)
 GENERATOR_BATCHES = 2  # optimiser steps timed per generator (per ProGAN level), the first one warming up
 
 
@@ -103,7 +103,7 @@ def _measure(settings: Mapping[str, Any], channels: int) -> dict[str, float]:
              "features": _seconds_per(lambda: metrics.image_features(encoder, predict_x, torch.device("cpu"),
                                                                      keep=False), 128)}
     for kind, entry in generative.GENERATORS.items():
-        costs.update(_generator_costs(kind, entry, settings, channels, size))
+        costs.update(_generator_costs(kind, entry, settings, channels, settings["generator_size"]))
     for size_fl in settings["fl_sizes"]:
         entry = generative.GENERATORS["dcgan"]
         costs[f"dcgan_{size_fl}px_step"] = _generator_costs("dcgan", entry, settings, channels, size_fl)["dcgan_step"]
@@ -141,8 +141,8 @@ def _cpuinfo() -> list[str]:
         return []
 
 
-UNIT_SETTINGS = ("image_size", "batch_size", "latent_dim", "gan_width", "gan_augment", "progan_width", "ddpm_width",
-                 "ddim_steps", "fl_sizes")
+UNIT_SETTINGS = ("image_size", "generator_size", "batch_size", "latent_dim", "gan_width", "gan_augment", "progan_width",
+                 "ddpm_width", "ddim_steps", "fl_sizes")
 
 
 def unit_costs(settings: Mapping[str, Any], channels: int = 1) -> tuple[dict[str, float], bool]:
@@ -163,6 +163,8 @@ def workload(settings: Mapping[str, Any], sets: Sequence[SetSize], *, generators
         rows.append({"chapter": CHAPTERS[chapter - 1], "dataset": dataset, "task": task, "unit": unit,
                      "count": count})
 
+    # chapter 4 works at generator_size: classifier steps there cost the pixel ratio of image_size's
+    at_generator_size = (s["generator_size"] / s["image_size"]) ** 2
     for d in sets:
         attacked = min(d.test, s["attack_images"] or d.test)
         add(1, d.name, "classifier training", "classifier_train", s["epochs"] * d.train)
@@ -183,7 +185,7 @@ def workload(settings: Mapping[str, Any], sets: Sequence[SetSize], *, generators
         add(3, d.name, "adaptive Square queries", "predict", attacked * 3 * s["square_queries"])
         n_synthetic = 2 * s["synthetic_images"]
         for kind in generators:
-            per_step = 1 if kind != "progan" else int(math.log2(s["image_size"])) - 1
+            per_step = 1 if kind != "progan" else int(math.log2(s["generator_size"])) - 1
             for n_class in d.train_per_class:
                 steps = generative.epochs_for(s[generative.GENERATORS[kind].steps_key], n_class, s["batch_size"])
                 add(4, d.name, f"{kind} training", f"{kind}_step",
@@ -193,7 +195,10 @@ def workload(settings: Mapping[str, Any], sets: Sequence[SetSize], *, generators
             d.test + d.train + 2 * n_synthetic + n_synthetic * (len(generators) + 1))
         for kind in s["replacement_generators"]:
             add(4, d.name, f"replacement: {kind} training images", f"{kind}_sample", d.train)
-            add(4, d.name, f"replacement: classifiers on {kind} images", "classifier_train", s["epochs"] * 3 * d.train)
+            add(4, d.name, f"replacement: classifiers on {kind} images", "classifier_train",
+                s["epochs"] * 3 * d.train * at_generator_size)
+        if s["generator_size"] != s["image_size"]:
+            add(4, d.name, "classifier at generator_size", "classifier_train", s["epochs"] * d.train * at_generator_size)
     add_federations(rows, s, sets, cross_modality, add)
     return rows
 

@@ -7,6 +7,8 @@ processes, or one process and two, drift apart), a process other than rank 0 wri
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ import torch
 from medsec_utils import data, distributed, generative, training
 
 from _ddp import IMAGES, train_generators, train_recorder
+from _flower_deployment import free_port
 from _paths import REPO
 
 CPU = torch.device("cpu")
@@ -81,5 +84,56 @@ def test_a_cached_classifier_trained_on_two_processes_is_one_complete_entry(tmp_
 
 
 def test_a_failing_torchrun_job_is_one_error_with_its_output():
-    with pytest.raises(RuntimeError, match=r"torchrun --nproc_per_node=2 loads exited with [1-9](.|\n)*Expecting value"):
+    with pytest.raises(RuntimeError, match=r"torchrun --standalone --nproc_per_node=2 loads exited with [1-9](.|\n)*Expecting value"):
         distributed.run(2, json.loads, "not JSON")
+
+
+def test_two_nodes_on_loopback_train_as_two_processes_of_one_node_do(tmp_path, monkeypatch):
+    """The several-node hand-off: the notebook's node hosts the rendezvous, a follower on the other node joins
+    the job it leaves in the shared cache; one process per node here, as two nodes of one process each."""
+    monkeypatch.setenv("MEDSEC_CACHE", str(tmp_path / "cache"))
+    endpoint = f"127.0.0.1:{free_port()}"
+    follower = subprocess.Popen([sys.executable, "-m", "medsec_utils.distributed", "follow", "--nnodes", "2",
+                                 "--rdzv-endpoint", endpoint, "--once"], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+    one, nodes = tmp_path / "one", tmp_path / "nodes"
+    one.mkdir(), nodes.mkdir()
+    try:
+        distributed.run(1, train_recorder, one, device=CPU, progress=False)
+        monkeypatch.setenv("MEDSEC_NNODES", "2")
+        monkeypatch.setenv("MEDSEC_RDZV_ENDPOINT", endpoint)
+        distributed.run(1, train_recorder, nodes, device=CPU, progress=False)
+        output, _ = follower.communicate(timeout=120)
+    finally:
+        follower.kill()
+    assert follower.returncode == 0, output
+    (alone,), (first, second) = _ranks(one, 1), _ranks(nodes, 2)
+    assert (first["world"], second["world"]) == (2, 2)
+    assert not set(first["seen"]) & set(second["seen"]) and sorted(first["seen"] + second["seen"]) == sorted(alone["seen"])
+    for name, weight in alone["weights"].items():
+        torch.testing.assert_close(first["weights"][name], weight, **TOLERANCE)
+    assert first["written"] == [str(nodes / "checkpoint.pt")] and second["written"] == []
+    assert list(distributed.jobs_folder().iterdir()) == [], "a finished job must leave no job file"
+
+
+def test_several_nodes_without_a_rendezvous_address_are_refused(monkeypatch):
+    monkeypatch.setenv("MEDSEC_NNODES", "2")
+    monkeypatch.delenv("MEDSEC_RDZV_ENDPOINT", raising=False)
+    with pytest.raises(ValueError, match="MEDSEC_RDZV_ENDPOINT=host:port"):
+        distributed.run(1, json.loads, "{}")
+
+
+def test_job_files_of_killed_notebooks_are_removed_before_a_job_and_each_job_file_after_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDSEC_CACHE", str(tmp_path))
+    monkeypatch.setenv("MEDSEC_NNODES", "2")
+    monkeypatch.setenv("MEDSEC_RDZV_ENDPOINT", "127.0.0.1:1")
+    jobs = distributed.jobs_folder()
+    jobs.mkdir(parents=True)
+    dead, live = jobs / "1-999999999.pt", jobs / f"2-{os.getpid()}.pt"  # above Linux's largest pid; this process
+    dead.touch(), live.touch()
+    seen = []
+    monkeypatch.setattr(distributed, "_torchrun", lambda options, job, name: seen.append(sorted(jobs.iterdir())))
+    distributed.run(1, json.loads, "{}")
+    [during] = seen
+    assert dead not in during and live in during and len(during) == 2, "the dead notebook's job goes, ours is added"
+    assert sorted(jobs.iterdir()) == [live]

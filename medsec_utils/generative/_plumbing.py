@@ -81,7 +81,8 @@ def to_image_range(x: torch.Tensor) -> torch.Tensor:
 def levels(size: int) -> int:
     """Doublings from 4 px to ``size``; raises unless ``size`` is a power of two >= 8."""
     if size < 8 or size & (size - 1):
-        raise ValueError(f"image size {size} is not supported: use a power of two >= 8 (64 or 128 as in the paper)")
+        raise ValueError(f"image size {size} is not supported: use a power of two >= 8 (64 or 128 as in the paper; "
+                         "the profile key generator_size sets chapter 4's)")
     return int(math.log2(size)) - 2
 
 

@@ -64,9 +64,11 @@ class Chapter:
 
 def open_chapter(chapter: str, *, profile: str, dataset: str | Iterable[str], seed: int, output_dir: str,
                  device: str | None = None, weights: str | None = None, overrides: dict[str, Any] | None = None,
-                 params: dict[str, Any] | None = None, classifiers: bool = False, nproc: int = 1) -> Chapter:
+                 params: dict[str, Any] | None = None, classifiers: bool = False, nproc: int = 1,
+                 size_setting: str = "image_size") -> Chapter:
     """Resolve the profile with ``overrides`` (profile keys; None keeps the profile's), load every DATASET spec
-    once, start the run record (``params`` are the notebook's other parameters, recorded as given) and, with
+    once at the size the profile key ``size_setting`` gives (chapter 4: ``generator_size``; the chapter's
+    ``image_size`` becomes that size, so its classifiers see the generators' images), start the run record (``params`` are the notebook's other parameters, recorded as given) and, with
     ``classifiers``, load or train each data set's classifier. ``nproc`` > 1 trains every model of the chapter on
     that many processes under torchrun (one per GPU, or CPU processes with gloo). Shows the data notice when run
     in a notebook.
@@ -75,6 +77,7 @@ def open_chapter(chapter: str, *, profile: str, dataset: str | Iterable[str], se
         ValueError: unknown profile or setting; ``data.DataError``: a bad data set, in one line.
     """
     settings = profiles.resolve_profile(profile, **(overrides or {}))
+    settings["image_size"] = settings[size_setting]
     specs = [dataset] if isinstance(dataset, str) else list(dataset)
     recorded = dict(profile=profile, dataset=specs, seed=seed, output_dir=output_dir, weights=weights, nproc=nproc,
                     **(params or {}))
