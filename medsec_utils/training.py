@@ -187,7 +187,10 @@ def _train_epoch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: 
     for step in range(steps):
         index = order[step * batch_size:(step + 1) * batch_size]
         batch_weight = weights[y[index].to(device)].sum()  # of the global batch: N processes step as one would
-        inputs = distributed.shard(augment(x[index], generator, flip)).to(device, non_blocking=True)
+        inputs = distributed.shard(augment(x[index], generator, flip))
+        if device.type == "cuda":  # page-locked, so the copy to the GPU overlaps the previous step
+            inputs = inputs.pin_memory()
+        inputs = inputs.to(device, non_blocking=True)
         labels = distributed.shard(y[index]).to(device)
         if perturb is not None:
             inputs = perturb(model, inputs, labels)

@@ -1,6 +1,8 @@
 """Generators: every kind in the table builds, trains, caches, resumes and samples the right shape and range,
 reproducibly for a seed; a new kind is one table entry."""
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -12,7 +14,7 @@ KINDS = list(generative.GENERATORS)
 SETTINGS = {"latent_dim": 16, "gan_width": 8, "progan_width": 16, "ddpm_width": 8,
             "gan_steps": 3, "gan_lr": 2e-4, "gan_augment": "color,translation,cutout",
             "progan_steps_per_level": 1, "progan_lr": 1e-3, "ddpm_steps": 3, "ddpm_lr": 1e-3,
-            "batch_size": 4, "max_train_images": 16}
+            "batch_size": 4, "max_train_images": 16, "mixed_precision": False}
 
 
 def _images(n=8, channels=1, size=16, seed=0):
@@ -179,6 +181,21 @@ def test_each_generator_trains_and_samples_reproducibly_in_the_image_range(kind)
     torch.testing.assert_close(first, again)
     assert not torch.equal(first, other)
     assert generative.sample(generator, 0, seed=1, device=CPU).numel() == 0
+
+
+def test_ddpm_trains_under_mixed_precision_with_float32_weights_and_low_precision_activations():
+    """The gpu profile's autocast in DDPM training, here bfloat16 on the CPU: the U-Net's convolutions run in low
+    precision, its weights, loss and moving average stay float32, and training still lowers the loss."""
+    images, seen = _images(32, 1, 16), []
+    torch.manual_seed(0)
+    unet, _ = generative.build_generative("ddpm", 1, 16, SETTINGS)
+    unet.conv_in.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    history = generative.GENERATORS["ddpm"].train(unet, None, images, {**SETTINGS, "mixed_precision": True},
+                                                  epochs=6, batch_size=8, seed=0, device=CPU, progress=False,
+                                                  checkpoint=None)
+    assert torch.bfloat16 in seen and all(p.dtype == torch.float32 for p in unet.parameters())
+    losses = [record["loss"] for record in history]
+    assert all(math.isfinite(loss) for loss in losses) and losses[-1] < losses[0]
 
 
 def _phantom_ct():

@@ -53,12 +53,20 @@ class WeightAverage:
                 update_bn([latents() for _ in range(BATCH_NORM_BATCHES)], self.model)
 
 
-def update(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
-    """One optimiser step on ``loss``, with gradients averaged over the processes under torchrun."""
+def update(optimizer: torch.optim.Optimizer, loss: torch.Tensor, scaler: torch.amp.GradScaler | None = None) -> None:
+    """One optimiser step on ``loss``, with gradients averaged over the processes under torchrun; ``scaler``: the
+    gradient scaling of float16 mixed precision (:class:`..training.Precision`)."""
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    if scaler is None:
+        loss.backward()
+    else:
+        scaler.scale(loss).backward()
     distributed.average_gradients(p for group in optimizer.param_groups for p in group["params"])
-    optimizer.step()
+    if scaler is None:
+        optimizer.step()
+    else:
+        scaler.step(optimizer)
+        scaler.update()
 
 
 def gan_optimisers(generator: nn.Module, discriminator: nn.Module, device: torch.device, lr: float,

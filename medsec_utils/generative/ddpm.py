@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 from tqdm import tqdm
 
+from ..training import Precision
 from ._loop import WeightAverage, run_epochs, update
 from ._plumbing import levels, register_generator, to_model_range
 
@@ -45,22 +46,27 @@ def make_ddpm(channels: int = 1, size: int = 64, width: int = 64) -> UNet2DModel
 
 
 def train_ddpm(unet: UNet2DModel, images: torch.Tensor, *, epochs: int, batch_size: int, lr: float, seed: int,
-               device: torch.device, progress: bool = True, checkpoint: Path | None = None) -> list[dict[str, float]]:
+               device: torch.device, progress: bool = True, checkpoint: Path | None = None,
+               mixed_precision: bool = False) -> list[dict[str, float]]:
     """Train a DDPM noise predictor on ``images`` in [0, 1] (MSE on the noise, AdamW). Leaves the U-Net with its
     moving average of weights (:class:`WeightAverage`, diffusers' ``EMAModel``), as diffusers' training examples
-    sample."""
+    sample. ``mixed_precision`` runs the U-Net under autocast (float16 with gradient scaling on CUDA), as
+    diffusers' ``train_unconditional.py`` offers; the loss and the weights stay float32."""
     unet.to(device).train()
     scheduler = DDPMScheduler(num_train_timesteps=DDPM_TIMESTEPS, beta_schedule=DDPM_SCHEDULE)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=lr)
     average = WeightAverage(unet)
+    precision = Precision(device, mixed_precision)
 
     def step(index: torch.Tensor, plan: dict[str, Any], fraction: float, rng: torch.Generator) -> dict[str, float]:
         clean = to_model_range(images[index])
         noise = torch.randn(clean.shape, generator=rng)
         t = torch.randint(0, DDPM_TIMESTEPS, (len(clean),), generator=rng)
         noisy = scheduler.add_noise(clean, noise, t)
-        loss = F.mse_loss(unet(noisy.to(device), t.to(device)).sample, noise.to(device))
-        update(optimizer, loss)
+        with precision.autocast():
+            predicted = unet(noisy.to(device), t.to(device)).sample
+        loss = F.mse_loss(predicted.float(), noise.to(device))
+        update(optimizer, loss, precision.scaler)
         average.update()
         return {"loss": loss.item()}
 
@@ -97,11 +103,13 @@ def sampling_scheduler(ddim_steps: int) -> DDIMScheduler:
 
 def _train(unet: UNet2DModel, discriminator: None, images: torch.Tensor, settings: Mapping[str, Any],
            **loop: Any) -> list[dict[str, float]]:
-    return train_ddpm(unet, images, lr=settings["ddpm_lr"], **loop)
+    return train_ddpm(unet, images, lr=settings["ddpm_lr"], mixed_precision=settings.get("mixed_precision", False),
+                      **loop)
 
 
 @register_generator("ddpm", model=UNet2DModel, train=_train, sample=sample_ddpm, steps_key="ddpm_steps",
-                    settings_keys=("ddpm_width", "ddpm_steps", "ddpm_lr", "batch_size", "max_train_images"),
+                    settings_keys=("ddpm_width", "ddpm_steps", "ddpm_lr", "batch_size", "max_train_images",
+                                   "mixed_precision"),
                     about=ABOUT)
 def build_ddpm(channels: int, size: int, settings: Mapping[str, Any]) -> tuple[UNet2DModel, None]:
     """An untrained noise-predicting U-Net at the profile's ``ddpm_width``; a DDPM has no discriminator."""
