@@ -178,6 +178,7 @@ def run(nproc: int, function: Callable[..., Any], *args: Any, **kwargs: Any) -> 
 
 
 def _alive(pid: int) -> bool:
+    """Whether process ``pid`` of this machine still runs."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
