@@ -67,6 +67,19 @@ def test_unit_costs_are_measured_once_and_cached(tmp_path, monkeypatch):
     assert sum(plan.chapter_seconds(frame).values()) == pytest.approx(frame["seconds"].sum())
 
 
+def test_a_generator_step_costs_its_epochs_not_the_once_per_model_work_after_them(monkeypatch):
+    """Re-estimating batch-norm statistics for the averaged weights happens once per model, after training (and
+    never on a FedAvg site): counted per step, it had tripled the planned cost of every DC-GAN step."""
+    import time
+
+    from medsec_utils import generative
+
+    monkeypatch.setattr(generative.WeightAverage, "copy_to_model", lambda self, latents=None: time.sleep(2.0))
+    settings = profiles.resolve_profile("smoke", **SMALL)
+    costs = plan._generator_costs("dcgan", generative.GENERATORS["dcgan"], settings, 1, 16)
+    assert costs["dcgan_step"] < 0.5, "two seconds after the last epoch, over two steps, would be a second each"
+
+
 def test_time_left_scales_with_how_finished_chapters_compared_with_the_plan():
     progress = _compendium().Progress({"a": 100.0, "b": 200.0, "c": 300.0}, every=3600)
     progress.chapter = "a"
