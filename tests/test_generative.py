@@ -327,7 +327,7 @@ def test_each_generator_samples_with_the_moving_average_of_its_weights(kind, tmp
     generator, _ = _train(kind, _images(8, 1, 16), epochs=2, checkpoint=tmp_path / "checkpoint.pt")
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)["state"]
     raw = state["unet" if kind == "ddpm" else "generator"]
-    averaged = state["average"]["shadow_params"]
+    averaged = state["average"]["average"]["shadow_params"]
     names = [name for name, _ in generator.named_parameters()]
     assert len(averaged) == len(names)
     for name, parameter, mean in zip(names, generator.parameters(), averaged):
@@ -351,6 +351,34 @@ def test_the_weight_average_smooths_noisy_weights_and_starts_from_the_first_step
     average.copy_to_model()
     averaged = float(model.weight.detach())
     assert abs(averaged - 1.0) < 0.15 and averaged != last  # single weights scatter by 1
+
+
+def test_progan_averages_only_the_weights_of_each_finished_level(tmp_path):
+    """16 px, 2 epochs of 2 steps per level, the first epoch fading in: the last level (16 px) is stable for its
+    last 2 steps only, so the average sampled from holds those 2 steps and nothing of the 8 px network."""
+    _train("progan", _images(8, 1, 16), epochs=2, checkpoint=tmp_path / "checkpoint.pt")
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    stable = [r for r in saved["history"] if r["level"] == 2 and r["alpha"] == 1.0]
+    average = saved["state"]["average"]
+    assert average["since"] == 2 and len(stable) == 1
+    assert average["average"]["optimization_step"] == 2
+
+
+def test_a_restarted_weight_average_starts_again_from_the_current_weights_once_per_tag():
+    model = nn.Linear(1, 1, bias=False)
+    average = generative.WeightAverage(model)
+    with torch.no_grad():
+        for value in (5.0, 7.0):
+            model.weight.fill_(value)
+            average.update()
+        model.weight.fill_(1.0)
+        average.restart(since="level 1")
+        average.update()
+        model.weight.fill_(3.0)
+        average.restart(since="level 1")  # the same tag again: nothing restarts
+    assert average.average.optimization_step == 1
+    average.copy_to_model()
+    assert float(model.weight.detach()) == 1.0
 
 
 def test_batch_norm_statistics_are_re_estimated_for_the_averaged_weights():

@@ -30,18 +30,27 @@ class WeightAverage:
     remembering its random start. Checkpointed with the optimisers (``state_dict``)."""
 
     def __init__(self, model: nn.Module, decay: float = EMA_DECAY) -> None:
-        self.model = model
+        self.model, self.decay = model, decay
         self.average = EMAModel(model.parameters(), decay=decay, use_ema_warmup=True, power=EMA_POWER)
+        self.since: Any = None  # what the last restart was for (ProGAN: the level), checkpointed
 
     def update(self) -> None:
         """Fold the model's current weights into the average (after each optimiser step)."""
         self.average.step(self.model.parameters())
 
+    def restart(self, since: Any) -> None:
+        """Start the average afresh from the current weights, warm-up included, unless it already started at
+        ``since``: a grown ProGAN averages only weights trained for the network it samples with."""
+        if self.since != since:
+            self.average = EMAModel(self.model.parameters(), decay=self.decay, use_ema_warmup=True, power=EMA_POWER)
+            self.since = since
+
     def state_dict(self) -> dict[str, Any]:
-        return self.average.state_dict()
+        return {"average": self.average.state_dict(), "since": self.since}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.average.load_state_dict(state)
+        self.average.load_state_dict(state["average"])
+        self.since = state["since"]
 
     def copy_to_model(self, latents: Callable[[], torch.Tensor] | None = None) -> None:
         """Put the averaged weights into the model. Batch-norm statistics belong to the weights that produced

@@ -139,7 +139,10 @@ def train_progan(generator: ProGANGenerator, discriminator: ProGANDiscriminator,
     Each level trains ``epochs_per_level`` epochs; above 4 px its first half fades the level in (real
     images are faded the same way). The critic sees every image through :func:`diff_augment` with policy
     ``augment``. The history's ``alpha`` is the epoch's mean fade-in weight. Leaves the generator with its
-    moving average of weights (:class:`WeightAverage`), as the paper samples.
+    moving average of weights (:class:`WeightAverage`), as the paper samples. The average restarts when each
+    level's fade-in ends, so it holds only weights of the finished network it samples with: Karras et al. average
+    over about 1000 steps of 37,500 per phase, while a level here lasts a few hundred steps, about as long as
+    the average's window.
     """
     opt_g, opt_d, state = gan_optimisers(generator, discriminator, device, lr, betas=(0.0, 0.99))
     state["average"] = average = WeightAverage(generator)
@@ -149,6 +152,8 @@ def train_progan(generator: ProGANGenerator, discriminator: ProGANDiscriminator,
     def step(index: torch.Tensor, plan: dict[str, Any], fraction: float, rng: torch.Generator) -> dict[str, float]:
         level = plan["level"]
         alpha = 1.0 if level == 0 else min(1.0, (plan["epoch_in_level"] + fraction) / fade_epochs)
+        if alpha >= 1:
+            average.restart(since=level)
         real = to_model_range(pyramid[level][index].to(device))
         if alpha < 1:
             real = alpha * real + (1 - alpha) * F.interpolate(F.avg_pool2d(real, 2), scale_factor=2)
