@@ -111,9 +111,14 @@ def test_progan_grows_from_4_px_and_fades_each_level_in():
 def test_progan_layers_keep_their_defining_properties():
     x = torch.randn(5, 6, 4, 4) * 3
     assert torch.allclose(generative.PixelNorm()(x).pow(2).mean(1), torch.ones(5, 4, 4), atol=1e-4)
-    with_std = generative.MinibatchStdDev()(x)
+    with_std = generative.MinibatchStdDev()(x)  # 5 images: no groups of 4, so one group
     assert with_std.shape == (5, 7, 4, 4)
     assert torch.allclose(with_std[:, -1], x.std(0, unbiased=False).mean().expand(5, 4, 4))
+    eight = torch.cat([torch.zeros(4, 6, 4, 4), torch.ones(4, 6, 4, 4)]) + torch.arange(8.).view(8, 1, 1, 1) * 0.1
+    grouped = generative.MinibatchStdDev(group_size=4)(eight)[:, -1, 0, 0]
+    for first in (0, 1):  # groups of 4: images 0, 2, 4, 6 and 1, 3, 5, 7, as the reference code groups them
+        members = eight[first::2, 0, 0, 0]
+        assert torch.allclose(grouped[first::2], members.std(unbiased=False).expand(4), atol=1e-4)
     conv = generative.EqualizedConv2d(6, 4, 3, padding=1)
     assert abs(float(conv.weight.detach().std()) - 1) < 0.2 and conv.scale == pytest.approx((2 / 54) ** 0.5)
 

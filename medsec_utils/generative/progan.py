@@ -53,11 +53,20 @@ class PixelNorm(nn.Module):
 
 
 class MinibatchStdDev(nn.Module):
-    """Append the batch's mean standard deviation as one constant feature map (against mode collapse)."""
+    """Append one constant feature map per image: the mean standard deviation of its group of ``group_size``
+    images (against mode collapse). Image ``i`` of ``N`` is in group ``i % (N / group_size)``, as in the reference
+    code's ``minibatch_stddev_layer``; a batch that groups do not divide is one group."""
+
+    def __init__(self, group_size: int = 4) -> None:
+        super().__init__()
+        self.group_size = group_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        std = torch.sqrt(x.var(0, unbiased=False) + 1e-8).mean()
-        return torch.cat([x, std.expand(len(x), 1, *x.shape[2:])], 1)
+        n, channels, height, width = x.shape
+        group = min(self.group_size, n) if n % min(self.group_size, n) == 0 else n
+        grouped = x.reshape(group, -1, channels, height, width)
+        std = torch.sqrt(grouped.var(0, unbiased=False) + 1e-8).mean(dim=(1, 2, 3))
+        return torch.cat([x, std.repeat(group).view(n, 1, 1, 1).expand(n, 1, height, width)], 1)
 
 
 def _progan_widths(width: int, max_level: int) -> list[int]:
