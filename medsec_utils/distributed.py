@@ -190,10 +190,9 @@ def _alive(pid: int) -> bool:
 
 def jobs_folder() -> Path:
     """Where :func:`run` leaves jobs for the other nodes: ``torchrun_jobs`` in the artefact cache, which several
-    nodes must share anyway (rank 0, on whichever node, writes the artefacts there)."""
-    from .cache import cache_root
-
-    return cache_root() / JOBS_FOLDER
+    nodes must share anyway (rank 0, on whichever node, writes the artefacts there). The cache's root is read as
+    ``cache.cache_root`` reads it; ``cache`` imports this module, so this one cannot import it."""
+    return Path(os.environ.get("MEDSEC_CACHE") or Path.home() / ".cache" / "medsec").expanduser() / JOBS_FOLDER
 
 
 def follow(nproc: int, nnodes: int, endpoint: str, *, jobs: Path | None = None, poll: float = 1.0,

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from medsec_utils import data, distributed, generative, training
+from medsec_utils import cache, data, distributed, generative, training
 
 from _ddp import IMAGES, train_generators, train_recorder
 from _flower_deployment import free_port
@@ -128,6 +128,7 @@ def test_job_files_of_killed_notebooks_are_removed_before_a_job_and_each_job_fil
     monkeypatch.setenv("MEDSEC_NNODES", "2")
     monkeypatch.setenv("MEDSEC_RDZV_ENDPOINT", "127.0.0.1:1")
     jobs = distributed.jobs_folder()
+    assert jobs == cache.cache_root() / "torchrun_jobs", "the jobs wait in the artefact cache the nodes share"
     jobs.mkdir(parents=True)
     dead, live = jobs / "1-999999999.pt", jobs / f"2-{os.getpid()}.pt"  # above Linux's largest pid; this process
     dead.touch(), live.touch()
