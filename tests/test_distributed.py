@@ -109,7 +109,8 @@ def test_two_nodes_on_loopback_train_as_two_processes_of_one_node_do(tmp_path, m
     assert follower.returncode == 0, output
     (alone,), (first, second) = _ranks(one, 1), _ranks(nodes, 2)
     assert (first["world"], second["world"]) == (2, 2)
-    assert not set(first["seen"]) & set(second["seen"]) and sorted(first["seen"] + second["seen"]) == sorted(alone["seen"])
+    assert not set(first["seen"]) & set(second["seen"])
+    assert sorted(first["seen"] + second["seen"]) == sorted(alone["seen"])
     for name, weight in alone["weights"].items():
         torch.testing.assert_close(first["weights"][name], weight, **TOLERANCE)
     assert first["written"] == [str(nodes / "checkpoint.pt")] and second["written"] == []

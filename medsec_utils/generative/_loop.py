@@ -20,6 +20,7 @@ Step = Callable[[torch.Tensor, dict[str, Any], float, torch.Generator], dict[str
 EMA_DECAY = 0.999  # ProGAN's generator average (Karras et al. 2018): the ceiling of the warm-up below
 EMA_POWER = 3 / 4  # diffusers' warm-up exponent for runs of fewer than about 100k steps
 BATCH_NORM_BATCHES = 32  # latent batches that re-estimate batch-norm statistics for the averaged weights
+_NO_SCALING = torch.amp.GradScaler("cpu", enabled=False)  # a pass-through: plain backward and optimiser step
 
 
 class WeightAverage:
@@ -65,17 +66,12 @@ class WeightAverage:
 def update(optimizer: torch.optim.Optimizer, loss: torch.Tensor, scaler: torch.amp.GradScaler | None = None) -> None:
     """One optimiser step on ``loss``, with gradients averaged over the processes under torchrun; ``scaler``: the
     gradient scaling of float16 mixed precision (:class:`..training.Precision`)."""
+    scaler = _NO_SCALING if scaler is None else scaler
     optimizer.zero_grad(set_to_none=True)
-    if scaler is None:
-        loss.backward()
-    else:
-        scaler.scale(loss).backward()
+    scaler.scale(loss).backward()
     distributed.average_gradients(p for group in optimizer.param_groups for p in group["params"])
-    if scaler is None:
-        optimizer.step()
-    else:
-        scaler.step(optimizer)
-        scaler.update()
+    scaler.step(optimizer)
+    scaler.update()
 
 
 def gan_optimisers(generator: nn.Module, discriminator: nn.Module, device: torch.device, lr: float,

@@ -63,7 +63,8 @@ class MinibatchStdDev(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, channels, height, width = x.shape
-        group = min(self.group_size, n) if n % min(self.group_size, n) == 0 else n
+        group = min(self.group_size, n)
+        group = group if n % group == 0 else n
         grouped = x.reshape(group, -1, channels, height, width)
         std = torch.sqrt(grouped.var(0, unbiased=False) + 1e-8).mean(dim=(1, 2, 3))
         return torch.cat([x, std.repeat(group).view(n, 1, 1, 1).expand(n, 1, height, width)], 1)

@@ -68,8 +68,8 @@ def open_chapter(chapter: str, *, profile: str, dataset: str | Iterable[str], se
                  size_setting: str = "image_size") -> Chapter:
     """Resolve the profile with ``overrides`` (profile keys; None keeps the profile's), load every DATASET spec
     once at the size the profile key ``size_setting`` gives (chapter 4: ``generator_size``; the chapter's
-    ``image_size`` becomes that size, so its classifiers see the generators' images), start the run record (``params`` are the notebook's other parameters, recorded as given) and, with
-    ``classifiers``, load or train each data set's classifier. ``nproc`` > 1 trains every model of the chapter on
+    ``image_size`` becomes that size, so its classifiers see the generators' images), start the run record
+    (``params`` are the notebook's other parameters, recorded as given) and, with ``classifiers``, load or train each data set's classifier. ``nproc`` > 1 trains every model of the chapter on
     that many processes under torchrun (one per GPU, or CPU processes with gloo). Shows the data notice when run
     in a notebook.
 
