@@ -65,23 +65,34 @@ def _untrained_classifier():
     return models.build_classifier(1, "resnet10t").eval()
 
 
-def _instrument(counts: dict[str, int], kill_before_marker: bool) -> None:
+def _instrument(counts: dict[str, int], kill_before_marker: bool, kill_after_write: list | None) -> None:
     """Count the checkpoints this process writes (the epochs it trained itself, not those it resumed from) and
     the attacks it computes (not those it loaded); with ``kill_before_marker``, SIGKILL this process when the
-    cache is about to write its first completeness marker: a kill at the last moment a run can lose work."""
+    cache is about to write its first completeness marker: a kill at the last moment a run can lose work; with
+    ``kill_after_write=[name, n]``, SIGKILL it just after its n-th write of a file called ``name``: a kill that
+    lands mid-work however fast or slow the machine is."""
     from medsec_utils import attacks, cache
 
     save, write_json, attack = cache.torch_save_atomic, cache.write_json_atomic, attacks.evaluate_attack
+    writes: dict[str, int] = {}
+
+    def after_write(path: Path) -> None:
+        name = Path(path).name
+        writes[name] = writes.get(name, 0) + 1
+        if kill_after_write and kill_after_write == [name, writes[name]]:
+            os.kill(os.getpid(), signal.SIGKILL)
 
     def counting_save(obj: Any, path: Path) -> None:
         if Path(path).name == CHECKPOINT:
             counts["checkpoints_written"] += 1
         save(obj, path)
+        after_write(path)
 
     def killing_write(path: Path, obj: Any) -> None:
         if kill_before_marker and Path(path).name == MARKER:
             os.kill(os.getpid(), signal.SIGKILL)
         write_json(path, obj)
+        after_write(path)
 
     def counting_attack(*args: Any, **kwargs: Any) -> Any:
         counts["attacks_run"] += 1
@@ -206,7 +217,7 @@ def _child(request: dict[str, Any]) -> None:
         os.dup2(devnull, 0)
         os.environ["MEDSEC_CACHE"] = request["cache"]
         counts = {"checkpoints_written": 0, "attacks_run": 0}
-        _instrument(counts, request.get("kill_before_marker", False))
+        _instrument(counts, request.get("kill_before_marker", False), request.get("kill_after_write"))
         result = WORKLOADS[request["workload"]]()
         result = {"compare": _without_timings(result["compare"]), "run": {**result["run"], **counts}}
         Path(request["result"]).write_text(json.dumps(result, indent=1, default=str))
@@ -296,15 +307,16 @@ class ForkServer:
         return json.loads(line)
 
     def run(self, workload: str, cache: Path, tag: str, kill_after: float | None = None,
-            kill_before_marker: bool = False) -> Run:
+            kill_before_marker: bool = False, kill_after_write: tuple[str, int] | None = None) -> Run:
         """Run ``workload`` against ``cache`` to its end, or SIGKILL it ``kill_after`` s after it printed
-        ``WORK_STARTED``, or have it SIGKILL itself just before its first cache marker; files go beside ``cache``
-        as ``<tag>.log`` and ``<tag>.json``."""
+        ``WORK_STARTED``, or have it SIGKILL itself just before its first cache marker or just after its n-th write
+        of a file (``kill_after_write=(name, n)``); files go beside ``cache`` as ``<tag>.log`` and ``<tag>.json``."""
         cache.mkdir(parents=True, exist_ok=True)
         run = Run(workload, cache, cache.parent / f"{tag}.log", cache.parent / f"{tag}.json")
         self.process.stdin.write(json.dumps({"workload": workload, "cache": str(cache), "log": str(run.log),
                                              "result": str(run.result_file),
-                                             "kill_before_marker": kill_before_marker}) + "\n")
+                                             "kill_before_marker": kill_before_marker,
+                                             "kill_after_write": kill_after_write}) + "\n")
         self.process.stdin.flush()
         pid = self._read(60)["pid"]
         started, deadline = None, time.monotonic() + self.timeout
