@@ -1,7 +1,7 @@
 """Benchmark: the generative-quality targets on real images, per generator and class, against training steps.
 
     python benchmarks/bench_generator_quality.py [--dataset ../shared/data/chest_xray] [--profile cpu]
-        [--kind dcgan --kind ddpm ...] [--budgets 0.25,0.5,1] [--work DIR]
+        [--kind dcgan --kind ddpm ...] [--budgets 0.25,0.5,1] [--work DIR] [--param gan_augment= ...]
 
 For each kind and class, trains a generator at the profile's settings to each fraction of the profile's step
 budget in turn (DC-GAN and DDPM continue one run from its checkpoint; ProGAN, whose budget is per level, trains
@@ -24,6 +24,7 @@ import json
 from pathlib import Path
 
 import torch
+import yaml
 from torch import nn
 from torch.optim.swa_utils import update_bn
 
@@ -105,8 +106,11 @@ def main() -> None:
     parser.add_argument("--budgets", default="1", help="fractions of the profile's step budget, e.g. 0.25,0.5,1")
     parser.add_argument("--work", type=Path, help="checkpoints and finished points (default: in the cache)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                        help="a profile setting to override, for an ablation (its own work folder)")
     args = parser.parse_args()
-    settings = profiles.resolve_profile(args.profile)
+    overrides = {name.strip(): yaml.safe_load(value) for name, value in (p.split("=", 1) for p in args.param)}
+    settings = profiles.resolve_profile(args.profile, **overrides)
     budgets = sorted(float(b) for b in args.budgets.split(","))
     images = data.load_dataset(args.dataset, size=settings.image_size, seed=args.seed)
     work = args.work or cache.cache_root() / "bench_generator_quality" / cache.artefact_key(
@@ -117,8 +121,8 @@ def main() -> None:
     encoder, about = metrics.feature_space("random_vgg16", seed=args.seed)
     real = metrics.image_features(encoder, test_x, CPU)
     n = settings.synthetic_images
-    print(f"{images.name}, {settings.image_size} px, profile {args.profile}: {n} generated images per class against "
-          f"the class's held-out test images in {about}; work folder {work}", flush=True)
+    print(f"{images.name}, {settings.image_size} px, profile {args.profile} {overrides or ''}: {n} generated images per "
+          f"class against the class's held-out test images in {about}; work folder {work}", flush=True)
     rows = []
     for c in (0, 1):
         pick = torch.randperm(int((train_y == c).sum()), generator=torch.Generator().manual_seed(args.seed))[:n]

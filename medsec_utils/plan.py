@@ -142,8 +142,8 @@ def _cpuinfo() -> list[str]:
         return []
 
 
-UNIT_SETTINGS = ("image_size", "generator_size", "batch_size", "latent_dim", "gan_width", "gan_augment", "progan_width",
-                 "ddpm_width", "ddim_steps", "fl_sizes")
+UNIT_SETTINGS = ("image_size", "generator_size", "batch_size", "latent_dim", "gan_width", "gan_augment",
+                 "progan_augment", "progan_width", "ddpm_width", "ddim_steps", "fl_sizes")
 
 
 def unit_costs(settings: Mapping[str, Any], channels: int = 1) -> tuple[dict[str, float], bool]:

@@ -23,7 +23,8 @@ from _paths import REPO
 CPU = torch.device("cpu")
 TOLERANCE = {"rtol": 1e-4, "atol": 1e-5}  # float sums in another order: one process and two agree to ~1e-6 here
 SETTINGS = {"latent_dim": 16, "gan_width": 8, "progan_width": 16, "ddpm_width": 8, "gan_lr": 2e-4,
-            "gan_augment": "color,translation,cutout", "progan_lr": 1e-3, "ddpm_lr": 1e-3, "batch_size": 4}
+            "gan_augment": "color,translation,cutout",
+            "progan_augment": "color,translation,cutout", "progan_lr": 1e-3, "ddpm_lr": 1e-3, "batch_size": 4}
 
 
 @pytest.fixture(autouse=True)

@@ -2,8 +2,9 @@
 NeurIPS 2020, arXiv:2006.10738) for the GANs' discriminators.
 
 The same random differentiable transforms apply to every image the discriminator sees, real or generated,
-so that it cannot memorise a few hundred training images (profile key ``gan_augment``; without it the
-DC-GAN's discriminator wins at once on the CT slices).
+so that it cannot memorise a few hundred training images (profile keys ``gan_augment``, ``progan_augment``;
+without it the DC-GAN's discriminator wins at once on the CT slices; ProGAN's WGAN-GP critic does better
+without it, as Karras et al. train).
 """
 
 from __future__ import annotations

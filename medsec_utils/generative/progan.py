@@ -199,13 +199,13 @@ def _gradient_penalty(critic: ProGANDiscriminator, real: torch.Tensor, fake: tor
 def _train(generator: ProGANGenerator, discriminator: ProGANDiscriminator, images: torch.Tensor,
            settings: Mapping[str, Any], *, epochs: int, **loop: Any) -> list[dict[str, Any]]:
     return train_progan(generator, discriminator, images, epochs_per_level=epochs, lr=settings["progan_lr"],
-                        augment=settings["gan_augment"], **loop)
+                        augment=settings["progan_augment"], **loop)
 
 
 @register_generator("progan", model=ProGANGenerator, train=_train, sample=sample_latents,
                     steps_key="progan_steps_per_level",
-                    settings_keys=("latent_dim", "progan_width", "progan_steps_per_level", "progan_lr", "gan_augment",
-                                   "batch_size", "max_train_images"), about=ABOUT)
+                    settings_keys=("latent_dim", "progan_width", "progan_steps_per_level", "progan_lr",
+                                   "progan_augment", "batch_size", "max_train_images"), about=ABOUT)
 def build_progan(channels: int, size: int,
                  settings: Mapping[str, Any]) -> tuple[ProGANGenerator, ProGANDiscriminator]:
     """Untrained ProGAN generator and critic at the profile's ``latent_dim`` and ``progan_width``."""
