@@ -100,3 +100,67 @@ def test_defense_table_heat_maps_and_costs_lay_out_attack_by_defence():
     assert costs.loc[("ct", "hgd"), "training seconds"] == 5.0
     assert costs.loc[("ct", "magnet"), "clean accuracy cost"] == pytest.approx(-0.05)
     assert costs.loc[("ct", "none"), "clean accuracy"] == 0.95
+
+
+STUDY = reporting.pd.DataFrame(
+    {"none": [90.0, 40.0, 10.0], "hgd": [None, 95.0, 80.0]},
+    index=reporting.pd.MultiIndex.from_tuples([("ct", "none"), ("ct", "fgsm"), ("ct", "autoattack")],
+                                              names=["modality", "attack"]))
+
+
+def _at(values, eps_255=None):
+    """:func:`_cells` of ``{(attack, defence): accuracy}`` in the gray-box setting at budget ``eps_255``."""
+    return [{**cell, "epsilon_255": eps_255} for cell in _cells({("gray-box", a, d): v for (a, d), v in values.items()})]
+
+
+def test_each_study_cell_gets_ours_beside_it_and_a_verdict_computed_from_our_interval():
+    records = _at({("none", "none"): 0.9, ("fgsm", "none"): 0.1, ("fgsm", "hgd"): 1.0, ("autoattack", "hgd"): 0.8,
+                   ("cw", "none"): 0.0, ("none", "hgd"): 0.9})
+    cells = reporting.paper_cells(records, "gray-box", STUDY).set_index(["attack", "defense"])
+    assert len(cells) == 4  # no CW in the study; the study has no clean cell for HGD
+    assert cells.loc[("none", "none"), "verdict"] == "inside our interval"
+    assert cells.loc[("fgsm", "none"), "verdict"] == "study above ours"  # 40 % against 10 % [5.5, 17.4]
+    assert cells.loc[("fgsm", "hgd"), "verdict"] == "study below ours"  # 95 % against 100 % [96.3, 100]
+    assert cells.loc[("fgsm", "none"), "difference (pp)"] == -30.0
+    counts = reporting.verdict_counts({"gray-box": cells.reset_index()}).loc[("gray-box", "ct")]
+    assert (counts["inside our interval"], counts["study above ours"], counts["study below ours"], counts["cells"]) \
+        == (2, 1, 1, 4)
+    fig = reporting.plot_paper_differences({"gray-box": cells.reset_index(), "adaptive": cells.reset_index()})
+    marks = [t.get_text() for t in fig.axes[0].texts]
+    assert len(fig.axes) == 2 and "+0 ✓" in marks and "-30" in marks
+    plt.close("all")
+
+
+def test_the_matched_budget_is_where_the_undefended_cells_agree_with_the_study_and_defended_cells_follow_it():
+    records = (_at({("fgsm", "none"): 0.9, ("autoattack", "none"): 0.8, ("fgsm", "hgd"): 0.9}, 1)
+               + _at({("fgsm", "none"): 0.4, ("autoattack", "none"): 0.1, ("fgsm", "hgd"): 0.95,
+                      ("autoattack", "hgd"): 0.5}, 2)
+               + _at({("fgsm", "none"): 0.0, ("autoattack", "none"): 0.0, ("fgsm", "hgd"): 0.2}, 4))
+    budgets = reporting.matched_budgets(records, STUDY).set_index("epsilon_255")
+    assert budgets["matched"].tolist() == [False, True, False]
+    assert budgets.loc[1, "undefended: mean |ours - study| (pp)"] == 60.0  # (50 + 70) / 2
+    matched = reporting.at_matched_budgets(records, STUDY)
+    assert set(matched["epsilon_255"]) == {2} and len(matched) == 4
+    tied = _at({("fgsm", "none"): 0.5, ("autoattack", "none"): 0.5}, 1) + _at({("fgsm", "none"): 0.5,
+                                                                             ("autoattack", "none"): 0.5}, 2)
+    assert reporting.matched_budgets(tied, STUDY)["matched"].tolist() == [True, False]  # the smaller budget
+    assert matched.set_index(["attack", "defense"]).loc[("autoattack", "hgd"), "verdict"] == "study above ours"
+
+
+def test_gray_box_cells_at_each_budget_put_the_bare_classifiers_adversarial_images_through_every_pipeline(
+        tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDSEC_CACHE", str(tmp_path))
+    images = data.load_dataset("phantom:ct?n=40", size=16, use_cache=False, progress=False)
+    torch.manual_seed(0)
+    bare = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(256, 2)).eval()
+    x, y = torch.rand(8, 1, 16, 16), torch.tensor([0, 1] * 4)
+    pipelines = {"none": bare, "hgd": _Constant(1)}
+    records = reporting.gray_box_at_budgets(images, pipelines, x, y, ["fgsm", "cw"], [1 / 255, 8 / 255], {}, seed=0,
+                                            device=torch.device("cpu"))
+    assert [(r["attack"], r["epsilon_255"], r["defense"]) for r in records] == [
+        ("fgsm", 1, "none"), ("fgsm", 1, "hgd"), ("fgsm", 8, "none"), ("fgsm", 8, "hgd")]  # CW has no budget
+    outcome, hit = attacks.evaluate_attack_cached(bare, "fgsm", x, y, eps=8 / 255, settings={}, seed=0,
+                                                  device=torch.device("cpu"))
+    assert hit  # the cells reused (here: made) the cached adversarial images
+    assert records[2]["accuracy"] == pytest.approx(float((bare(outcome.adversarial).argmax(1) == y).float().mean()))
+    assert records[3]["accuracy"] == 0.5 and records[2]["threat_model"] == "gray-box"

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .. import metrics
+from ..attacks import ATTACKS, changed_images, evaluate_attack_cached
 from ..data import ImageSet
 from ..defenses import score_defense
 from .common import ci_cell, dataset_fields, labelled, phantom_banner, verdict
@@ -153,3 +154,112 @@ def _adversarial_training_above_80(attacked: pd.DataFrame) -> tuple[bool, str] |
     worst = cells.loc[cells["ci_low"].idxmin()]
     return bool((cells["ci_low"] > 0.8).all()), (f"lowest: {worst['attack']} {worst['accuracy']:.3f} "
                                                  f"[{worst['ci_low']:.3f}, {worst['ci_high']:.3f}]")
+
+
+def paper_cells(records: list[dict[str, Any]], threat_model: str, study: pd.DataFrame) -> pd.DataFrame:
+    """Every cell of the study's Table 1 (``study``: :func:`medsec_utils.paper.table1`, %) beside this run's cell of
+    the same modality, attack and defence under ``threat_model``: the study's value, ours with its 95 % interval,
+    the difference (ours minus the study's, percentage points) and where the study's value lies against our
+    interval. Cells this run did not make (a modality or defence left out) are left out."""
+    frame = pd.DataFrame([r for r in records if r["threat_model"] == threat_model])
+    rows = []
+    for r in frame.itertuples():
+        if (r.modality, r.attack) not in study.index or r.defense not in study.columns:
+            continue
+        quoted = float(study.loc[(r.modality, r.attack), r.defense])
+        if pd.isna(quoted):
+            continue
+        low, high = 100 * r.ci_low, 100 * r.ci_high
+        rows.append({"dataset": r.dataset, "phantom": r.phantom, "modality": r.modality, "attack": r.attack,
+                     "defense": r.defense, "epsilon_255": r.epsilon_255, "study (%)": quoted,
+                     "ours (%)": round(100 * r.accuracy, 1), "ours 95 % CI": f"[{low:.1f}, {high:.1f}]",
+                     "difference (pp)": round(100 * r.accuracy - quoted, 1),
+                     "verdict": _cell_verdict(quoted, low, high)})
+    return labelled(pd.DataFrame(rows)).drop(columns=["phantom", "modality"]) if rows else pd.DataFrame(rows)
+
+
+VERDICTS = ("inside our interval", "study above ours", "study below ours")
+
+
+def _cell_verdict(quoted: float, low: float, high: float) -> str:
+    inside, above, below = VERDICTS
+    return inside if low <= quoted <= high else above if quoted > high else below
+
+
+def verdict_counts(cells: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """How many of the study's cells fall inside, above or below our intervals, per threat model and data set
+    (``cells``: :func:`paper_cells` per threat model), with the total."""
+    frame = pd.concat([c.assign(**{"threat model": t}) for t, c in cells.items() if not c.empty])
+    counts = frame.groupby(["threat model", "dataset"], sort=False)["verdict"].value_counts().unstack(fill_value=0)
+    counts = counts.reindex(columns=list(VERDICTS), fill_value=0).rename_axis(columns="the study's value")
+    return counts.assign(cells=counts.sum(axis=1))
+
+
+def plot_paper_differences(cells: dict[str, pd.DataFrame]) -> plt.Figure:
+    """Ours minus the study's accuracy (percentage points) per attack (rows) and defence (columns): one heat map
+    per data set and threat model (``cells``: :func:`paper_cells` per threat model); a cell whose study value lies
+    inside our 95 % interval is marked with a check."""
+    threat_models = [t for t, frame in cells.items() if not frame.empty]
+    names = list(dict.fromkeys(n for t in threat_models for n in cells[t]["dataset"]))
+    fig, axes = plt.subplots(len(threat_models), len(names), figsize=(3.6 * len(names), 2.6 * len(threat_models)),
+                             squeeze=False)
+    for row, threat_model in zip(axes, threat_models):
+        for ax, name in zip(row, names):
+            rows = cells[threat_model][cells[threat_model]["dataset"] == name]
+            order = dict(index=list(dict.fromkeys(rows["attack"])), columns=list(dict.fromkeys(rows["defense"])))
+            grid = rows.pivot(index="attack", columns="defense", values="difference (pp)").reindex(**order)
+            marks = rows.assign(mark=[f"{d:+.0f}" + (" ✓" if v == "inside our interval" else "")
+                                      for d, v in zip(rows["difference (pp)"], rows["verdict"])])
+            text = marks.pivot(index="attack", columns="defense", values="mark").reindex(**order).fillna("")
+            sns.heatmap(grid, annot=text, fmt="", vmin=-60, vmax=60, center=0, cmap="RdBu", cbar=False, ax=ax,
+                        annot_kws={"fontsize": 7})
+            ax.set_title(f"{name}: {threat_model}, ours - study (pp)", fontsize=8)
+            ax.set(xlabel="", ylabel="")
+            ax.tick_params(labelsize=7)
+    phantom_banner(fig, names)
+    fig.tight_layout()
+    return fig
+
+
+def gray_box_at_budgets(images: ImageSet, pipelines: dict[str, nn.Module], x: torch.Tensor, y: torch.Tensor,
+                        attacks: list[str], budgets: list[float], settings: dict[str, Any], *, seed: int,
+                        device: torch.device) -> list[dict[str, Any]]:
+    """Gray-box cells of every budgeted attack at every budget: chapter 2's adversarial images of the bare
+    classifier (``pipelines["none"]``; from the artefact cache when chapter 2 ran) through each pipeline.
+    Chapter 2 ran these budgets anyway, so the cells cost forward passes."""
+    records = []
+    for attack in (a for a in attacks if ATTACKS[a].budgeted):
+        for eps in budgets:
+            outcome, _ = evaluate_attack_cached(pipelines["none"], attack, x, y, eps=eps, settings=settings, seed=seed,
+                                                device=device)
+            changed = changed_images(x, outcome.adversarial)
+            records += [defense_record(images, model, kind, attack, "gray-box", outcome.adversarial, y, changed, eps)
+                        for kind, model in pipelines.items()]
+    return records
+
+
+def matched_budgets(budget_records: list[dict[str, Any]], study: pd.DataFrame) -> pd.DataFrame:
+    """Per data set and budget: how far the undefended cells (FGSM, AutoAttack) lie from the study's, as the mean
+    absolute difference in percentage points; ``matched`` marks the budget where they lie closest (the smallest
+    budget on a tie). The study
+    does not state its budget: this is the budget at which its undefended column and ours agree best."""
+    cells = paper_cells(budget_records, "gray-box", study)
+    if cells.empty:
+        return cells
+    bare = cells[cells["defense"] == "none"]
+    distance = bare.groupby(["dataset", "epsilon_255"], sort=False)["difference (pp)"].apply(
+        lambda d: round(float(d.abs().mean()), 1)).rename("undefended: mean |ours - study| (pp)").reset_index()
+    best = distance.groupby("dataset", sort=False)["undefended: mean |ours - study| (pp)"].idxmin()
+    return distance.assign(matched=distance.index.isin(best))
+
+
+def at_matched_budgets(budget_records: list[dict[str, Any]], study: pd.DataFrame) -> pd.DataFrame:
+    """The study's FGSM and AutoAttack cells, every defence, beside ours at each data set's matched budget
+    (:func:`matched_budgets`)."""
+    matches = matched_budgets(budget_records, study)
+    if matches.empty:
+        return matches
+    chosen = matches[matches["matched"]]
+    cells = paper_cells(budget_records, "gray-box", study)
+    keep = pd.MultiIndex.from_frame(chosen[["dataset", "epsilon_255"]])
+    return cells[pd.MultiIndex.from_frame(cells[["dataset", "epsilon_255"]]).isin(keep)].reset_index(drop=True)
