@@ -60,3 +60,20 @@ def test_verdict_rule_and_interval_cells():
     assert reporting.verdict([True, True]) == "reproduced" and reporting.verdict([False, None]) == "not reproduced"
     assert reporting.verdict([True, False, None]) == "partly reproduced" and reporting.verdict([None]) == "not testable here"
     assert reporting.ci_cell(0.5, 0.25, 0.75) == "0.500 [0.250, 0.750]"
+
+
+def test_the_study_is_cited_from_one_place_on_the_introduction_and_every_chapter_page(tmp_path, monkeypatch):
+    """paper.yaml's citation: on the introduction (typed, so the book builds without running anything) and shown by
+    ``open_chapter`` at the top of every chapter."""
+    from medsec_utils import paper
+    from medsec_utils.reporting import chapter
+
+    citation = " ".join(paper.citation().split())
+    assert citation.startswith("V.A. Kovalev") and "Evaluating vulnerabilities" in citation
+    assert citation in " ".join((REPO / "book" / "intro.md").read_text().split())
+    shown = []
+    monkeypatch.setattr(chapter, "_show_markdown", shown.append)
+    monkeypatch.setenv("MEDSEC_CACHE", str(tmp_path / "cache"))
+    chapter.open_chapter("01_classifiers", profile="smoke", dataset="phantom:ct?n=40", seed=0,
+                         output_dir=str(tmp_path / "run"))
+    assert shown and shown[0].startswith(f"**The study this book reproduces:** {paper.citation()}")

@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .. import data, profiles
+from .. import data, paper, profiles
 from .common import data_label, data_notice
 from .provenance import Run
 
@@ -70,8 +70,8 @@ def open_chapter(chapter: str, *, profile: str, dataset: str | Iterable[str], se
     once at the size the profile key ``size_setting`` gives (chapter 4: ``generator_size``; the chapter's
     ``image_size`` becomes that size, so its classifiers see the generators' images), start the run record
     (``params`` are the notebook's other parameters, recorded as given) and, with ``classifiers``, load or train each data set's classifier. ``nproc`` > 1 trains every model of the chapter on
-    that many processes under torchrun (one per GPU, or CPU processes with gloo). Shows the data notice when run
-    in a notebook.
+    that many processes under torchrun (one per GPU, or CPU processes with gloo). Shows the study's citation and
+    the data notice when run in a notebook.
 
     Raises:
         ValueError: unknown profile or setting; ``data.DataError``: a bad data set, in one line.
@@ -88,7 +88,7 @@ def open_chapter(chapter: str, *, profile: str, dataset: str | Iterable[str], se
     for images in sets:
         run.add_dataset(images)
     opened = Chapter(run, settings, sets, seed, weights, nproc)
-    _show_markdown(data_notice(sets))
+    _show_markdown(f"**The study this book reproduces:** {paper.citation()}\n\n{data_notice(sets)}")
     if classifiers:
         opened.load_classifiers()
     return opened
