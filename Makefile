@@ -11,7 +11,8 @@ PROFILE ?= smoke
 RUNS ?= runs
 
 .PHONY: all env run book test reference plan chapter clean
-REAL_DATA := --dataset $(SHARED)/chest_xray --dataset $(SHARED)/ct --dataset $(SHARED)/histology
+REAL_DATA := --dataset $(SHARED)/chest_xray --dataset $(SHARED)/ct --dataset $(SHARED)/histology \
+	--param '01.dataset=[$(SHARED)/chest_xray, $(SHARED)/ct, $(SHARED)/histology, $(SHARED)/medmnist/pneumoniamnist_28.npz]'
 all: book
 
 env: $(VENV)/.installed

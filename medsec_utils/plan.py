@@ -168,8 +168,9 @@ def workload(settings: Mapping[str, Any], sets: Sequence[SetSize], *, generators
     at_generator_size = (s["generator_size"] / s["image_size"]) ** 2
     for d in sets:
         attacked = min(d.test, s["attack_images"] or d.test)
-        add(1, d.name, "classifier training", "classifier_train", s["epochs"] * d.train)
-        add(1, d.name, "validation and test predictions", "predict", s["epochs"] * d.val + d.test)
+        seeds = s["classifier_seeds"]
+        add(1, d.name, f"classifier training ({seeds} seeds)", "classifier_train", seeds * s["epochs"] * d.train)
+        add(1, d.name, "validation and test predictions", "predict", seeds * (s["epochs"] * d.val + d.test))
         apgd, fab = s["apgd_steps"] * s["apgd_restarts"], 2 * s["fab_steps"]
         gradients = {"fgsm": 1, "pgd": s["pgd_steps"], "cw": s["cw_steps"], "autoattack": apgd + fab}
         budgeted = ATTACK_BUDGETS * (gradients["fgsm"] + gradients["pgd"] + apgd) + UNBROKEN_OVER_BUDGETS * fab

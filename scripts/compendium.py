@@ -48,10 +48,16 @@ def plan_chapters(profile: str, datasets: list[str],
     (``epochs=3``) count; notebook-only parameters do not."""
     from medsec_utils import data, plan, profiles
 
+    import pandas as pd
+
     known = profiles.resolve_profile(profile)
     settings = profiles.resolve_profile(profile, **{k: v for k, v in (extra or {}).items() if k in known})
-    sizes = [plan.SetSize.of(data.load_dataset(spec, size=settings.image_size, phantom_images=settings.phantom_images,
-                                               progress=False), settings) for spec in datasets or DEFAULT_DATASETS]
+
+    def sizes_of(specs: list[str]) -> list[Any]:
+        return [plan.SetSize.of(data.load_dataset(spec, size=settings.image_size, progress=False,
+                                                  phantom_images=settings.phantom_images), settings) for spec in specs]
+
+    sizes = sizes_of(datasets or DEFAULT_DATASETS)
     print(f"plan: {profile} profile on {', '.join(f'{s.name} ({s.train} train, {s.test} test)' for s in sizes)}",
           flush=True)
     started = time.perf_counter()
@@ -59,6 +65,11 @@ def plan_chapters(profile: str, datasets: list[str],
     where = "from the artefact cache" if hit else f"measured now in {time.perf_counter() - started:.0f} s"
     print(f"per-step costs {where} ({plan.machine()['cpu']}, {plan.machine()['threads']} threads)", flush=True)
     frame = plan.estimate(settings, sizes, costs)
+    for stem in plan.CHAPTERS:  # a chapter given data sets of its own (``--param 01.dataset=[...]``)
+        own = (extra or {}).get(f"{stem[:2]}.dataset")
+        if own:
+            mine = plan.estimate(settings, sizes_of([own] if isinstance(own, str) else list(own)), costs)
+            frame = pd.concat([frame[frame["chapter"] != stem], mine[mine["chapter"] == stem]], ignore_index=True)
     return plan.chapter_seconds(frame), frame, plan.gpu_speedup(costs, settings.image_size)
 
 
@@ -204,7 +215,7 @@ def run_chapters(profile: str, out: Path, datasets: list[str], chapters: list[st
         params = {"profile": profile, "output_dir": _relative(folder)}
         if datasets:
             params["dataset"] = datasets
-        params.update(extra or {})
+        params.update(chapter_params(extra, notebook.name[:2]))
         print(f"== [{number}/{len(chosen)}] {notebook.name} -> {_relative(folder)} with {params}", flush=True)
         progress.start(notebook.stem)
         try:
@@ -291,9 +302,19 @@ def parse_param(text: str) -> tuple[str, object]:
     import yaml
 
     name, sep, value = text.partition("=")
-    if not sep or not name.strip().isidentifier():
-        raise argparse.ArgumentTypeError(f"--param {text!r}: write name=value, e.g. --param 'splits=[iid]'")
+    chapter, dot, bare = name.strip().rpartition(".")
+    if not sep or not bare.isidentifier() or (dot and not (len(chapter) == 2 and chapter.isdigit())):
+        raise argparse.ArgumentTypeError(f"--param {text!r}: write name=value, e.g. --param 'splits=[iid]', or "
+                                         f"NN.name=value for chapter NN alone, e.g. --param '01.dataset=[...]'")
     return name.strip(), yaml.safe_load(value)
+
+
+def chapter_params(extra: dict | None, chapter: str) -> dict[str, Any]:
+    """The parameters of chapter ``chapter`` (``01``): every ``name`` of ``extra``, then every ``NN.name`` of that
+    chapter over them."""
+    extra = extra or {}
+    own = {key.split(".", 1)[1]: value for key, value in extra.items() if key.startswith(f"{chapter}.")}
+    return {**{key: value for key, value in extra.items() if "." not in key}, **own}
 
 
 def _sha256(path: Path) -> str:
@@ -314,7 +335,8 @@ def main() -> None:
     run.add_argument("--dataset", action="append", default=[], help="DATASET spec (repeat for several)")
     run.add_argument("--chapter", action="append", default=[], help="two-digit chapter number (repeatable)")
     run.add_argument("--param", action="append", default=[], type=parse_param,
-                     help="name=value: a notebook parameter for every chosen chapter (repeatable)")
+                     help="name=value: a notebook parameter for every chosen chapter, NN.name=value for chapter NN "
+                          "alone (repeatable)")
     run.add_argument("--progress-every", type=float, default=60.0, help="seconds between progress lines")
     run.add_argument("--force", action="store_true", help="execute chapters whose inputs and files are unchanged")
     run.add_argument("--plan", action=argparse.BooleanOptionalAction, default=None,

@@ -31,7 +31,10 @@ def test_workload_counts_follow_the_profile_and_data_sizes():
     rows = plan.workload(settings, sizes)
     chest = sizes[0]
     training = [r for r in rows if r["chapter"] == "01_classifiers" and r["unit"] == "classifier_train"]
-    assert [r["count"] for r in training] == [settings.epochs * s.train for s in sizes]
+    assert [r["count"] for r in training] == [settings.classifier_seeds * settings.epochs * s.train for s in sizes]
+    three = plan.workload(profiles.resolve_profile("smoke", **SMALL, classifier_seeds=3), sizes)
+    assert [r["count"] for r in three if r["unit"] == "classifier_train" and r["chapter"] == "01_classifiers"] == [
+        3 * settings.epochs * s.train for s in sizes]
     assert chest.train == sum(chest.train_per_class) > 0
     doubled = plan.workload(profiles.resolve_profile("smoke", **SMALL, epochs=2 * settings.epochs), sizes)
     ch1 = lambda rs: sum(r["count"] for r in rs if r["chapter"] == "01_classifiers" and r["unit"] == "classifier_train")
@@ -116,3 +119,28 @@ def test_the_gpu_estimate_scales_the_published_throughput_to_the_image_size_by_p
     rate = reference["images_per_second"]
     assert plan.gpu_speedup(ten_per_second, reference["image_size"]) == pytest.approx(rate / 10)
     assert plan.gpu_speedup(ten_per_second, reference["image_size"] // 2) == pytest.approx(4 * rate / 10)
+
+
+def test_a_parameter_can_be_given_to_one_chapter_alone_and_the_plan_counts_its_own_data_sets(tmp_path, monkeypatch):
+    compendium = _compendium()
+    assert compendium.parse_param("01.dataset=[a, b]") == ("01.dataset", ["a", "b"])
+    for bad in ("1.dataset=x", "ab.dataset=x", "01.=x", "epochs"):
+        with pytest.raises(Exception, match="NN.name=value"):
+            compendium.parse_param(bad)
+    extra = {"epochs": 2, "01.dataset": ["phantom:ct"], "02.epsilon": 0.1}
+    assert compendium.chapter_params(extra, "01") == {"epochs": 2, "dataset": ["phantom:ct"]}
+    assert compendium.chapter_params(extra, "03") == {"epochs": 2}
+    monkeypatch.setenv("MEDSEC_CACHE", str(tmp_path))
+    monkeypatch.setattr(plan, "unit_costs", lambda settings: ({unit: 1.0 for unit in _units(settings)}, True))
+    shared = ["phantom:chest_xray", "phantom:ct"]
+    _, both = compendium.plan_chapters("smoke", shared, {"01.dataset": ["phantom:ct"]})[:2]
+    _, plain = compendium.plan_chapters("smoke", shared, {})[:2]
+    assert set(both[both["chapter"] == "01_classifiers"]["dataset"]) == {"phantom_ct"}
+    assert set(plain[plain["chapter"] == "01_classifiers"]["dataset"]) == {"phantom_chest_xray", "phantom_ct"}
+    others = [frame[frame["chapter"] != "01_classifiers"].reset_index(drop=True) for frame in (both, plain)]
+    assert others[0].equals(others[1])
+
+
+def _units(settings):
+    sizes = [plan.SetSize("x", 1, 8, 2, 2, (4, 4))]
+    return {row["unit"] for row in plan.workload(settings, sizes)}

@@ -77,3 +77,17 @@ def test_the_study_is_cited_from_one_place_on_the_introduction_and_every_chapter
     chapter.open_chapter("01_classifiers", profile="smoke", dataset="phantom:ct?n=40", seed=0,
                          output_dir=str(tmp_path / "run"))
     assert shown and shown[0].startswith(f"**The study this book reproduces:** {paper.citation()}")
+
+
+def test_headline_numbers_over_seeds_give_mean_spread_and_range_and_sit_beside_the_published_pneumoniamnist():
+    records = [{"dataset": name, "phantom": False, "seed": seed, "test_accuracy": acc, "test_balanced_accuracy": acc,
+                "test_auc": auc} for name, seed, acc, auc in [("ct", 0, 0.90, 0.97), ("ct", 1, 0.84, 0.94),
+                                                              ("ct", 2, 0.87, 0.95), ("pneumoniamnist_28", 0, 0.85, 0.93)]]
+    summary = classifiers.seed_summary(records)
+    assert summary.loc["ct", "seeds"] == 3 and summary.loc["ct", "accuracy"] == "0.870 ± 0.030 (0.840-0.900)"
+    assert summary.loc["ct", "AUC"] == "0.953 ± 0.015 (0.940-0.970)"
+    assert summary.loc["pneumoniamnist_28", "AUC"] == "0.930 (one seed)"  # one seed: no spread
+    table = classifiers.beside_pneumoniamnist(records, {"image_size": 64})
+    assert table.loc["this book", "accuracy"] == 0.85 and table.loc["this book", "seeds"] == 1
+    assert table.loc["MedMNIST v2 (Yang et al., Sci. Data 2023)", "auc"] == 0.944
+    assert "this book" not in classifiers.beside_pneumoniamnist(records[:3], {"image_size": 64}).index

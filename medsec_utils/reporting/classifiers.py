@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from .. import paper
 from ..data import ImageSet
-from .common import data_label, dataset_fields, phantom_banner
+from .common import data_label, dataset_fields, labelled, phantom_banner
+
+if TYPE_CHECKING:
+    from .chapter import Chapter
 
 
 def plot_examples(sets: list[ImageSet], per_class: int = 4, seed: int = 0) -> plt.Figure:
@@ -81,3 +86,51 @@ def classifier_record(images: ImageSet, report: dict[str, Any], history: list[di
     return {**dataset_fields(images), "n_train": n_train, "n_test": report["n"],
             "epochs": len(history), "train_seconds": round(sum(h["seconds"] for h in history), 1),
             **{f"test_{key}": value for key, value in report.items() if key != "n"}}
+
+
+def over_seeds(chapter: Chapter, seeds: Iterable[int]) -> list[dict[str, Any]]:
+    """The test record (:func:`classifier_record`, with its ``seed``) of each data set's classifier trained with
+    each of ``seeds``: from the artefact cache or trained now, on the same splits. The spread over them is the
+    spread from training alone (initial weights, batch order, augmentation)."""
+    from .. import training
+
+    records = []
+    for images in chapter.sets:
+        for seed in seeds:
+            model, history, _ = training.classifier_for(images, chapter.settings, seed=seed, device=chapter.device,
+                                                        weights=chapter.weights, nproc=chapter.nproc, progress=False)
+            report, _ = training.test_report(model, images, chapter.settings, seed=chapter.seed, device=chapter.device)
+            records.append({**classifier_record(images, report, history, chapter.settings, chapter.seed),
+                            "seed": seed})
+    return records
+
+
+def seed_summary(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """Per data set: how many seeds, and test accuracy, balanced accuracy and AUC over them as ``mean ± standard
+    deviation (min-max)`` (one seed: the value alone)."""
+    frame = labelled(pd.DataFrame(records))
+    rows = []
+    for name, group in frame.groupby("dataset", sort=False):
+        row = {"dataset": name, "seeds": len(group)}
+        for column, label in (("test_accuracy", "accuracy"), ("test_balanced_accuracy", "balanced accuracy"),
+                              ("test_auc", "AUC")):
+            values = group[column].astype(float)
+            row[label] = (f"{values.mean():.3f} ± {values.std(ddof=1):.3f} ({values.min():.3f}-{values.max():.3f})"
+                          if len(values) > 1 else f"{values.iloc[0]:.3f} (one seed)")
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("dataset")
+
+
+def beside_pneumoniamnist(records: list[dict[str, Any]], settings: dict[str, Any]) -> pd.DataFrame:
+    """This run's PneumoniaMNIST classifiers (data sets read from a ``pneumoniamnist*.npz``; mean and standard
+    deviation over seeds) under the published results on the same official test split; without such a data
+    set in the run, the published rows alone."""
+    published = paper.pneumoniamnist().assign(seeds=None)
+    ours = [r for r in records if str(r["dataset"]).lower().startswith("pneumoniamnist")]
+    if not ours:
+        return published.set_index("source")
+    frame = pd.DataFrame(ours)
+    row = {"source": "this book", "model": "EfficientNet-B3 (random init)", "image_px": settings["image_size"],
+           "accuracy": frame["test_accuracy"].mean(), "auc": frame["test_auc"].mean(), "seeds": len(frame),
+           "accuracy sd": frame["test_accuracy"].std(ddof=1), "auc sd": frame["test_auc"].std(ddof=1)}
+    return pd.concat([published, pd.DataFrame([row])], ignore_index=True).set_index("source").round(3)
