@@ -1,7 +1,7 @@
 """Benchmark: the generative-quality targets on real images, per generator and class, against training steps.
 
     python benchmarks/bench_generator_quality.py [--dataset ../shared/data/chest_xray] [--profile cpu]
-        [--kind dcgan --kind ddpm ...] [--budgets 0.25,0.5,1] [--work DIR] [--param gan_augment= ...]
+        [--kind dcgan --kind ddpm ...] [--budgets 0.25,0.5,1] [--label 0] [--work DIR] [--param gan_augment= ...]
 
 For each kind and class, trains a generator at the profile's settings to each fraction of the profile's step
 budget in turn (DC-GAN and DDPM continue one run from its checkpoint; ProGAN, whose budget is per level, trains
@@ -106,6 +106,7 @@ def main() -> None:
     parser.add_argument("--budgets", default="1", help="fractions of the profile's step budget, e.g. 0.25,0.5,1")
     parser.add_argument("--work", type=Path, help="checkpoints and finished points (default: in the cache)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--label", type=int, action="append", choices=(0, 1), help="class to train (default: both)")
     parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                         help="a profile setting to override, for an ablation (its own work folder)")
     args = parser.parse_args()
@@ -130,7 +131,7 @@ def main() -> None:
         rows.append(("real train (floor)", CLASS_NAMES[c], "", "", "", figures(real[test_y == c], floor, args.seed),
                      ""))
     for kind in args.kind or list(generative.GENERATORS):
-        for c in (0, 1):
+        for c in args.label or (0, 1):
             for fraction in budgets:
                 found = point(kind, images, c, settings, fraction, work / kind / str(c), real[test_y == c], encoder,
                               args.seed)

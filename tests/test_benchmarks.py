@@ -61,3 +61,19 @@ def test_bench_generator_quality_prints_each_sampling_against_the_targets_and_re
     assert again.returncode == 0 and "DC-GAN" not in again.stderr, "finished points are read, not trained again"
     assert [line for line in again.stdout.splitlines() if line.startswith("dcgan ")] == \
         [line for line in first.stdout.splitlines() if line.startswith("dcgan ")]
+
+
+def test_bench_classifier_seeds_prints_each_seed_and_the_spread_of_both_ways_to_choose_the_weights():
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_classifier_seeds.py"), "--profile", "smoke",
+                          "--dataset", "phantom:ct?n=80", "--seeds", "0,1", "--flip", "both"], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    seeds = [line for line in run.stdout.splitlines() if line.startswith("seed ")]
+    assert len(seeds) == 4 and all("best-val epoch" in line and "last epoch test acc" in line for line in seeds)
+    summary = [line.split() for line in run.stdout.splitlines() if line.split()[:1] in (["False"], ["True"])]
+    assert [(row[0], row[1]) for row in summary] == [("False", "best"), ("False", "last"), ("True", "best"),
+                                                      ("True", "last")]
+    for row in summary:
+        accuracy_mean, accuracy_sd = float(row[3]), float(row[4])
+        assert 0 <= accuracy_mean <= 1 and 0 <= accuracy_sd <= 1, row
