@@ -12,7 +12,8 @@ RUNS ?= runs
 
 .PHONY: all env run book test reference plan chapter clean
 REAL_DATA := --dataset $(SHARED)/chest_xray --dataset $(SHARED)/ct --dataset $(SHARED)/histology \
-	--param '01.dataset=[$(SHARED)/chest_xray, $(SHARED)/ct, $(SHARED)/histology, $(SHARED)/medmnist/pneumoniamnist_28.npz]'
+	--param '01.dataset=[$(SHARED)/chest_xray, $(SHARED)/ct, $(SHARED)/histology, $(SHARED)/medmnist/pneumoniamnist_28.npz]' \
+	--param 05.extended_dataset=chest_xray
 all: book
 
 env: $(VENV)/.installed

@@ -155,9 +155,11 @@ def unit_costs(settings: Mapping[str, Any], channels: int = 1) -> tuple[dict[str
 
 
 def workload(settings: Mapping[str, Any], sets: Sequence[SetSize], *, generators: Sequence[str] = ("dcgan", "progan",
-             "ddpm"), cross_modality: bool = True) -> list[dict[str, Any]]:
+             "ddpm"), cross_modality: bool = True,
+             extended: tuple[str, Sequence[int], Sequence[str]] | None = None) -> list[dict[str, Any]]:
     """Rows ``chapter``, ``dataset``, ``task``, ``unit``, ``count``: the units each chapter needs on ``sets`` from an
-    empty cache, at the chapters' default parameters."""
+    empty cache, at the chapters' default parameters; ``extended``: chapter 5's ``(extended_dataset,
+    extended_sizes, extended_splits)``."""
     s, rows = settings, []
 
     def add(chapter: int, dataset: str, task: str, unit: str, count: float) -> None:
@@ -201,23 +203,29 @@ def workload(settings: Mapping[str, Any], sets: Sequence[SetSize], *, generators
                 s["epochs"] * 3 * d.train * at_generator_size)
         if s["generator_size"] != s["image_size"]:
             add(4, d.name, "classifier at generator_size", "classifier_train", s["epochs"] * d.train * at_generator_size)
-    add_federations(rows, s, sets, cross_modality, add)
+    add_federations(rows, s, sets, cross_modality, add, extended)
     return rows
 
 
 def add_federations(rows: list[dict[str, Any]], s: Mapping[str, Any], sets: Sequence[SetSize], cross_modality: bool,
-                    add: Callable[..., None]) -> None:
-    """Chapter 5: every set under every split, and the first two one-channel sets one per site, at every size;
-    FedAvg at each period, centralised once per set and size, local-only per site."""
+                    add: Callable[..., None],
+                    extended: tuple[str, Sequence[int], Sequence[str]] | None = None) -> None:
+    """Chapter 5: every set under every split, and the first two one-channel sets one per site, at every size
+    (the extended set also at its extra sizes and splits); FedAvg at each period, centralised once per set and
+    size, local-only per site. Feature vectors cost the pixel ratio of ``image_size``'s."""
+    def more(d: SetSize, index: int) -> list[Any]:
+        return list(extended[index]) if extended and extended[0] == d.name else []
+
     grey = [d for d in sets if d.channels == 1]
-    pairs = [((d,), split) for d in sets for split in s["fl_splits"]]
+    pairs = [((d,), split, sorted(set(s["fl_sizes"]) | set(more(d, 1)))) for d in sets
+             for split in dict.fromkeys([*s["fl_splits"], *more(d, 2)])]
     if cross_modality and len(grey) >= 2:
-        pairs.append((tuple(grey[:2]), "one per site"))
+        pairs.append((tuple(grey[:2]), "one per site", s["fl_sizes"]))
     pooled = set()
-    for chosen, split in pairs:
+    for chosen, split, sizes in pairs:
         name, n = " | ".join(d.name for d in chosen), sum(d.train for d in chosen)
         tests = sum(d.test for d in chosen)
-        for size in s["fl_sizes"]:
+        for size in sizes:
             runs = len(s["fl_periods"]) + 1 + ((name, size) not in pooled)
             pooled.add((name, size))
             add(5, name, f"{split} DC-GANs at {size} px ({runs} runs)", f"dcgan_{size}px_step",
@@ -226,7 +234,7 @@ def add_federations(rows: list[dict[str, Any]], s: Mapping[str, Any], sets: Sequ
                 s["fl_periods"])) * (s["fl_epochs"] + 1)
             add(5, name, f"{split} FID samples at {size} px", "dcgan_sample", models_scored * s["fl_fid_images"])
             add(5, name, f"{split} FID features at {size} px", "features",
-                models_scored * s["fl_fid_images"] + tests + n)
+                (models_scored * s["fl_fid_images"] + tests + n) * (size / s["image_size"]) ** 2)
 
 
 def estimate(settings: Mapping[str, Any], sets: Sequence[SetSize], costs: Mapping[str, float],

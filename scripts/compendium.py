@@ -46,12 +46,14 @@ def plan_chapters(profile: str, datasets: list[str],
     """Expected seconds per chapter from an empty cache, the task table behind them (``medsec_utils.plan``) and
     how many times faster one GPU would be (``plan.gpu_speedup``). ``extra`` entries that are profile settings
     (``epochs=3``) count; notebook-only parameters do not."""
-    from medsec_utils import data, plan, profiles
-
     import pandas as pd
 
+    from medsec_utils import data, plan, profiles
+
     known = profiles.resolve_profile(profile)
-    settings = profiles.resolve_profile(profile, **{k: v for k, v in (extra or {}).items() if k in known})
+    overrides = {k: v for k, v in (extra or {}).items() if k in known}
+    settings = profiles.resolve_profile(profile, **overrides)
+    extended = _extended_design(extra)
 
     def sizes_of(specs: list[str]) -> list[Any]:
         return [plan.SetSize.of(data.load_dataset(spec, size=settings.image_size, progress=False,
@@ -61,16 +63,35 @@ def plan_chapters(profile: str, datasets: list[str],
     print(f"plan: {profile} profile on {', '.join(f'{s.name} ({s.train} train, {s.test} test)' for s in sizes)}",
           flush=True)
     started = time.perf_counter()
-    costs, hit = plan.unit_costs(settings)
+    measured = settings if not extended else profiles.resolve_profile(  # the extended set's sizes measured too
+        profile, **{**overrides, "fl_sizes": sorted(set(settings.fl_sizes) | set(extended[1]))})
+    costs, hit = plan.unit_costs(measured)
     where = "from the artefact cache" if hit else f"measured now in {time.perf_counter() - started:.0f} s"
     print(f"per-step costs {where} ({plan.machine()['cpu']}, {plan.machine()['threads']} threads)", flush=True)
-    frame = plan.estimate(settings, sizes, costs)
+    frame = plan.estimate(settings, sizes, costs, extended=extended)
     for stem in plan.CHAPTERS:  # a chapter given data sets of its own (``--param 01.dataset=[...]``)
         own = (extra or {}).get(f"{stem[:2]}.dataset")
         if own:
-            mine = plan.estimate(settings, sizes_of([own] if isinstance(own, str) else list(own)), costs)
+            mine = plan.estimate(settings, sizes_of([own] if isinstance(own, str) else list(own)), costs,
+                                 extended=extended)
             frame = pd.concat([frame[frame["chapter"] != stem], mine[mine["chapter"] == stem]], ignore_index=True)
+            frame = frame.sort_values("chapter", kind="stable", ignore_index=True)
     return plan.chapter_seconds(frame), frame, plan.gpu_speedup(costs, settings.image_size)
+
+
+def _extended_design(extra: dict | None) -> tuple[str, list[int], list[str]] | None:
+    """Chapter 5's ``(extended_dataset, extended_sizes, extended_splits)`` when ``extra`` names an extended data set
+    (``--param 05.extended_dataset=chest_xray``); sizes and splits not given are the notebook's defaults."""
+    import ast
+
+    import papermill
+
+    given = {k: v for k, v in chapter_params(extra, "05").items() if k.startswith("extended_")}
+    if not given.get("extended_dataset"):
+        return None
+    defaults = papermill.inspect_notebook(str(NOTEBOOKS / "05_federated.ipynb"))
+    merged = {**{k: ast.literal_eval(v["default"]) for k, v in defaults.items() if k.startswith("extended_")}, **given}
+    return merged["extended_dataset"], list(merged["extended_sizes"]), list(merged["extended_splits"])
 
 
 def print_plan(profile: str, datasets: list[str], extra: dict | None, detail: bool) -> None:

@@ -54,6 +54,26 @@ def test_chapter_5_plans_as_many_federations_as_the_chapter_runs():
     assert len(planned) == len(federated.plan_federations(sets, design))
 
 
+def test_chapter_5_plans_the_extended_data_sets_extra_sizes_and_splits_as_the_chapter_runs_them():
+    settings = profiles.resolve_profile("smoke", **SMALL)
+    sets, sizes = _sizes(settings)
+    extended = ("phantom_ct", [32, 64], ["iid", "dirichlet"])
+    design = federated.Design.of(settings, 0, extended_dataset=extended[0], extended_sizes=extended[1],
+                                 extended_splits=extended[2])
+    rows = [r for r in plan.workload(settings, sizes, extended=extended) if r["unit"].endswith("px_step")]
+    federations = federated.plan_federations(sets, design)
+    assert sorted((r["dataset"], r["unit"]) for r in rows) == sorted(
+        (f.name.replace(" | ", " | "), f"dcgan_{f.image_size}px_step") for f in federations)
+    ct = {(f.split, f.image_size) for f in federations if f.name == "phantom_ct"}
+    assert ct == {("iid", 32), ("iid", 64), ("dirichlet", 32), ("dirichlet", 64)}
+    assert {(f.split, f.image_size) for f in federations if f.name == "phantom_histology"} == {("iid", 32)}
+    features = {r["task"]: r["count"] for r in plan.workload(settings, sizes, extended=extended)
+                if r["dataset"] == "phantom_ct" and r["unit"] == "features"}
+    assert features["iid FID features at 64 px"] == 4 * features["iid FID features at 32 px"]  # pixels
+    with pytest.raises(ValueError, match="extended_dataset 'chest' is none of this chapter's data sets"):
+        federated.plan_federations(sets, federated.Design.of(settings, 0, extended_dataset="chest"))
+
+
 def test_unit_costs_are_measured_once_and_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("MEDSEC_CACHE", str(tmp_path))
     settings = profiles.resolve_profile("smoke", **SMALL)
@@ -77,10 +97,12 @@ def test_a_generator_step_costs_its_epochs_not_the_once_per_model_work_after_the
 
     from medsec_utils import generative
 
-    monkeypatch.setattr(generative.WeightAverage, "copy_to_model", lambda self, latents=None: time.sleep(2.0))
     settings = profiles.resolve_profile("smoke", **SMALL)
-    costs = plan._generator_costs("dcgan", generative.GENERATORS["dcgan"], settings, 1, 16)
-    assert costs["dcgan_step"] < 0.5, "two seconds after the last epoch, over two steps, would be a second each"
+    plain = plan._generator_costs("dcgan", generative.GENERATORS["dcgan"], settings, 1, 16)
+    monkeypatch.setattr(generative.WeightAverage, "copy_to_model", lambda self, latents=None: time.sleep(2.0))
+    slept = plan._generator_costs("dcgan", generative.GENERATORS["dcgan"], settings, 1, 16)
+    assert slept["dcgan_step"] < plain["dcgan_step"] + 0.5, \
+        "two seconds after the last epoch, over two steps, would be a second each"
 
 
 def test_time_left_scales_with_how_finished_chapters_compared_with_the_plan():
@@ -130,6 +152,11 @@ def test_a_parameter_can_be_given_to_one_chapter_alone_and_the_plan_counts_its_o
     extra = {"epochs": 2, "01.dataset": ["phantom:ct"], "02.epsilon": 0.1}
     assert compendium.chapter_params(extra, "01") == {"epochs": 2, "dataset": ["phantom:ct"]}
     assert compendium.chapter_params(extra, "03") == {"epochs": 2}
+    assert compendium._extended_design(extra) is None
+    assert compendium._extended_design({"05.extended_dataset": "chest_xray"}) == (
+        "chest_xray", [64, 128], ["iid", "dirichlet"])  # the notebook's defaults
+    assert compendium._extended_design({"extended_dataset": "ct", "05.extended_sizes": [128]}) == (
+        "ct", [128], ["iid", "dirichlet"])
     monkeypatch.setenv("MEDSEC_CACHE", str(tmp_path))
     monkeypatch.setattr(plan, "unit_costs", lambda settings: ({unit: 1.0 for unit in _units(settings)}, True))
     shared = ["phantom:chest_xray", "phantom:ct"]
@@ -137,7 +164,8 @@ def test_a_parameter_can_be_given_to_one_chapter_alone_and_the_plan_counts_its_o
     _, plain = compendium.plan_chapters("smoke", shared, {})[:2]
     assert set(both[both["chapter"] == "01_classifiers"]["dataset"]) == {"phantom_ct"}
     assert set(plain[plain["chapter"] == "01_classifiers"]["dataset"]) == {"phantom_chest_xray", "phantom_ct"}
-    others = [frame[frame["chapter"] != "01_classifiers"].reset_index(drop=True) for frame in (both, plain)]
+    others = [frame[frame["chapter"] != "01_classifiers"].sort_values(["chapter", "dataset", "task"],
+                                                                        ignore_index=True) for frame in (both, plain)]
     assert others[0].equals(others[1])
 
 

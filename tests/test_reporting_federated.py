@@ -122,8 +122,16 @@ def test_design_notice_names_what_the_profile_leaves_out():
     from types import SimpleNamespace
 
     settings = {"profile": "smoke", "fl_epochs": 2}
-    small = SimpleNamespace(settings=settings, periods=[1], sizes=[32], splits=["iid"], networks="both")
+    small = SimpleNamespace(settings=settings, periods=[1], sizes=[32], splits=["iid"], networks="both", extended=None)
     assert "leaves out 128 px (the study's), aggregation every 1, 3 and 5 epochs" in reporting.design_notice(small)
     full = SimpleNamespace(settings=settings, periods=[1, 3, 5], sizes=[64, 128], splits=["iid", "dirichlet"],
-                           networks="both")
+                           networks="both", extended=None)
     assert "leaves out" not in reporting.design_notice(full)
+    from medsec_utils import federated, profiles
+
+    one_set = federated.Design.of(profiles.Settings({**settings, "fl_periods": [1, 3, 5], "fl_sizes": [64],
+                                                     "fl_splits": ["iid"]}), 0, extended_dataset="chest_xray",
+                                  extended_sizes=[64, 128], extended_splits=["iid", "dirichlet"])
+    notice = reporting.design_notice(one_set)
+    assert "chest_xray alone also federates at [64, 128] px under splits ['iid', 'dirichlet']" in notice
+    assert "leaves out" not in notice

@@ -39,14 +39,29 @@ class Design:
     splits: list[str]
     networks: str = "both"
     cross_modality: bool = True
+    extended: tuple[str, tuple[int, ...], tuple[str, ...]] | None = None
 
     @classmethod
     def of(cls, settings: profiles.Settings, seed: int, *, periods: Sequence[int] | None = None,
            sizes: Sequence[int] | None = None, splits: Sequence[str] | None = None, networks: str = "both",
-           cross_modality: bool = True) -> Design:
-        """The design with the profile's ``fl_periods``, ``fl_sizes`` and ``fl_splits`` where not given."""
+           cross_modality: bool = True, extended_dataset: str | None = None,
+           extended_sizes: Sequence[int] = (), extended_splits: Sequence[str] = ()) -> Design:
+        """The design with the profile's ``fl_periods``, ``fl_sizes`` and ``fl_splits`` where not given; the data
+        set named ``extended_dataset`` (if any) also federates at ``extended_sizes`` and under ``extended_splits``
+        (a costlier design on one set, e.g. the study's 128 px on the chest X-rays)."""
+        extended = (extended_dataset, tuple(extended_sizes), tuple(extended_splits)) if extended_dataset else None
         return cls(settings, seed, list(periods or settings.fl_periods), list(sizes or settings.fl_sizes),
-                   list(splits or settings.fl_splits), networks, cross_modality)
+                   list(splits or settings.fl_splits), networks, cross_modality, extended)
+
+    def sizes_for(self, name: str) -> list[int]:
+        """The DC-GAN sizes data set ``name`` federates at."""
+        more = self.extended[1] if self.extended and self.extended[0] == name else ()
+        return sorted(set(self.sizes) | set(more))
+
+    def splits_for(self, name: str) -> list[str]:
+        """The splits data set ``name`` is shared out under."""
+        more = self.extended[2] if self.extended and self.extended[0] == name else ()
+        return list(dict.fromkeys([*self.splits, *more]))
 
     def config(self, federation: Federation, **values: Any) -> dict[str, Any]:
         """The run config of ``federation`` with ``values`` (local epochs, rounds) on top."""
@@ -74,7 +89,8 @@ class Federation:
 
 
 def plan_federations(sets: Sequence[ImageSet], design: Design) -> list[Federation]:
-    """Every data set under every split, and the first two one-channel sets one per site, at every size.
+    """Every data set under every split, and the first two one-channel sets one per site, at every size (the
+    extended data set also at its extra sizes and splits).
 
     A DC-GAN trains on images decoded at its own size: a set the chapter loaded at another size is decoded
     again at that size, once, from its spec (the same loader, ``data.load_dataset``).
@@ -89,14 +105,18 @@ def plan_federations(sets: Sequence[ImageSet], design: Design) -> list[Federatio
                                                            phantom_images=settings.phantom_images)
         return decoded[images.spec, size]
 
-    pairs = [((images,), split) for images in sets for split in design.splits]
+    if design.extended and design.extended[0] not in {images.name for images in sets}:
+        raise ValueError(f"extended_dataset {design.extended[0]!r} is none of this chapter's data sets "
+                         f"({', '.join(images.name for images in sets)}); give one of those names or None")
+    pairs = [((images,), split, design.sizes_for(images.name)) for images in sets
+             for split in design.splits_for(images.name)]
     grey = [images for images in sets if images.channels == 1]
     if design.cross_modality and len(grey) >= 2:
-        pairs.append((tuple(grey[:2]), ONE_PER_SITE))
+        pairs.append((tuple(grey[:2]), ONE_PER_SITE, design.sizes))
     share = dict(alpha=settings.fl_alpha, seed=design.seed, limit=settings.max_train_images)
     federations, pooled = [], set()
-    for chosen, split in pairs:
-        for size in design.sizes:
+    for chosen, split, sizes in pairs:
+        for size in sizes:
             training = [at_size(images, size) for images in chosen]
             sites = Sites.from_sets(training, split="iid" if len(chosen) > 1 else split, **share)
             key, centralised = (tuple(images.spec for images in chosen), size), None

@@ -240,9 +240,9 @@ def gray_box_at_budgets(images: ImageSet, pipelines: dict[str, nn.Module], x: to
 
 def matched_budgets(budget_records: list[dict[str, Any]], study: pd.DataFrame) -> pd.DataFrame:
     """Per data set and budget: how far the undefended cells (FGSM, AutoAttack) lie from the study's, as the mean
-    absolute difference in percentage points; ``matched`` marks the budget where they lie closest (the smallest
-    budget on a tie). The study
-    does not state its budget: this is the budget at which its undefended column and ours agree best."""
+    absolute difference in percentage points; ``matched`` marks the budget where they lie closest (on a tie, the
+    first budget run, the smallest in chapter 2's order). The study does not state its budget: this is the
+    budget at which its undefended column and ours agree best."""
     cells = paper_cells(budget_records, "gray-box", study)
     if cells.empty:
         return cells

@@ -48,10 +48,16 @@ def design_notice(design: Design) -> str:
     settings = design.settings
     text = (f"Profile `{settings['profile']}`: {settings['fl_epochs']} local epochs per site, aggregated every "
             f"{design.periods} epoch(s), {design.sizes} px, splits {design.splits}, averaging {design.networks}.")
-    left_out = [f"{what} (the study's)" for what, ran in (("128 px", 128 in design.sizes),
+    sizes, splits = set(design.sizes), set(design.splits)
+    if design.extended:
+        name, more_sizes, more_splits = design.extended
+        sizes, splits = sizes | set(more_sizes), splits | set(more_splits)
+        text += (f" {name} alone also federates at {design.sizes_for(name)} px under splits "
+                 f"{design.splits_for(name)}.")
+    left_out = [f"{what} (the study's)" for what, ran in (("128 px", 128 in sizes),
                                                           ("aggregation every 1, 3 and 5 epochs",
                                                            {1, 3, 5} <= set(design.periods))) if not ran]
-    left_out += [] if "dirichlet" in design.splits else ["the non-IID (dirichlet) split"]
+    left_out += [] if "dirichlet" in splits else ["the non-IID (dirichlet) split"]
     if left_out:
         text += (f"\n\n**This run leaves out {', '.join(left_out)}**: the `{settings['profile']}` profile's settings; "
                  "the `gpu` profile runs them all, and `-p sizes`, `-p periods` or `-p splits` add them here.")
