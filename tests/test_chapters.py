@@ -87,6 +87,9 @@ def test_chapter_1_on_real_data_records_results_and_provenance(real_run):
     assert all(not d["is_phantom"] for d in provenance["datasets"])
     assert {"examples.png", "training_curves.png", "confusion_matrices.png", "roc_curves.png"} <= set(
         provenance["figures"])
+    seeds = record["over_seeds"]  # the smoke profile: one seed, the run's own, whose figures are the headline's
+    assert [(r["modality"], r["seed"]) for r in seeds] == [(m, 0) for m in results]
+    assert all(r["test_accuracy"] == results[r["modality"]]["test_accuracy"] for r in seeds)
 
 
 @pytest.mark.slow
@@ -129,7 +132,15 @@ def test_chapter_3_on_real_data_fills_every_cell_of_both_tables(real_run):
     assert {r["modality"] for r in record["results"] if r["attack"] == "detector_aware_pgd"} == {
         folder.name for folder in ATTACKED}
     assert {claim["threat model"] for claim in record["claims"]} == {"gray-box", "adaptive"}
-    assert {"defense_training.png", "defense_heatmaps.png"} <= set(record["provenance"]["figures"])
+    assert {"defense_training.png", "defense_heatmaps.png", "paper_differences.png"} <= set(
+        record["provenance"]["figures"])
+    verdicts = {(row["threat model"], row["dataset"]): row for row in record["paper_verdicts"]}
+    assert len(verdicts) == 2 * len(ATTACKED)  # every study cell of the modality, per threat model
+    assert all(row["cells"] == 13 and sum(row[v] for v in ("inside our interval", "study above ours",
+                                                           "study below ours")) == 13 for row in verdicts.values())
+    budgets = record["matched_budgets"]
+    assert {row["epsilon_255"] for row in budgets} == {round(e * 255, 3) for e in parameters["budgets"]}
+    assert sum(row["matched"] for row in budgets) == len(ATTACKED)
 
 
 @pytest.mark.slow
