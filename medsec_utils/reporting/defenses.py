@@ -243,7 +243,10 @@ def matched_budgets(budget_records: list[dict[str, Any]], study: pd.DataFrame) -
     absolute difference in percentage points; ``matched`` marks the budget where they lie closest (on a tie, the
     first budget run, the smallest in chapter 2's order). The study does not state its budget: this is the
     budget at which its undefended column and ours agree best."""
-    cells = paper_cells(budget_records, "gray-box", study)
+    return _distances(paper_cells(budget_records, "gray-box", study))
+
+
+def _distances(cells: pd.DataFrame) -> pd.DataFrame:
     if cells.empty:
         return cells
     bare = cells[cells["defense"] == "none"]
@@ -256,10 +259,9 @@ def matched_budgets(budget_records: list[dict[str, Any]], study: pd.DataFrame) -
 def at_matched_budgets(budget_records: list[dict[str, Any]], study: pd.DataFrame) -> pd.DataFrame:
     """The study's FGSM and AutoAttack cells, every defence, beside ours at each data set's matched budget
     (:func:`matched_budgets`)."""
-    matches = matched_budgets(budget_records, study)
+    cells = paper_cells(budget_records, "gray-box", study)
+    matches = _distances(cells)
     if matches.empty:
         return matches
-    chosen = matches[matches["matched"]]
-    cells = paper_cells(budget_records, "gray-box", study)
-    keep = pd.MultiIndex.from_frame(chosen[["dataset", "epsilon_255"]])
+    keep = pd.MultiIndex.from_frame(matches[matches["matched"]][["dataset", "epsilon_255"]])
     return cells[pd.MultiIndex.from_frame(cells[["dataset", "epsilon_255"]]).isin(keep)].reset_index(drop=True)
