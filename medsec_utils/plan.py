@@ -195,8 +195,11 @@ def workload(settings: Mapping[str, Any], sets: Sequence[SetSize], *, generators
                 add(4, d.name, f"{kind} training", f"{kind}_step",
                     steps * max(1, n_class // s["batch_size"]) * per_step)
             add(4, d.name, f"{kind} samples", f"{kind}_sample", n_synthetic + s["reader_images"])
-        add(4, d.name, "feature vectors (check, quality, audit)", "features",
-            d.test + d.train + 2 * n_synthetic + n_synthetic * (len(generators) + 1))
+            add(4, d.name, f"{kind} quality-curve samples", f"{kind}_sample",
+                2 * (generative.CURVE_POINTS - 1) * s["curve_images"])
+        curve_vectors = len(generators) * 2 * generative.CURVE_POINTS * s["curve_images"]
+        add(4, d.name, "feature vectors (check, quality, curves, audit)", "features",
+            d.test + d.train + 2 * n_synthetic + n_synthetic * (len(generators) + 1) + curve_vectors)
         for kind in s["replacement_generators"]:
             add(4, d.name, f"replacement: {kind} training images", f"{kind}_sample", d.train)
             add(4, d.name, f"replacement: classifiers on {kind} images", "classifier_train",

@@ -1,6 +1,6 @@
 """Chapter 4's evaluation of generated images: the feature spaces, the check that a space is fit to judge
 images, the generators of every data set and class, their images, the feature vectors quality is measured
-on, and the memorisation audit.
+on (at the end of training and along it), and the memorisation audit.
 
 Every result is keyed by data set label (as ``Chapter.split`` keys its images) and, where it has one, by
 generator kind: ``{(label, kind): ...}``. Records, tables and figures of these results are built by
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -68,23 +69,26 @@ def training_seconds(histories: Mapping[tuple[str, str, int], list[dict[str, Any
 
 def train_generators(sets: Mapping[str, ImageSet], kinds: list[str], settings: Mapping[str, Any], *, seed: int,
                      device: torch.device, nproc: int = 1) -> tuple[dict[tuple[str, str], dict[int, nn.Module]],
-                                                    dict[tuple[str, str, int], list[dict[str, Any]]]]:
+                                                    dict[tuple[str, str, int], list[dict[str, Any]]],
+                                                    dict[tuple[str, str, int], list[tuple[int, Path]]]]:
     """Every data set's generator of each kind and class (``generative.generator_for``: cached, or trained now on
     ``nproc`` processes).
 
     Returns:
-        ``({(label, kind): {class: generator}}, {(label, kind, class): training history})``.
+        ``({(label, kind): {class: generator}}, {(label, kind, class): training history},
+        {(label, kind, class): [(optimiser steps, snapshot weights)]})``.
     """
-    trained, histories = {}, {}
+    trained, histories, curves = {}, {}, {}
     for label, images in sets.items():
         for kind in kinds:
             trained[label, kind] = {}
             for c in CLASSES:
-                trained[label, kind][c], histories[label, kind, c], hit = generative.generator_for(
-                    kind, images, c, settings, seed=seed, device=device, nproc=nproc)
-            print(f"{label} {kind}: {'from the artefact cache' if hit else 'trained now'}, "
+                found = generative.generator_for(kind, images, c, settings, seed=seed, device=device, nproc=nproc)
+                trained[label, kind][c], histories[label, kind, c], curves[label, kind, c] = (
+                    found.model, found.history, found.curve)
+            print(f"{label} {kind}: {'from the artefact cache' if found.hit else 'trained now'}, "
                   f"{training_seconds(histories, label, kind):.0f} s of training")
-    return trained, histories
+    return trained, histories, curves
 
 
 def sample_generators(trained: Mapping[tuple[str, str], Mapping[int, nn.Module]], per_class: int, *, seed: int,
@@ -100,19 +104,53 @@ def sample_generators(trained: Mapping[tuple[str, str], Mapping[int, nn.Module]]
     """
     samples, seconds_per_image = {}, {}
     for key, generators in trained.items():
-        def draw(generators: Mapping[int, nn.Module] = generators) -> dict[str, Any]:
-            started = time.perf_counter()
-            x, y = generative.sample_labelled(generators, {c: per_class for c in CLASSES}, seed=seed, device=device,
-                                              ddim_steps=ddim_steps, progress=True)
-            return {"images": x, "labels": y, "seconds": time.perf_counter() - started}
-
-        parts = {"generators": {c: cache.module_fingerprint(g) for c, g in generators.items()},
-                 "per_class": per_class, "seed": seed, "ddim_steps": ddim_steps, "device": device.type,
-                 "code": cache.code_fingerprint("generative")}
-        drawn, _ = cache.memoised("samples", parts, draw)
+        drawn = _drawn(generators, per_class, seed=seed, device=device, ddim_steps=ddim_steps)
         samples[key] = drawn["images"], drawn["labels"]
-        seconds_per_image[key] = drawn["seconds"] / (len(CLASSES) * per_class)
+        seconds_per_image[key] = drawn["seconds"] / (len(generators) * per_class)
     return samples, seconds_per_image
+
+
+def _drawn(generators: Mapping[int, nn.Module], per_class: int, *, seed: int, device: torch.device,
+           ddim_steps: int) -> dict[str, Any]:
+    """``generative.sample_labelled`` of ``per_class`` images of each class in ``generators``, memoised."""
+    def draw() -> dict[str, Any]:
+        started = time.perf_counter()
+        x, y = generative.sample_labelled(generators, {c: per_class for c in generators}, seed=seed, device=device,
+                                          ddim_steps=ddim_steps, progress=True)
+        return {"images": x, "labels": y, "seconds": time.perf_counter() - started}
+
+    parts = {"generators": {c: cache.module_fingerprint(g) for c, g in generators.items()},
+             "per_class": per_class, "seed": seed, "ddim_steps": ddim_steps, "device": device.type,
+             "code": cache.code_fingerprint("generative")}
+    return cache.memoised("samples", parts, draw)[0]
+
+
+def curve_features(sets: Mapping[str, ImageSet], spaces: Mapping[str, Space],
+                   curves: Mapping[tuple[str, str, int], list[tuple[int, Path]]],
+                   histories: Mapping[tuple[str, str, int], list[dict[str, Any]]],
+                   samples: Mapping[tuple[str, str], Tensors], settings: Mapping[str, Any], *, per_class: int,
+                   seed: int, device: torch.device) -> dict[tuple[str, str, int], list[tuple[int, torch.Tensor]]]:
+    """Feature vectors of ``per_class`` images of each class at every point of its generator's training curve:
+    each snapshot of :func:`train_generators` sampled now (with the class's seed, as :func:`sample_generators`),
+    and the trained generator, whose first ``per_class`` images of ``samples`` serve, so every point is judged on
+    as many images.
+
+    Returns:
+        ``{(label, kind, class): [(optimiser steps, features)]}``, in order of steps.
+    """
+    found = {}
+    for (label, kind, c), snapshots in curves.items():
+        images, (encoder, _) = sets[label], spaces[label]
+        points = []
+        for step, weights in snapshots:
+            model = generative.load_generator(kind, images.channels, images.size, settings, weights, device)
+            x = _drawn({c: model}, per_class, seed=seed, device=device, ddim_steps=settings["ddim_steps"])["images"]
+            points.append((step, metrics.image_features(encoder, x, device)))
+        x, y = samples[label, kind]
+        points.append((histories[label, kind, c][-1]["step"], metrics.image_features(encoder, x[y == c][:per_class],
+                                                                                   device)))
+        found[label, kind, c] = points
+    return found
 
 
 def quality_features(spaces: Mapping[str, Space], train: Mapping[str, Tensors], test: Mapping[str, Tensors],

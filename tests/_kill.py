@@ -163,7 +163,7 @@ def dcgan() -> dict[str, Any]:
 
     settings, images = _settings(**GENERATOR), _phantoms()
     print(WORK_STARTED, flush=True)
-    model, history, hit = generative.generator_for("dcgan", images, 1, settings, seed=0, device=torch.device("cpu"))
+    model, history, hit, _ = generative.generator_for("dcgan", images, 1, settings, seed=0, device=torch.device("cpu"))
     samples = generative.sample(model, 16, seed=0, device=torch.device("cpu"))
     return {"compare": {"weights": cache.tensor_fingerprint(model.state_dict()), "history": history,
                         "samples": cache.tensor_fingerprint(samples)},

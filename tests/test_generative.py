@@ -164,11 +164,11 @@ def _check_ddpm_history(history):
 HISTORY_CHECKS = {"dcgan": _check_dcgan_history, "progan": _check_progan_history, "ddpm": _check_ddpm_history}
 
 
-def _train(kind, images, epochs, checkpoint=None):
+def _train(kind, images, epochs, checkpoint=None, curve=None):
     torch.manual_seed(0)
     generator, discriminator = generative.build_generative(kind, 1, 16, SETTINGS)
     history = generative.GENERATORS[kind].train(generator, discriminator, images, SETTINGS, epochs=epochs, batch_size=4,
-                                                seed=0, device=CPU, progress=False, checkpoint=checkpoint)
+                                                seed=0, device=CPU, progress=False, checkpoint=checkpoint, curve=curve)
     return generator, history
 
 
@@ -212,11 +212,12 @@ def _phantom_ct():
 def test_generator_for_trains_one_class_once_then_loads_it_from_the_cache(kind, tmp_path, monkeypatch):
     monkeypatch.setenv("MEDSEC_CACHE", str(tmp_path))
     images = _phantom_ct()
-    first, history, hit = generative.generator_for(kind, images, 1, SETTINGS, seed=0, device=CPU, progress=False)
+    first, history, hit, _ = generative.generator_for(kind, images, 1, SETTINGS, seed=0, device=CPU, progress=False)
     if kind != "progan":  # a step budget of 3 is met by whole epochs of this class's images (ProGAN's is per level)
         assert history[-1]["step"] >= 3 and (len(history) == 1 or history[-2]["step"] < 3)
-    again, _, hit_again = generative.generator_for(kind, images, 1, SETTINGS, seed=0, device=CPU, progress=False)
-    other_class, _, hit_other = generative.generator_for(kind, images, 0, SETTINGS, seed=0, device=CPU, progress=False)
+    again, _, hit_again, _ = generative.generator_for(kind, images, 1, SETTINGS, seed=0, device=CPU, progress=False)
+    other_class, _, hit_other, _ = generative.generator_for(kind, images, 0, SETTINGS, seed=0, device=CPU,
+                                                            progress=False)
     assert (hit, hit_again, hit_other) == (False, True, False) and history
     torch.testing.assert_close(generative.sample(first, 3, seed=0, device=CPU, ddim_steps=2),
                                generative.sample(again, 3, seed=0, device=CPU, ddim_steps=2))
@@ -276,7 +277,8 @@ class ConstantImage(nn.Module):
         self.image = nn.Parameter(torch.zeros(channels, size, size))
 
 
-def _train_toy(generator, discriminator, images, settings, *, epochs, batch_size, seed, device, progress, checkpoint):
+def _train_toy(generator, discriminator, images, settings, *, epochs, batch_size, seed, device, progress, checkpoint,
+               curve):
     optimizer = torch.optim.SGD(generator.parameters(), lr=settings["toy_lr"])
     history = []
     for epoch in range(epochs):
@@ -305,8 +307,8 @@ def test_a_new_kind_is_one_table_entry(tmp_path, monkeypatch):
     images = _phantom_ct()
     settings = {"toy_steps": 5, "toy_lr": 0.5, "batch_size": 4, "max_train_images": 16}
     assert generative.build_generative("toy", 1, 16, settings)[1] is None
-    model, history, hit = generative.generator_for("toy", images, 1, settings, seed=0, device=CPU, progress=False)
-    again, _, hit_again = generative.generator_for("toy", images, 1, settings, seed=0, device=CPU, progress=False)
+    model, history, hit, _ = generative.generator_for("toy", images, 1, settings, seed=0, device=CPU, progress=False)
+    again, _, hit_again, _ = generative.generator_for("toy", images, 1, settings, seed=0, device=CPU, progress=False)
     x, y = images.tensors("train", 16, 0)
     assert (hit, hit_again) == (False, True) and len(history) == generative.epochs_for(5, int((y == 1).sum()), 4)
     assert history[-1]["loss"] < history[0]["loss"]
@@ -419,3 +421,46 @@ def test_batch_norm_statistics_are_re_estimated_for_the_averaged_weights():
     with torch.no_grad():
         means = torch.stack([first(z.view(4, -1, 1, 1)).mean((0, 2, 3)) for z in batches]).mean(0)
     torch.testing.assert_close(norm.running_mean, means, rtol=1e-4, atol=1e-6)
+
+
+def test_curve_points_split_the_epochs_into_quarters_without_the_ends():
+    assert generative.curve_epochs(0, 8) == {2, 4, 6}
+    assert generative.curve_epochs(0, 3) == {1, 2}
+    assert generative.curve_epochs(0, 1) == set()  # a one-epoch run: the trained generator is the only point
+    assert generative.curve_epochs(21, 24) == {22, 23}  # after ProGAN's fade-in: 3 stable epochs left
+
+
+@pytest.mark.parametrize("kind", ["dcgan", "ddpm"])
+def test_a_curve_snapshot_is_the_generator_training_would_have_left_there_and_changes_nothing(kind, tmp_path):
+    images = _images(8, 1, 16)  # 2 steps per epoch
+    final, history = _train(kind, images, epochs=8, curve=tmp_path / "curve")
+    assert sorted(p.name for p in (tmp_path / "curve").iterdir()) == ["step_0000004.pt", "step_0000008.pt",
+                                                                        "step_0000012.pt"]
+    stopped_early, early_history = _train(kind, images, epochs=2)
+    assert early_history[-1]["step"] == 4
+    snapshot = torch.load(tmp_path / "curve" / "step_0000004.pt")
+    for name, value in stopped_early.state_dict().items():
+        torch.testing.assert_close(snapshot[name], value, msg=f"{kind} {name}")
+    without_curve, _ = _train(kind, images, epochs=8)
+    for a, b in zip(final.state_dict().values(), without_curve.state_dict().values()):
+        torch.testing.assert_close(a, b)
+
+
+def test_progans_curve_follows_its_last_level_after_the_fade_in(tmp_path):
+    """16 px: levels 4, 8, 16 px of 8 epochs each; the 16 px level fades in over epochs 17-20 and is stable
+    from epoch 21, so its snapshots come after epochs 22 and 23 (2 steps per epoch)."""
+    _train("progan", _images(8, 1, 16), epochs=8, curve=tmp_path / "curve")
+    assert sorted(p.name for p in (tmp_path / "curve").iterdir()) == ["step_0000044.pt", "step_0000046.pt"]
+
+
+def test_generator_for_gives_the_curve_snapshots_in_order_of_steps(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDSEC_CACHE", str(tmp_path))
+    images = _phantom_ct()
+    settings = {**SETTINGS, "gan_steps": 16}
+    found = generative.generator_for("dcgan", images, 1, settings, seed=0, device=CPU, progress=False)
+    steps = [step for step, _ in found.curve]
+    assert len(steps) == generative.CURVE_POINTS - 1 and steps == sorted(steps)
+    assert steps[-1] < found.history[-1]["step"]
+    snapshot = generative.load_generator("dcgan", 1, 16, settings, found.curve[0][1], CPU)
+    assert isinstance(snapshot, generative.DCGANGenerator) and not snapshot.training
+    assert generative.generator_for("dcgan", images, 1, settings, seed=0, device=CPU).curve == found.curve

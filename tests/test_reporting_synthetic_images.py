@@ -163,3 +163,29 @@ def test_class_quality_shows_the_class_whose_samples_collapsed():
     assert normal["machine_reader_accuracy"] < 0.75 and pathology["machine_reader_accuracy"] >= 0.85
     assert normal["n_samples"] == 30 and normal["n_real"] == 40
     assert {r["section"] for r in records} == {"class_quality"} and len(records) == 2
+
+
+def test_quality_curves_follow_each_generator_and_class_beside_a_floor_at_the_same_sample_size():
+    images = data.load_dataset("phantom:ct?n=40", size=16, use_cache=False, progress=False)
+    label, g = data_label(images), torch.Generator().manual_seed(0)
+    heldout, heldout_y = torch.randn(80, 6, generator=g, dtype=torch.float64), torch.arange(80) % 2
+    floor, floor_y = torch.randn(60, 6, generator=g, dtype=torch.float64), torch.arange(60) % 2
+    collapsed = heldout[:1] + 1e-3 * torch.randn(20, 6, generator=g, dtype=torch.float64)
+    like_real = torch.randn(20, 6, generator=g, dtype=torch.float64)
+    curves = {(label, "dcgan", c): [(10, collapsed), (20, like_real)] for c in (0, 1)}
+    features = {(label, "test"): heldout, (label, "real train (floor)"): floor}
+    labels = {(label, "test"): heldout_y, (label, "real train (floor)"): floor_y}
+    records = reporting.quality_curve_records({label: images}, curves, features, labels,
+                                              {label: (None, "toy features")}, seed=0)
+    frame = pd.DataFrame(records)
+    assert set(frame["section"]) == {"quality_curve"} and len(frame) == 6
+    points = frame[frame["generator"] == "dcgan"].set_index(["class", "step"])
+    assert points.loc[("Normal", 10), "diversity"] < 0.01 < 0.8 < points.loc[("Normal", 20), "diversity"]
+    assert points["trained"].tolist() == [False, True, False, True]
+    floors = frame[frame["generator"] == "real train (floor)"]
+    assert floors["step"].isna().all() and (floors["n_samples"] == 20).all() and list(floors["class"]) == [
+        "Normal", "Pathology"]
+    figure = reporting.plot_quality_curves(records)
+    assert len(figure.axes) == 4 and figure._suptitle.get_text() == PHANTOM_NOTICE
+    assert all(len(ax.lines) >= 4 for ax in figure.axes)  # two lines of points and the two classes' floors
+    plt.close(figure)

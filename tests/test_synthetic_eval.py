@@ -60,10 +60,10 @@ def test_generators_train_once_per_class_then_come_from_the_cache_and_sample_bot
         ct, settings, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MEDSEC_CACHE", str(tmp_path))
     sets = ct[0]
-    trained, histories = synthetic_eval.train_generators(sets, ["dcgan"], settings, seed=0, device=CPU)
+    trained, histories, curves = synthetic_eval.train_generators(sets, ["dcgan"], settings, seed=0, device=CPU)
     assert f"{LABEL} dcgan: trained now" in capsys.readouterr().out
     assert list(trained) == [(LABEL, "dcgan")] and set(trained[LABEL, "dcgan"]) == {0, 1}
-    assert set(histories) == {(LABEL, "dcgan", 0), (LABEL, "dcgan", 1)}
+    assert set(histories) == set(curves) == {(LABEL, "dcgan", 0), (LABEL, "dcgan", 1)}
     assert synthetic_eval.training_seconds(histories, LABEL, "dcgan") >= 0
     assert synthetic_eval.training_seconds(histories, LABEL, synthetic_eval.FLOOR) is None
     synthetic_eval.train_generators(sets, ["dcgan"], settings, seed=0, device=CPU)
@@ -73,6 +73,25 @@ def test_generators_train_once_per_class_then_come_from_the_cache_and_sample_bot
     assert x.shape == (6, 1, 16, 16) and y.tolist() == [0, 0, 0, 1, 1, 1] and seconds[LABEL, "dcgan"] > 0
     again, _ = synthetic_eval.sample_generators(trained, 3, seed=0, device=CPU, ddim_steps=2)
     assert torch.equal(again[LABEL, "dcgan"][0], x)
+
+
+def test_curve_features_judge_each_snapshot_and_the_trained_generator_on_as_many_images(ct, tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDSEC_CACHE", str(tmp_path))
+    sets = ct[0]
+    settings = profiles.resolve_profile("smoke", image_size=16, gan_steps=4)  # one step per epoch: 4 epochs
+    trained, histories, curves = synthetic_eval.train_generators(sets, ["dcgan"], settings, seed=0, device=CPU)
+    samples, _ = synthetic_eval.sample_generators(trained, 5, seed=0, device=CPU, ddim_steps=2)
+    spaces = {LABEL: (MeanPool(), "mean pool")}
+    found = synthetic_eval.curve_features(sets, spaces, curves, histories, samples, settings, per_class=3, seed=0,
+                                          device=CPU)
+    assert set(found) == {(LABEL, "dcgan", 0), (LABEL, "dcgan", 1)}
+    for (_, _, c), points in found.items():
+        assert [step for step, _ in points] == [step for step, _ in curves[LABEL, "dcgan", c]] + \
+            [histories[LABEL, "dcgan", c][-1]["step"]]
+        assert len(points) == 4 and all(vectors.shape == (3, 16) for _, vectors in points)
+        x, y = samples[LABEL, "dcgan"]
+        torch.testing.assert_close(points[-1][1], MeanPool()(x[y == c][:3]).double())
+        assert not torch.allclose(points[0][1], points[-1][1]), "a snapshot is an earlier generator, not the last"
 
 
 def test_quality_features_hold_the_test_images_a_floor_of_training_images_and_each_generator(ct):

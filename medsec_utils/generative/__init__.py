@@ -13,7 +13,8 @@ Both GANs can train with DiffAugment (Zhao et al. 2020, :mod:`.augment`, profile
 kind samples with the moving average of its weights (:class:`WeightAverage`).
 Images are in [0, 1] outside this package; the networks see [-1, 1]. Training budgets are optimiser steps
 (each kind's ``steps_key``), rounded up to whole epochs of the class's images. Training checkpoints every
-epoch, so an interrupted run resumes where it stopped.
+epoch, so an interrupted run resumes where it stopped, and saves the weights it would sample with at
+``CURVE_POINTS - 1`` points before its end, so the book can show quality against steps (:class:`TrainedGenerator`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import diffusers
 import torch
@@ -29,7 +30,7 @@ from torch import nn
 
 from .. import cache, distributed
 from ..data import READER_MODULES, ImageSet
-from ._loop import BATCH_NORM_BATCHES, WeightAverage
+from ._loop import BATCH_NORM_BATCHES, CURVE_POINTS, WeightAverage, curve_epochs
 from ._plumbing import (GENERATORS, GeneratorKind, epochs_for, latent, register_generator, to_image_range,
                         to_model_range)
 from .augment import AUGMENTS, diff_augment
@@ -39,11 +40,13 @@ from .ddpm import DDPM_TIMESTEPS, make_ddpm, train_ddpm
 from .progan import (DRIFT, GP_WEIGHT, EqualizedConv2d, MinibatchStdDev, PixelNorm, ProGANDiscriminator,
                      ProGANGenerator, train_progan)
 
-__all__ = ["AUGMENTS", "BATCH_NORM_BATCHES", "DCGANDiscriminator", "DCGANGenerator", "DDPM_TIMESTEPS", "DRIFT", "EqualizedConv2d",
-           "GENERATORS", "GP_WEIGHT", "GeneratorKind", "MinibatchStdDev", "PixelNorm", "ProGANDiscriminator",
-           "ProGANGenerator", "build_generative", "diff_augment", "epochs_for", "generator_for", "latent",
-           "make_ddpm", "register_generator", "sample", "sample_labelled", "to_image_range", "to_model_range",
-           "train_dcgan", "train_ddpm", "train_progan", "WeightAverage"]
+__all__ = ["AUGMENTS", "BATCH_NORM_BATCHES", "build_generative", "curve_epochs", "CURVE_POINTS",
+           "DCGANDiscriminator", "DCGANGenerator", "DDPM_TIMESTEPS", "diff_augment", "DRIFT", "epochs_for",
+           "EqualizedConv2d", "generator_for", "GeneratorKind", "GENERATORS", "GP_WEIGHT", "latent",
+           "load_generator", "make_ddpm", "MinibatchStdDev", "PixelNorm", "ProGANDiscriminator",
+           "ProGANGenerator", "register_generator", "sample", "sample_labelled", "to_image_range",
+           "to_model_range", "train_dcgan", "train_ddpm", "train_progan", "TrainedGenerator",
+           "WeightAverage"]
 
 
 def _kind(kind: str) -> GeneratorKind:
@@ -97,17 +100,32 @@ def sample_labelled(models: Mapping[int, nn.Module], counts: Mapping[int, int], 
     return torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts])
 
 
+class TrainedGenerator(NamedTuple):
+    """What :func:`generator_for` gives: the generator to sample with, its training history, whether it came from
+    the artefact cache, and ``curve``, the ``(optimiser steps, weights file)`` of its snapshots before the end
+    (:func:`load_generator` builds one), for a curve of quality against steps whose last point is ``model``."""
+
+    model: nn.Module
+    history: list[dict[str, Any]]
+    hit: bool
+    curve: list[tuple[int, Path]]
+
+
+def load_generator(kind: str, channels: int, size: int, settings: Mapping[str, Any], weights: Path,
+                   device: torch.device) -> nn.Module:
+    """A ``kind`` generator at the profile's sizes with the saved state dict ``weights``, in eval mode."""
+    model, _ = _kind(kind).build(channels, size, settings)
+    model.load_state_dict(torch.load(weights, map_location="cpu"))
+    return model.to(device).eval()
+
+
 def generator_for(kind: str, images: ImageSet, label: int, settings: Mapping[str, Any], *, seed: int,
-                  device: torch.device, progress: bool = True,
-                  nproc: int = 1) -> tuple[nn.Module, list[dict[str, Any]], bool]:
+                  device: torch.device, progress: bool = True, nproc: int = 1) -> TrainedGenerator:
     """The ``kind`` generator of class ``label`` (0 Normal, 1 Pathology) of ``images``' training split:
     from the artefact cache, or trained now and cached (on ``nproc`` processes under torchrun if more than one).
 
     The key holds the data checksum, image size, class, the kind's ``settings_keys``, the seed and the code
     of this package and the data layer. An interrupted training resumes from its last epoch.
-
-    Returns:
-        ``(generator in eval mode, training history, cache_hit)``.
 
     Raises:
         ValueError: unknown kind, or no training image of that class.
@@ -119,15 +137,15 @@ def generator_for(kind: str, images: ImageSet, label: int, settings: Mapping[str
     folder, hit = cache.cached("generator", parts, lambda folder: distributed.run(
         nproc, train_generator_into, folder, kind, images, label, settings, seed=seed, device=device,
         progress=progress))
-    model, _ = entry.build(images.channels, images.size, settings)
-    model.load_state_dict(torch.load(folder / "generator.pt", map_location="cpu"))
-    return model.to(device).eval(), json.loads((folder / "history.json").read_text()), hit
+    curve = sorted((int(path.stem.removeprefix("step_")), path) for path in (folder / "curve").glob("step_*.pt"))
+    model = load_generator(kind, images.channels, images.size, settings, folder / "generator.pt", device)
+    return TrainedGenerator(model, json.loads((folder / "history.json").read_text()), hit, curve)
 
 
 def train_generator_into(folder: Path, kind: str, images: ImageSet, label: int, settings: Mapping[str, Any], *,
                          seed: int, device: torch.device, progress: bool) -> None:
-    """Train the generator of :func:`generator_for` and write ``generator.pt`` and ``history.json`` into
-    ``folder``, resuming from its ``checkpoint.pt``."""
+    """Train the generator of :func:`generator_for` and write ``generator.pt``, ``history.json`` and the
+    snapshots of ``curve/`` into ``folder``, resuming from its ``checkpoint.pt``."""
     if (folder / "history.json").is_file():
         return  # trained to the end by a run killed before the marker: generator.pt and history.json are whole
     entry = _kind(kind)
@@ -140,7 +158,7 @@ def train_generator_into(folder: Path, kind: str, images: ImageSet, label: int, 
     history = entry.train(generator, discriminator, x, settings,
                           epochs=epochs_for(settings[entry.steps_key], len(x), settings["batch_size"]),
                           batch_size=settings["batch_size"], seed=seed, device=device, progress=progress,
-                          checkpoint=folder / "checkpoint.pt")
+                          checkpoint=folder / "checkpoint.pt", curve=folder / "curve")
     cache.torch_save_atomic({k: v.detach().cpu() for k, v in generator.state_dict().items()}, folder / "generator.pt")
     cache.write_json_atomic(folder / "history.json", history)
     cache.discard(folder / "checkpoint.pt")

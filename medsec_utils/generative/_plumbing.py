@@ -26,8 +26,9 @@ class GeneratorKind:
         name: its key in ``GENERATORS`` (and in the profiles' ``replacement_generators``).
         build: ``(channels, size, settings) -> (generator, discriminator or None)``, untrained.
         train: ``(generator, discriminator, images, settings, *, epochs, batch_size, seed, device, progress,
-            checkpoint) -> history``: trains on ``images`` in [0, 1] for ``epochs`` per stage (ProGAN: per
-            level), one history dict per epoch, resuming from ``checkpoint`` when it exists.
+            checkpoint, curve) -> history``: trains on ``images`` in [0, 1] for ``epochs`` per stage (ProGAN: per
+            level), one history dict per epoch, resuming from ``checkpoint`` when it exists, and saves the weights
+            it would sample with at a few points before the end into the folder ``curve`` (``_loop.Curve``).
         sample: ``(generator, n, rng, *, device, batch_size, ddim_steps, progress) -> images``: ``n >= 1``
             images in [-1, 1] on the CPU, every random draw from the CPU generator ``rng``.
         model: the generator's class; ``sample`` finds a trained model's kind by it.

@@ -4,7 +4,7 @@ initial weights, non-saturating BCE loss, Adam with beta1 = 0.5."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._loop import WeightAverage, gan_optimisers, run_epochs, update
+from ._loop import Curve, WeightAverage, curve_epochs, gan_optimisers, run_epochs, update
 from ._plumbing import latent, levels, register_generator, sample_latents, to_model_range
 from .augment import diff_augment
 
@@ -69,11 +69,13 @@ class DCGANDiscriminator(nn.Module):
 
 def train_dcgan(generator: DCGANGenerator, discriminator: DCGANDiscriminator, images: torch.Tensor, *, epochs: int,
                 batch_size: int, lr: float, seed: int, device: torch.device, augment: str = "",
-                progress: bool = True, checkpoint: Path | None = None, average: bool = True) -> list[dict[str, float]]:
+                progress: bool = True, checkpoint: Path | None = None, average: bool = True,
+                curve: Path | None = None) -> list[dict[str, float]]:
     """Train a DC-GAN on ``images`` in [0, 1] with Adam (beta1 0.5) and the non-saturating loss; the
     discriminator sees every image through :func:`diff_augment` with policy ``augment``. With ``average``, leaves
     the generator with its moving average of weights (:class:`WeightAverage`) and batch-norm statistics
-    re-estimated for them, the weights to sample with; without, with its last weights (a FedAvg site's reply)."""
+    re-estimated for them, the weights to sample with, and saves the same at a quarter, half and three quarters of
+    the epochs into ``curve`` (:class:`Curve`); without, with its last weights (a FedAvg site's reply)."""
     opt_g, opt_d, state = gan_optimisers(generator, discriminator, device, lr, betas=(0.5, 0.999))
     averaged = WeightAverage(generator) if average else None
     if averaged is not None:
@@ -94,11 +96,16 @@ def train_dcgan(generator: DCGANGenerator, discriminator: DCGANDiscriminator, im
             averaged.update()
         return {"loss_d": loss_d.item(), "loss_g": loss_g.item()}
 
-    history = run_epochs([{} for _ in range(epochs)], len(images), batch_size, seed, step, state=state,
-                         checkpoint=checkpoint, desc="DC-GAN", progress=progress)
-    if averaged is not None:
+    def statistics_latents() -> Callable[[], torch.Tensor]:
         statistics = torch.Generator().manual_seed(seed)
-        averaged.copy_to_model(lambda: latent(batch_size, generator.latent_dim, statistics).to(device))
+        return lambda: latent(batch_size, generator.latent_dim, statistics).to(device)
+
+    snapshots = None if curve is None or averaged is None else Curve(
+        curve, curve_epochs(0, epochs), lambda: averaged.averaged_state(statistics_latents()))
+    history = run_epochs([{} for _ in range(epochs)], len(images), batch_size, seed, step, state=state,
+                         checkpoint=checkpoint, desc="DC-GAN", progress=progress, curve=snapshots)
+    if averaged is not None:
+        averaged.copy_to_model(statistics_latents())
     return history
 
 

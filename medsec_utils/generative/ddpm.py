@@ -21,7 +21,7 @@ from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 from tqdm import tqdm
 
 from ..training import Precision
-from ._loop import WeightAverage, run_epochs, update
+from ._loop import Curve, WeightAverage, curve_epochs, run_epochs, update
 from ._plumbing import levels, register_generator, to_model_range
 
 DDPM_TIMESTEPS = 1000
@@ -47,11 +47,12 @@ def make_ddpm(channels: int = 1, size: int = 64, width: int = 64) -> UNet2DModel
 
 def train_ddpm(unet: UNet2DModel, images: torch.Tensor, *, epochs: int, batch_size: int, lr: float, seed: int,
                device: torch.device, progress: bool = True, checkpoint: Path | None = None,
-               mixed_precision: bool = False) -> list[dict[str, float]]:
+               mixed_precision: bool = False, curve: Path | None = None) -> list[dict[str, float]]:
     """Train a DDPM noise predictor on ``images`` in [0, 1] (MSE on the noise, AdamW). Leaves the U-Net with its
     moving average of weights (:class:`WeightAverage`, diffusers' ``EMAModel``), as diffusers' training examples
-    sample. ``mixed_precision`` runs the U-Net under autocast (float16 with gradient scaling on CUDA), as
-    diffusers' ``train_unconditional.py`` offers; the loss and the weights stay float32."""
+    sample, and saves the same at a quarter, half and three quarters of the epochs into ``curve`` (:class:`Curve`).
+    ``mixed_precision`` runs the U-Net under autocast (float16 with gradient scaling on CUDA), as diffusers'
+    ``train_unconditional.py`` offers; the loss and the weights stay float32."""
     unet.to(device).train()
     scheduler = DDPMScheduler(num_train_timesteps=DDPM_TIMESTEPS, beta_schedule=DDPM_SCHEDULE)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=lr)
@@ -72,7 +73,8 @@ def train_ddpm(unet: UNet2DModel, images: torch.Tensor, *, epochs: int, batch_si
 
     history = run_epochs([{} for _ in range(epochs)], len(images), batch_size, seed, step,
                          state={"unet": unet, "optimizer": optimizer, "average": average}, checkpoint=checkpoint,
-                         desc="DDPM", progress=progress)
+                         desc="DDPM", progress=progress,
+                         curve=None if curve is None else Curve(curve, curve_epochs(0, epochs), average.averaged_state))
     average.copy_to_model()
     return history
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._loop import WeightAverage, gan_optimisers, run_epochs, update
+from ._loop import Curve, WeightAverage, curve_epochs, gan_optimisers, run_epochs, update
 from ._plumbing import latent, levels, register_generator, sample_latents, to_model_range
 from .augment import diff_augment
 
@@ -143,7 +143,8 @@ class ProGANDiscriminator(nn.Module):
 
 def train_progan(generator: ProGANGenerator, discriminator: ProGANDiscriminator, images: torch.Tensor, *,
                  epochs_per_level: int, batch_size: int, lr: float, seed: int, device: torch.device,
-                 augment: str = "", progress: bool = True, checkpoint: Path | None = None) -> list[dict[str, Any]]:
+                 augment: str = "", progress: bool = True, checkpoint: Path | None = None,
+                 curve: Path | None = None) -> list[dict[str, Any]]:
     """Grow a ProGAN on ``images`` in [0, 1] from 4 px to their size with WGAN-GP.
 
     Each level trains ``epochs_per_level`` epochs; above 4 px its first half fades the level in (real
@@ -152,7 +153,8 @@ def train_progan(generator: ProGANGenerator, discriminator: ProGANDiscriminator,
     moving average of weights (:class:`WeightAverage`), as the paper samples. The average restarts when each
     level's fade-in ends, so it holds only weights of the finished network it samples with: Karras et al. average
     over about 1000 steps of 37,500 per phase, while a level here lasts a few hundred steps, about as long as
-    the average's window.
+    the average's window. ``curve`` gets the averaged weights at three points of the last level's steps after its
+    fade-in (:class:`Curve`): earlier snapshots are networks for smaller images.
     """
     opt_g, opt_d, state = gan_optimisers(generator, discriminator, device, lr, betas=(0.0, 0.99))
     state["average"] = average = WeightAverage(generator)
@@ -181,8 +183,10 @@ def train_progan(generator: ProGANGenerator, discriminator: ProGANDiscriminator,
 
     plan = [{"level": level, "resolution": 4 * 2**level, "epoch_in_level": epoch}
             for level in range(generator.max_level + 1) for epoch in range(epochs_per_level)]
+    faded_in = generator.max_level * epochs_per_level + epochs_per_level // 2 + 1  # the epoch whose steps reach alpha 1
+    snapshots = None if curve is None else Curve(curve, curve_epochs(faded_in, len(plan)), average.averaged_state)
     history = run_epochs(plan, len(images), batch_size, seed, step, state=state, checkpoint=checkpoint,
-                         desc="ProGAN", progress=progress)
+                         desc="ProGAN", progress=progress, curve=snapshots)
     average.copy_to_model()
     return history
 

@@ -19,7 +19,7 @@ from .. import metrics, paper
 from ..data import ImageSet
 from ..reader_study.readers import MACHINE_READER, SIMULATED_READERS, Demonstration
 from ..reader_study.scoring import roc_points
-from ..synthetic_eval import CLASSES, HELDOUT, Space, training_seconds
+from ..synthetic_eval import CLASSES, FLOOR, HELDOUT, Space, training_seconds
 from .common import CLASS_NAMES, ci_cell, dataset_fields, labelled, phantom_banner, show_image
 
 Records = list[dict[str, Any]]
@@ -32,6 +32,8 @@ AUDIT_COLUMNS = ["n_near_copies", "near_copy_share", "closer_than_median_share",
                  "median_heldout_distance", "n_synthetic", "n_heldout", "n_train"]
 DROP = "drop real -> synthetic (pp)"
 CLASS_QUALITY_COLUMNS = ["precision", "recall", "diversity", "machine_reader_accuracy", "n_samples", "n_real"]
+CURVE_MEASURES = {"precision": "precision", "recall": "recall", "diversity": "diversity",
+                  "machine_reader_accuracy": "machine reader accuracy"}
 
 
 def section(records: Records, name: str) -> pd.DataFrame:
@@ -236,13 +238,64 @@ def class_quality_records(sets: Mapping[str, ImageSet], features: Mapping[tuple[
         if kind == HELDOUT:
             continue
         for c in CLASSES:
-            real_c, fake_c = features[label, HELDOUT][labels[label, HELDOUT] == c], fake[labels[label, kind] == c]
+            real_c = features[label, HELDOUT][labels[label, HELDOUT] == c]
             records.append({**dataset_fields(sets[label]), "section": "class_quality", "generator": kind,
-                            "class": CLASS_NAMES[c], **metrics.precision_recall(real_c, fake_c),
-                            "diversity": metrics.diversity(real_c, fake_c),
-                            "machine_reader_accuracy": metrics.real_vs_synthetic_accuracy(real_c, fake_c, seed=seed),
-                            "n_samples": len(fake_c), "n_real": len(real_c), "feature_extractor": spaces[label][1]})
+                            "class": CLASS_NAMES[c], **_class_figures(real_c, fake[labels[label, kind] == c], seed),
+                            "feature_extractor": spaces[label][1]})
     return records
+
+
+def quality_curve_records(sets: Mapping[str, ImageSet],
+                          curves: Mapping[tuple[str, str, int], list[tuple[int, torch.Tensor]]],
+                          features: Mapping[tuple[str, str], torch.Tensor],
+                          labels: Mapping[tuple[str, str], torch.Tensor], spaces: Mapping[str, Space], *, seed: int) -> Records:
+    """The figures of :func:`class_quality_records` at every point of each generator's training curve
+    (``synthetic_eval.curve_features``, ``trained`` marks the last point), and, as ``step`` None, those of as
+    many real training images of the class (the floor at this sample size)."""
+    records, judged_on = [], {}
+    for (label, kind, c), points in curves.items():
+        real_c = features[label, HELDOUT][labels[label, HELDOUT] == c]
+        records += [{**dataset_fields(sets[label]), "section": "quality_curve", "generator": kind,
+                     "class": CLASS_NAMES[c], "step": step, "trained": i == len(points) - 1,
+                     **_class_figures(real_c, fake_c, seed), "feature_extractor": spaces[label][1]}
+                    for i, (step, fake_c) in enumerate(points)]
+        judged_on[label, c] = len(points[-1][1])
+    for (label, c), n in judged_on.items():
+        real_c = features[label, HELDOUT][labels[label, HELDOUT] == c]
+        floor_c = features[label, FLOOR][labels[label, FLOOR] == c][:n]
+        records.append({**dataset_fields(sets[label]), "section": "quality_curve", "generator": FLOOR,
+                        "class": CLASS_NAMES[c], "step": None, "trained": None, **_class_figures(real_c, floor_c, seed),
+                        "feature_extractor": spaces[label][1]})
+    return records
+
+
+def _class_figures(real: torch.Tensor, fake: torch.Tensor, seed: int) -> dict[str, Any]:
+    return {**metrics.precision_recall(real, fake), "diversity": metrics.diversity(real, fake),
+            "machine_reader_accuracy": metrics.real_vs_synthetic_accuracy(real, fake, seed=seed),
+            "n_samples": len(fake), "n_real": len(real)}
+
+
+def plot_quality_curves(records: Records) -> plt.Figure:
+    """Precision, recall, diversity and machine-reader accuracy per class against optimiser steps, a line per
+    generator and class, one row per data set; grey lines: the floor of real training images of each class."""
+    frame = labelled(section(records, "quality_curve"))
+    curves, floors = frame[frame["generator"] != FLOOR], frame[frame["generator"] == FLOOR]
+    long = curves.melt(id_vars=["dataset", "generator", "class", "step"], value_vars=list(CURVE_MEASURES),
+                       var_name="measure")
+    long["measure"] = long["measure"].map(CURVE_MEASURES)
+    grid = sns.relplot(data=long, x="step", y="value", hue="generator", style="class", row="dataset", col="measure",
+                       kind="line", marker="o", facet_kws={"sharex": "row", "sharey": False}, height=2.2, aspect=1.25)
+    dashes = dict(zip(CLASS_NAMES, ("--", ":")))
+    for (dataset, measure), ax in grid.axes_dict.items():
+        column = next(key for key, name in CURVE_MEASURES.items() if name == measure)
+        for _, floor in floors[floors["dataset"] == dataset].iterrows():
+            ax.axhline(floor[column], color="grey", linestyle=dashes[floor["class"]], linewidth=1)
+    grid.set_titles("{row_name}: {col_name}", size=7)
+    grid.set_xlabels("optimiser steps")
+    grid.figure.text(0.01, -0.02, f"grey: {len(floors) and int(floors['n_samples'].iloc[0])} real training images "
+                     "per class (dashed Normal, dotted Pathology)", fontsize=7)
+    phantom_banner(grid.figure, frame["dataset"])
+    return grid.figure
 
 
 def class_quality_table(records: Records) -> pd.DataFrame:
