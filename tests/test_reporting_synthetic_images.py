@@ -189,3 +189,24 @@ def test_quality_curves_follow_each_generator_and_class_beside_a_floor_at_the_sa
     assert len(figure.axes) == 4 and figure._suptitle.get_text() == PHANTOM_NOTICE
     assert all(len(ax.lines) >= 4 for ax in figure.axes)  # two lines of points and the two classes' floors
     plt.close(figure)
+
+
+def test_the_studys_findings_are_judged_on_the_drops_and_their_intervals_and_the_readers_left_untested():
+    images = data.load_dataset("phantom:ct?n=40", size=16, use_cache=False, progress=False)
+    y = torch.arange(400) % 2
+
+    def predicting(errors):
+        p = y.numpy() * 0.8 + 0.1
+        p[:errors] = 1 - p[:errors]
+        return p
+
+    accuracies = {("efficientnet_b3", "real"): 0, ("efficientnet_b3", "synthetic"): 12,  # a 3-point drop
+                  ("lbp_random_forest", "real"): 40, ("lbp_random_forest", "synthetic"): 200}  # a 40-point drop
+    records = [reporting.replacement_record(images, "dcgan", model, training_set, 400, y, predicting(errors))
+               for (model, training_set), errors in accuracies.items()]
+    findings = reporting.study_findings(records).set_index("finding")["verdict"]
+    assert findings.iloc[0] == "reproduced" and findings.iloc[1] == "not reproduced"
+    assert findings["the deep model loses less than LBP + Random Forest"] == "reproduced"
+    assert findings.iloc[-1] == "not testable here"
+    evidence = reporting.study_findings(records).set_index("finding")["evidence"]
+    assert "3.0 [" in evidence.iloc[0] and "40.0 [" in evidence.iloc[1]

@@ -9,7 +9,8 @@ the manner of timm's model registry; adding a generator is that one entry plus i
 - ``ddpm``: DDPM (Ho et al. 2020) on diffusers, :mod:`.ddpm`.
 
 Both GANs can train with DiffAugment (Zhao et al. 2020, :mod:`.augment`, profile keys ``gan_augment`` and
-``progan_augment``; by default the DC-GAN does and ProGAN, as Karras et al., does not). Every
+``progan_augment``; by default the DC-GAN does, with translation and cutout, and ProGAN, as Karras et al.,
+does not). Every
 kind samples with the moving average of its weights (:class:`WeightAverage`).
 Images are in [0, 1] outside this package; the networks see [-1, 1]. Training budgets are optimiser steps
 (each kind's ``steps_key``), rounded up to whole epochs of the class's images. Training checkpoints every

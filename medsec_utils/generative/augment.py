@@ -4,7 +4,9 @@ NeurIPS 2020, arXiv:2006.10738) for the GANs' discriminators.
 The same random differentiable transforms apply to every image the discriminator sees, real or generated,
 so that it cannot memorise a few hundred training images (profile keys ``gan_augment``, ``progan_augment``;
 without it the DC-GAN's discriminator wins at once on the CT slices; ProGAN's WGAN-GP critic does better
-without it, as Karras et al. train).
+without it, as Karras et al. train). The profiles leave out **color**: redrawing each image's brightness and
+contrast hides from the discriminator a generator whose images all share one exposure (the DC-GAN's recall on
+chest X-ray Normal was 0.05 with it, 0.38 without, ``benchmarks/bench_generator_quality.py``).
 """
 
 from __future__ import annotations

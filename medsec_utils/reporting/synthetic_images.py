@@ -20,7 +20,7 @@ from ..data import ImageSet
 from ..reader_study.readers import MACHINE_READER, SIMULATED_READERS, Demonstration
 from ..reader_study.scoring import roc_points
 from ..synthetic_eval import CLASSES, FLOOR, HELDOUT, Space, training_seconds
-from .common import CLASS_NAMES, ci_cell, dataset_fields, labelled, phantom_banner, show_image
+from .common import CLASS_NAMES, ci_cell, dataset_fields, labelled, phantom_banner, show_image, verdict
 
 Records = list[dict[str, Any]]
 QUALITY_COLUMNS = ["fid", "fid_relative", "kid", "kid_std", "precision", "recall", "n_samples", "n_real",
@@ -149,6 +149,44 @@ def drops_against_paper(records: Records) -> pd.DataFrame:
     ours = replacement_table(records)[DROP].unstack("model").T
     ours.columns = [f"this run: {name}, {kind}" for name, kind in ours.columns]
     return paper.replacement_drops().join(ours)
+
+
+def study_findings(records: Records) -> pd.DataFrame:
+    """The study's findings on generated images (``../shared/paper/README.md``), each judged on this run.
+
+    A replacement drop agrees with the study's range when the range meets the drop's 95 % interval, taken
+    from the Wilson interval of the accuracy on synthetic images with the real-data model's accuracy held
+    fixed; the two models' order is judged on the point estimates. The reader-study finding needs
+    radiologists, whom no run has; the machine reader's accuracy is given as evidence of how hard the images
+    are to tell apart in the chapter's feature space, not as a verdict.
+    """
+    frame = labelled(section(records, "replacement"))
+    index = ["dataset", "generator", "model"]
+    accuracy = frame.pivot(index=index, columns="training_set", values="accuracy")
+    synthetic = frame[frame["training_set"] == "synthetic"].set_index(index)
+    drops = pd.DataFrame({"drop": 100 * (accuracy["real"] - accuracy["synthetic"]),
+                          "low": 100 * (accuracy["real"] - synthetic["ci_high"]),
+                          "high": 100 * (accuracy["real"] - synthetic["ci_low"])})
+    rows = []
+    for model, (lowest, highest) in paper.facts()["replacement_drop_pp"].items():
+        cases = drops.xs(model, level="model")
+        rows.append({"finding": f"{model}: accuracy {lowest:g}-{highest:g} points lower on generated images",
+                     "verdict": verdict(bool(c["low"] <= highest and c["high"] >= lowest) for _, c in cases.iterrows()),
+                     "evidence": "; ".join(f"{name} {kind}: {c['drop']:.1f} [{c['low']:.1f}, {c['high']:.1f}]"
+                                           for (name, kind), c in cases.iterrows())})
+    paired = drops["drop"].unstack("model").dropna()
+    deep, shallow = "efficientnet_b3", "lbp_random_forest"
+    rows.append({"finding": "the deep model loses less than LBP + Random Forest",
+                 "verdict": verdict(bool(r[deep] < r[shallow]) for _, r in paired.iterrows()),
+                 "evidence": "; ".join(f"{name} {kind}: {r[deep]:.1f} vs {r[shallow]:.1f}"
+                                       for (name, kind), r in paired.iterrows())})
+    readers = section(records, "reader_study")
+    machine = labelled(readers[readers["reader"] == MACHINE_READER]) if len(readers) else readers
+    rows.append({"finding": "radiologists find it hard to tell 100 generated chest X-rays from 100 real ones",
+                 "verdict": verdict([]),
+                 "evidence": "no radiologist has read this run's kits; machine reader accuracy: " + "; ".join(
+                     f"{r['dataset']} {r['generator']}: {r['accuracy']:.2f}" for _, r in machine.iterrows())})
+    return pd.DataFrame(rows)
 
 
 def _over_floor(rows: list[dict[str, Any]]) -> pd.DataFrame:
