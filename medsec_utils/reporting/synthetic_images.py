@@ -171,7 +171,8 @@ def study_findings(records: Records) -> pd.DataFrame:
     for model, (lowest, highest) in paper.facts()["replacement_drop_pp"].items():
         cases = drops.xs(model, level="model")
         rows.append({"finding": f"{model}: accuracy {lowest:g}-{highest:g} points lower on generated images",
-                     "verdict": verdict(bool(c["low"] <= highest and c["high"] >= lowest) for _, c in cases.iterrows()),
+                     "verdict": verdict(bool(c["low"] <= highest and c["high"] >= lowest)
+                                        for _, c in cases.iterrows()),
                      "evidence": "; ".join(f"{name} {kind}: {c['drop']:.1f} [{c['low']:.1f}, {c['high']:.1f}]"
                                            for (name, kind), c in cases.iterrows())})
     paired = drops["drop"].unstack("model").dropna()
@@ -286,7 +287,8 @@ def class_quality_records(sets: Mapping[str, ImageSet], features: Mapping[tuple[
 def quality_curve_records(sets: Mapping[str, ImageSet],
                           curves: Mapping[tuple[str, str, int], list[tuple[int, torch.Tensor]]],
                           features: Mapping[tuple[str, str], torch.Tensor],
-                          labels: Mapping[tuple[str, str], torch.Tensor], spaces: Mapping[str, Space], *, seed: int) -> Records:
+                          labels: Mapping[tuple[str, str], torch.Tensor], spaces: Mapping[str, Space], *,
+                          seed: int) -> Records:
     """The figures of :func:`class_quality_records` at every point of each generator's training curve
     (``synthetic_eval.curve_features``, ``trained`` marks the last point), and, as ``step`` None, those of as
     many real training images of the class (the floor at this sample size)."""
@@ -316,18 +318,16 @@ def _class_figures(real: torch.Tensor, fake: torch.Tensor, seed: int) -> dict[st
 def plot_quality_curves(records: Records) -> plt.Figure:
     """Precision, recall, diversity and machine-reader accuracy per class against optimiser steps, a line per
     generator and class, one row per data set; grey lines: the floor of real training images of each class."""
-    frame = labelled(section(records, "quality_curve"))
+    frame = labelled(section(records, "quality_curve")).rename(columns=CURVE_MEASURES)
     curves, floors = frame[frame["generator"] != FLOOR], frame[frame["generator"] == FLOOR]
-    long = curves.melt(id_vars=["dataset", "generator", "class", "step"], value_vars=list(CURVE_MEASURES),
+    long = curves.melt(id_vars=["dataset", "generator", "class", "step"], value_vars=list(CURVE_MEASURES.values()),
                        var_name="measure")
-    long["measure"] = long["measure"].map(CURVE_MEASURES)
     grid = sns.relplot(data=long, x="step", y="value", hue="generator", style="class", row="dataset", col="measure",
                        kind="line", marker="o", facet_kws={"sharex": "row", "sharey": False}, height=2.2, aspect=1.25)
     dashes = dict(zip(CLASS_NAMES, ("--", ":")))
     for (dataset, measure), ax in grid.axes_dict.items():
-        column = next(key for key, name in CURVE_MEASURES.items() if name == measure)
         for _, floor in floors[floors["dataset"] == dataset].iterrows():
-            ax.axhline(floor[column], color="grey", linestyle=dashes[floor["class"]], linewidth=1)
+            ax.axhline(floor[measure], color="grey", linestyle=dashes[floor["class"]], linewidth=1)
     grid.set_titles("{row_name}: {col_name}", size=7)
     grid.set_xlabels("optimiser steps")
     grid.figure.text(0.01, -0.02, f"grey: {len(floors) and int(floors['n_samples'].iloc[0])} real training images "
