@@ -1,6 +1,6 @@
 """Benchmark: training and sampling cost of each generator, to turn a profile into minutes before a run.
 
-    python benchmarks/bench_generative.py [--profile cpu] [--images 64] [--size 64] [--channels 1]
+    python benchmarks/bench_generative.py [--profile cpu] [--images 64] [--size 64] [--channels 1] [--kind dcgan ...]
 
 Builds every kind in ``generative.GENERATORS`` at the profile's widths (random images, CPU; the GANs with the
 profile's DiffAugment), trains one epoch of ``--images`` images (ProGAN: one epoch at each level from 4 px up),
@@ -27,6 +27,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--channels", type=int, default=1)
+    parser.add_argument("--kind", action="append", choices=list(generative.GENERATORS),
+                        help="generator kind (default: every kind)")
     args = parser.parse_args()
     settings = profiles.resolve_profile(args.profile)
     torch.manual_seed(0)
@@ -34,7 +36,8 @@ def main() -> None:
     steps_per_epoch = max(1, args.images // settings.batch_size)
     print(f"profile {args.profile}: {args.images} images at {args.size} px, {args.channels} channel(s), "
           f"batch {settings.batch_size}, {torch.get_num_threads()} threads")
-    for kind, entry in generative.GENERATORS.items():
+    for kind in args.kind or list(generative.GENERATORS):
+        entry = generative.GENERATORS[kind]
         generator, discriminator = entry.build(args.channels, args.size, settings)
         started = time.perf_counter()
         history = entry.train(generator, discriminator, x, settings, epochs=1, batch_size=settings.batch_size, seed=0,
