@@ -7,6 +7,9 @@ import sys
 
 from _paths import REPO
 
+sys.path.insert(0, str(REPO / "benchmarks"))
+import bench_generator_quality  # noqa: E402
+
 SPEEDUP_SECTIONS = ("training", "attack", "inference")
 SPEEDUP_VARIANTS = ("float32", "channels_last", "bf16_autocast")
 
@@ -40,8 +43,9 @@ def test_bench_speedups_quick():
 
 
 def test_bench_generator_quality_prints_each_sampling_against_the_targets_and_resumes(tmp_path):
-    """Smoke sizes on a small phantom set: a floor row per class, a row per budget, class and way of sampling
-    with a verdict; a second run reads the finished points instead of training again."""
+    """Smoke sizes on a small phantom set: a floor row per class and a row per slight degradation of it, a row
+    per budget, class and way of sampling with a verdict; a second run reads the finished points instead of
+    training again."""
     command = [sys.executable, str(REPO / "benchmarks" / "bench_generator_quality.py"), "--profile", "smoke",
                "--dataset", "phantom:chest_xray?n=120", "--kind", "dcgan", "--budgets", "0.5,1",
                "--work", str(tmp_path / "work")]
@@ -49,8 +53,11 @@ def test_bench_generator_quality_prints_each_sampling_against_the_targets_and_re
     first = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-2000:]
     rows = [line.split() for line in first.stdout.splitlines() if line.startswith(("dcgan ", "real train"))]
-    floors = [row for row in rows if row[0] == "real"]
+    floors = [row for row in rows if row[:3] == ["real", "train", "(floor)"]]
     assert [row[3] for row in floors] == ["Normal", "Pathology"]
+    degraded = [(row[3], " ".join(row[8:])) for row in rows if row[:3] == ["real", "train,", "degraded"]]
+    assert degraded == [(name, f"{kind} {level:g}") for name in ("Normal", "Pathology")
+                        for kind, level in bench_generator_quality.SLIGHT_DEGRADATIONS]
     dcgan = [row for row in rows if row[0] == "dcgan"]
     ways = {" ".join(row[9:]).split(":")[0] for row in dcgan}
     assert ways == {"moving average", "raw weights", "raw, re-estimated BN"} and len(dcgan) == 2 * 2 * 3
