@@ -114,17 +114,31 @@ def print_plan(profile: str, datasets: list[str], extra: dict | None, detail: bo
           f"here, applied to all work: an estimate, not a measurement")
 
 
+def kernel_stopped() -> bool:
+    """Whether every process this run started (the notebook's kernel) is stopped, as ``kill -STOP`` pauses a long
+    run to lend the machine to other work."""
+    import psutil
+
+    try:
+        children = psutil.Process().children(recursive=True)
+        return bool(children) and all(c.status() == psutil.STATUS_STOPPED for c in children)
+    except psutil.NoSuchProcess:
+        return False
+
+
 class Progress:
     """Prints, every ``every`` seconds while a chapter runs and after each chapter, the time spent and the time
-    left, from the plan's estimates scaled by how the finished chapters compared with theirs."""
+    left, from the plan's estimates scaled by how the finished chapters compared with theirs. Time while the kernel
+    is stopped (checked once a beat) does not count as work done."""
 
     def __init__(self, estimates: dict[str, float], every: float) -> None:
         self.estimates, self.every, self.done = estimates, every, {}
-        self.chapter, self.started, self._stop = "", 0.0, threading.Event()
+        self.chapter, self.started, self.paused = "", 0.0, 0.0
+        self._stop, self._beating = threading.Event(), threading.Thread()
 
     def keep(self, chapter: str) -> None:
         """A chapter kept from an earlier run: it neither counts as left nor scales the estimates."""
-        self._stop.set()
+        self._quiet()
         self.estimates.pop(chapter, None)
         self.chapter = ""
 
@@ -132,45 +146,60 @@ class Progress:
         planned = sum(self.estimates.get(c, 0.0) for c in self.done)
         return sum(self.done.values()) / planned if planned > 0 else 1.0
 
-    def left(self, elapsed: float) -> tuple[float, float]:
-        """Seconds left in the current chapter and in the whole run."""
+    def left(self, working: float) -> tuple[float, float]:
+        """Seconds left in the current chapter and in the whole run, after ``working`` seconds of the chapter."""
         scale = self._scale()
-        chapter_left = max(0.0, self.estimates.get(self.chapter, 0.0) * scale - elapsed)
+        chapter_left = max(0.0, self.estimates.get(self.chapter, 0.0) * scale - working)
         later = [c for c in self.estimates if c not in self.done and c != self.chapter]
         return chapter_left, chapter_left + scale * sum(self.estimates[c] for c in later)
 
-    def _beat(self) -> None:
+    def _beat(self, stop: threading.Event) -> None:
         from medsec_utils.plan import duration
 
-        while not self._stop.wait(self.every):
-            elapsed = time.perf_counter() - self.started
-            chapter_left, total_left = self.left(elapsed)
+        last = time.perf_counter()
+        while not stop.wait(self.every):
+            now = time.perf_counter()
+            if kernel_stopped():
+                self.paused += now - last
+            last = now
+            elapsed = now - self.started
+            paused = f" ({duration(self.paused)} of it paused)" if self.paused else ""
+            chapter_left, total_left = self.left(elapsed - self.paused)
             left = (f", about {duration(chapter_left)} left in the chapter, {duration(total_left)} in all"
                     if self.planned else "")
-            print(f"   {self.chapter}: {duration(elapsed)} in{left}", flush=True)
+            print(f"   {self.chapter}: {duration(elapsed)} in{paused}{left}", flush=True)
 
     @property
     def planned(self) -> bool:
         return any(self.estimates.values())
 
     def start(self, chapter: str) -> None:
-        self.chapter, self.started = chapter, time.perf_counter()
-        self._stop.clear()
-        threading.Thread(target=self._beat, daemon=True).start()
+        self.chapter, self.started, self.paused = chapter, time.perf_counter(), 0.0
+        self._stop = threading.Event()
+        self._beating = threading.Thread(target=self._beat, args=(self._stop,), daemon=True)
+        self._beating.start()
+
+    def _quiet(self) -> None:
+        """End the progress lines before anything else is printed."""
+        self._stop.set()
+        if self._beating.is_alive():
+            self._beating.join()
 
     def finish(self, ok: bool = True) -> float:
-        """Stop the progress lines; the chapter's seconds. A failed chapter is not counted as done."""
+        """Stop the progress lines; the chapter's working seconds (wall time less pauses). A failed chapter is not
+        counted as done."""
         from medsec_utils.plan import duration
 
-        self._stop.set()
-        seconds = time.perf_counter() - self.started
+        self._quiet()
+        seconds = time.perf_counter() - self.started - self.paused
+        paused = f" and {duration(self.paused)} paused" if self.paused else ""
         if not ok:
-            print(f"   {self.chapter} stopped after {duration(seconds)}", flush=True)
+            print(f"   {self.chapter} stopped after {duration(seconds)}{paused}", flush=True)
             return seconds
         self.done[self.chapter] = seconds
         self.chapter = ""
         left = f"; about {duration(self.left(0.0)[1])} left" if self.planned else ""
-        print(f"   done in {duration(seconds)}{left}", flush=True)
+        print(f"   done in {duration(seconds)}{paused}{left}", flush=True)
         return seconds
 
 
@@ -260,19 +289,19 @@ def run_chapters(profile: str, out: Path, datasets: list[str], chapters: list[st
                 seconds, 1), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         measured[notebook.stem] = seconds
         _record_wall_time(out, notebook.stem, seconds, estimates.get(notebook.stem), profile, datasets,
-                          kept=earlier is not None)
+                          kept=earlier is not None, paused=progress.paused)
     _print_wall_times(measured, estimates)
 
 
 def _record_wall_time(out: Path, chapter: str, seconds: float, estimate: float | None, profile: str,
-                      datasets: list[str], kept: bool) -> None:
+                      datasets: list[str], kept: bool, paused: float) -> None:
     from medsec_utils import plan
     from medsec_utils.cache import write_json_atomic
     from medsec_utils.reporting.provenance import git_state
 
     path = out / WALL_TIMES
     record = json.loads(path.read_text()) if path.is_file() else {"chapters": {}}
-    record["chapters"][chapter] = {"seconds": round(seconds, 1), "kept": kept,
+    record["chapters"][chapter] = {"seconds": round(seconds, 1), "paused_seconds": round(paused, 1), "kept": kept,
                                    "estimated_seconds": estimate and round(estimate, 1),
                                    "profile": profile, "datasets": datasets or DEFAULT_DATASETS, "git": git_state(),
                                    "machine": plan.machine(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
@@ -282,7 +311,7 @@ def _record_wall_time(out: Path, chapter: str, seconds: float, estimate: float |
 def _print_wall_times(measured: dict[str, float], estimates: dict[str, float]) -> None:
     from medsec_utils.plan import duration
 
-    print("wall time per chapter (measured | planned):")
+    print("wall time per chapter (measured, less any pause | planned):")
     for chapter, seconds in measured.items():
         planned = estimates.get(chapter)
         print(f"  {chapter:22s} {duration(seconds):>14s} | {duration(planned) if planned else 'not planned':>14s}")

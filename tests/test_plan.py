@@ -114,6 +114,34 @@ def test_time_left_scales_with_how_finished_chapters_compared_with_the_plan():
     assert progress.left(100.0) == (300.0, 900.0)
 
 
+def test_a_stopped_kernel_is_seen_and_its_pause_is_not_counted_as_work(monkeypatch):
+    """``kill -STOP`` on the kernel pauses a run; the time left must not fall while it is paused."""
+    import signal
+    import subprocess
+    import time
+
+    compendium = _compendium()
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        assert not compendium.kernel_stopped()
+        child.send_signal(signal.SIGSTOP)
+        deadline = time.monotonic() + 5
+        while not compendium.kernel_stopped() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert compendium.kernel_stopped()
+        progress = compendium.Progress({"a": 100.0}, every=0.02)
+        progress.start("a")
+        time.sleep(0.3)
+        child.send_signal(signal.SIGCONT)
+        time.sleep(0.1)
+        seconds = progress.finish()
+    finally:
+        child.kill()
+        child.wait()
+    assert progress.paused > 0.2
+    assert seconds < 0.25, "the paused 0.3 s are not working time"
+
+
 @pytest.mark.parametrize("seconds, text", [(45, "45 s"), (750, "12 min 30 s"), (3900, "1 h 05 min")])
 def test_durations_read_as_people_write_them(seconds, text):
     assert plan.duration(seconds) == text
