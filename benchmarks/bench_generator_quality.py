@@ -10,6 +10,8 @@ of the class, in chapter 4's feature space (random-init VGG-16). Prints per poin
 minutes, precision, recall, diversity and the machine reader's accuracy against the targets of the
 generative-quality issue (recall >= 0.3, precision >= 0.5, diversity >= 0.8; machine reader <= 0.70 for DC-GAN
 and DDPM), beside the floor of as many real training images: the curve shows where more training would help.
+Last, per generator and class, the budget at which the curve's trend would meet each target missed
+(:func:`steps_to_reach`), or that it does not head for it.
 The same real images, slightly degraded (``SLIGHT_DEGRADATIONS``: pixel noise of 2 and 5 % of the range, a 3 px
 blur), show how strict each target is in this space: what a generator's small artefacts alone would cost.
 
@@ -25,6 +27,7 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 from torch import nn
@@ -52,6 +55,24 @@ def verdict(kind: str, row: dict[str, float]) -> str:
     if row["machine_reader"] > MACHINE_READER_TARGET.get(kind, 1.0):
         misses.append("machine reader")
     return "meets every target" if not misses else "misses " + ", ".join(misses)
+
+
+def steps_to_reach(steps: list[int], values: list[float], bound: float, higher_is_better: bool) -> str:
+    """Where one measure's curve would meet its target: the least-squares line of the measure against log2(steps)
+    over the measured points, followed past the last one. A sparse and noisy curve (GANs are not monotone), so an
+    indication of the budget, not a promise; a line that does not head for the target says more steps alone will
+    not reach it."""
+    def met(value: float) -> bool:
+        return value >= bound if higher_is_better else value <= bound
+
+    if met(values[-1]):
+        return "met"
+    if len(set(steps)) < 2:
+        return "one point: no trend"
+    slope, intercept = np.polyfit(np.log2(steps), values, 1)
+    if (slope > 0) != higher_is_better or slope == 0:
+        return f"not heading for it ({slope:+.3f} per doubling of steps)"
+    return f"about {2 ** ((bound - intercept) / slope):,.0f} steps ({slope:+.3f} per doubling)"
 
 
 def samplings(kind: str, averaged: nn.Module, raw_state: dict, images: data.ImageSet,
@@ -150,6 +171,17 @@ def main() -> None:
     for kind, name, fraction, steps, minutes, row, note in rows:
         print(f"{kind:20s} {name:9s} {fraction:>6s} {steps!s:>6s} {minutes:>6s} {row['precision']:9.2f} "
               f"{row['recall']:7.2f} {row['diversity']:9.2f} {row['machine_reader']:14.2f}  {note}")
+    curves: dict[tuple[str, str], list[tuple[int, dict[str, float]]]] = {}
+    for kind, name, _, steps, _, row, note in rows:
+        if note.startswith("moving average"):
+            curves.setdefault((kind, name), []).append((steps, row))
+    print("\nwhere the moving-average curve would meet each target (least squares against log2 steps):")
+    for (kind, name), points in curves.items():
+        bounds = {**{m: (b, True) for m, b in TARGETS.items()},
+                  **({"machine_reader": (MACHINE_READER_TARGET[kind], False)} if kind in MACHINE_READER_TARGET else {})}
+        for measure, (bound, higher) in bounds.items():
+            reach = steps_to_reach([s for s, _ in points], [r[measure] for _, r in points], bound, higher)
+            print(f"  {kind:8s} {name:9s} {measure:14s} {'>=' if higher else '<='} {bound:.2f}: {reach}")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from _paths import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -64,6 +66,10 @@ def test_bench_generator_quality_prints_each_sampling_against_the_targets_and_re
     for row in dcgan:
         assert all(0 <= float(value) for value in row[5:9]) and ("meets" in row or "misses" in row), row
     assert sorted(p.name for p in (tmp_path / "work" / "dcgan" / "0" / "run").glob("epochs_*.json"))
+    trends = [line.split() for line in first.stdout.splitlines() if line.startswith("  dcgan ")]
+    assert sorted((row[1], row[2]) for row in trends) == sorted(
+        (name, measure) for name in ("Normal", "Pathology")
+        for measure in ("precision", "recall", "diversity", "machine_reader"))
     again = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "DC-GAN" not in again.stderr, "finished points are read, not trained again"
     assert [line for line in again.stdout.splitlines() if line.startswith("dcgan ")] == \
@@ -84,3 +90,13 @@ def test_bench_classifier_seeds_prints_each_seed_and_the_spread_of_both_ways_to_
     for row in summary:
         accuracy_mean, accuracy_sd = float(row[3]), float(row[4])
         assert 0 <= accuracy_mean <= 1 and 0 <= accuracy_sd <= 1, row
+
+
+@pytest.mark.parametrize("values, higher, bound, expected", [
+    ([0.95, 0.90], False, 0.70, "about 32,000 steps (-0.050 per doubling)"),  # 0.2 to go at 0.05 a doubling: x16
+    ([0.94, 0.95], False, 0.70, "not heading for it (+0.010 per doubling of steps)"),
+    ([0.20, 0.25], True, 0.30, "about 4,000 steps (+0.050 per doubling)"),
+    ([0.20, 0.65], True, 0.50, "met"),
+])
+def test_steps_to_reach_follows_the_curve_against_log_steps(values, higher, bound, expected):
+    assert bench_generator_quality.steps_to_reach([1000, 2000], values, bound, higher) == expected
