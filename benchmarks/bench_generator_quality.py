@@ -11,7 +11,7 @@ minutes, precision, recall, diversity and the machine reader's accuracy against 
 generative-quality issue (recall >= 0.3, precision >= 0.5, diversity >= 0.8; machine reader <= 0.70 for DC-GAN
 and DDPM), beside the floor of as many real training images: the curve shows where more training would help.
 Last, per generator and class, the budget at which the curve's trend would meet each target missed
-(:func:`steps_to_reach`), or that it does not head for it.
+(``steps_to_reach`` of chapter 4's reporting), or that it does not head for it.
 The same real images, slightly degraded (``SLIGHT_DEGRADATIONS``: pixel noise of 2 and 5 % of the range, a 3 px
 blur), show how strict each target is in this space: what a generator's small artefacts alone would cost.
 
@@ -27,7 +27,6 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 import yaml
 from torch import nn
@@ -35,10 +34,10 @@ from torch.optim.swa_utils import update_bn
 
 from medsec_utils import cache, data, generative, metrics, profiles
 from medsec_utils.reporting import CLASS_NAMES
+from medsec_utils.reporting.synthetic_images import quality_targets, steps_to_reach
 
 CPU = torch.device("cpu")
-TARGETS = {"precision": 0.5, "recall": 0.3, "diversity": 0.8}
-MACHINE_READER_TARGET = {"dcgan": 0.70, "ddpm": 0.70}
+BENCH_NAMES = {"machine_reader_accuracy": "machine_reader"}  # chapter 4's measure names, as this script's rows say them
 RAW_KEYS = {"ddpm": "unet"}
 SLIGHT_DEGRADATIONS = (("gaussian noise (std)", 0.02), ("gaussian noise (std)", 0.05), ("box blur (px)", 3))
 
@@ -50,29 +49,15 @@ def figures(real: torch.Tensor, fake: torch.Tensor, seed: int) -> dict[str, floa
             "machine_reader": metrics.real_vs_synthetic_accuracy(real, fake, seed=seed)}
 
 
+def targets(kind: str) -> dict[str, tuple[float, bool]]:
+    """Chapter 4's quality targets for ``kind``, by this script's measure names."""
+    return {BENCH_NAMES.get(m, m): t for m, t in quality_targets(kind).items()}
+
+
 def verdict(kind: str, row: dict[str, float]) -> str:
-    misses = [name for name, bound in TARGETS.items() if row[name] < bound]
-    if row["machine_reader"] > MACHINE_READER_TARGET.get(kind, 1.0):
-        misses.append("machine reader")
+    misses = [name.replace("_", " ") for name, (bound, higher) in targets(kind).items()
+              if (row[name] < bound if higher else row[name] > bound)]
     return "meets every target" if not misses else "misses " + ", ".join(misses)
-
-
-def steps_to_reach(steps: list[int], values: list[float], bound: float, higher_is_better: bool) -> str:
-    """Where one measure's curve would meet its target: the least-squares line of the measure against log2(steps)
-    over the measured points, followed past the last one. A sparse and noisy curve (GANs are not monotone), so an
-    indication of the budget, not a promise; a line that does not head for the target says more steps alone will
-    not reach it."""
-    def met(value: float) -> bool:
-        return value >= bound if higher_is_better else value <= bound
-
-    if met(values[-1]):
-        return "met"
-    if len(set(steps)) < 2:
-        return "one point: no trend"
-    slope, intercept = np.polyfit(np.log2(steps), values, 1)
-    if (slope > 0) != higher_is_better or slope == 0:
-        return f"not heading for it ({slope:+.3f} per doubling of steps)"
-    return f"about {2 ** ((bound - intercept) / slope):,.0f} steps ({slope:+.3f} per doubling)"
 
 
 def samplings(kind: str, averaged: nn.Module, raw_state: dict, images: data.ImageSet,
@@ -177,9 +162,7 @@ def main() -> None:
             curves.setdefault((kind, name), []).append((steps, row))
     print("\nwhere the moving-average curve would meet each target (least squares against log2 steps):")
     for (kind, name), points in curves.items():
-        bounds = {**{m: (b, True) for m, b in TARGETS.items()},
-                  **({"machine_reader": (MACHINE_READER_TARGET[kind], False)} if kind in MACHINE_READER_TARGET else {})}
-        for measure, (bound, higher) in bounds.items():
+        for measure, (bound, higher) in targets(kind).items():
             reach = steps_to_reach([s for s, _ in points], [r[measure] for _, r in points], bound, higher)
             print(f"  {kind:8s} {name:9s} {measure:14s} {'>=' if higher else '<='} {bound:.2f}: {reach}")
 

@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 
-import pytest
 
 from _paths import REPO
 
@@ -91,12 +90,3 @@ def test_bench_classifier_seeds_prints_each_seed_and_the_spread_of_both_ways_to_
         accuracy_mean, accuracy_sd = float(row[3]), float(row[4])
         assert 0 <= accuracy_mean <= 1 and 0 <= accuracy_sd <= 1, row
 
-
-@pytest.mark.parametrize("values, higher, bound, expected", [
-    ([0.95, 0.90], False, 0.70, "about 32,000 steps (-0.050 per doubling)"),  # 0.2 to go at 0.05 a doubling: x16
-    ([0.94, 0.95], False, 0.70, "not heading for it (+0.010 per doubling of steps)"),
-    ([0.20, 0.25], True, 0.30, "about 4,000 steps (+0.050 per doubling)"),
-    ([0.20, 0.65], True, 0.50, "met"),
-])
-def test_steps_to_reach_follows_the_curve_against_log_steps(values, higher, bound, expected):
-    assert bench_generator_quality.steps_to_reach([1000, 2000], values, bound, higher) == expected
