@@ -11,7 +11,7 @@ minutes, precision, recall, diversity and the machine reader's accuracy against 
 generative-quality issue (recall >= 0.3, precision >= 0.5, diversity >= 0.8; machine reader <= 0.70 for DC-GAN
 and DDPM), beside the floor of as many real training images: the curve shows where more training would help.
 Last, per generator and class, the budget at which the curve's trend would meet each target missed
-(``steps_to_reach`` of chapter 4's reporting), or that it does not head for it.
+(``synthetic_eval.steps_to_reach``, as chapter 4), or that it does not head for it.
 The same real images, slightly degraded (``SLIGHT_DEGRADATIONS``: pixel noise of 2 and 5 % of the range, a 3 px
 blur), show how strict each target is in this space: what a generator's small artefacts alone would cost.
 
@@ -34,7 +34,7 @@ from torch.optim.swa_utils import update_bn
 
 from medsec_utils import cache, data, generative, metrics, profiles
 from medsec_utils.reporting import CLASS_NAMES
-from medsec_utils.reporting.synthetic_images import quality_targets, steps_to_reach
+from medsec_utils.synthetic_eval import quality_targets, steps_to_reach
 
 CPU = torch.device("cpu")
 BENCH_NAMES = {"machine_reader_accuracy": "machine_reader"}  # chapter 4's measure names, as this script's rows say them

@@ -9,11 +9,13 @@ generator kind: ``{(label, kind): ...}``. Records, tables and figures of these r
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -25,6 +27,42 @@ Space = tuple[nn.Module, str]
 HELDOUT = "test"  # the features key of the held-out real test images
 FLOOR = "real train (floor)"  # real training images in a generator's place: the best any generator could do
 CLASSES = (0, 1)
+QUALITY_TARGETS = {"precision": (0.5, True), "recall": (0.3, True), "diversity": (0.8, True),
+                   "machine_reader_accuracy": (0.70, False)}  # per class: (bound, higher is better)
+READER_TARGETED = ("dcgan", "ddpm")  # ProGAN is held to the other three
+TREND_HORIZON = 1000  # steps_to_reach looks no further than this many times the steps run
+
+
+def quality_targets(generator: str) -> dict[str, tuple[float, bool]]:
+    """The per-class quality targets a generator is held to: precision, recall, diversity relative to real, and
+    (DC-GAN, DDPM) the machine reader's accuracy."""
+    return {m: t for m, t in QUALITY_TARGETS.items() if m != "machine_reader_accuracy" or generator in READER_TARGETED}
+
+
+def steps_to_reach(steps: list[float], values: list[float], bound: float, higher_is_better: bool) -> str:
+    """Where one measure's curve would meet its target: the least-squares line of the measure against log2(steps)
+    over the measured points, followed past the last one. A sparse and noisy curve (GANs are not monotone), so an
+    indication of the budget, not a promise; a line that does not head for the target says more steps alone will
+    not reach it."""
+    def met(value: float) -> bool:
+        return (value >= bound) if higher_is_better else (value <= bound)
+
+    points = [(s, v) for s, v in zip(steps, values) if s and s > 0 and math.isfinite(v)]
+    if not points:
+        return "no finite point"
+    if met(points[-1][1]):
+        return "met"
+    if len({s for s, _ in points}) < 2:
+        return "one point: no trend"
+    slope, intercept = np.polyfit(np.log2([s for s, _ in points]), [v for _, v in points], 1)
+    if slope == 0 or (slope > 0) != higher_is_better:
+        return f"not heading for it ({slope:+.3f} per doubling of steps)"
+    last, crossing = max(s for s, _ in points), (bound - intercept) / slope
+    if crossing <= math.log2(last):
+        return f"missed at the last point, though the trend line crosses before it ({slope:+.3f} per doubling)"
+    if crossing > math.log2(last * TREND_HORIZON):
+        return f"beyond {TREND_HORIZON}x the steps run ({slope:+.3f} per doubling)"
+    return f"about {2 ** crossing:,.0f} steps ({slope:+.3f} per doubling)"
 
 
 def feature_spaces(name: str, classifiers: Mapping[str, nn.Module], *, inception_weights: str | None = None,

@@ -8,7 +8,8 @@
 ``plan`` prints each chapter's expected wall time from per-step costs measured on this machine
 (``medsec_utils.plan``) and the total. ``run`` executes every notebook of ``notebooks/`` into
 ``OUT/<chapter>/`` (executed notebook, ``metrics.json``, figures), printing the time left as it goes and each
-chapter's wall time at the end (also in ``OUT/wall_times.json``). A chapter whose inputs (notebook,
+chapter's wall time at the end, less any time its kernel was stopped (``kill -STOP``; also in
+``OUT/wall_times.json``). A chapter whose inputs (notebook,
 parameters, library files, data checksums, installed packages) and files are as its last finished run left
 them is kept, not executed again (``--force`` executes it anyway); a changed chapter still loads every
 unchanged artefact from the cache. ``book`` stages the book sources, replaces
@@ -115,15 +116,16 @@ def print_plan(profile: str, datasets: list[str], extra: dict | None, detail: bo
 
 
 def kernel_stopped() -> bool:
-    """Whether every process this run started (the notebook's kernel) is stopped, as ``kill -STOP`` pauses a long
-    run to lend the machine to other work."""
+    """Whether the processes this run started (the notebook's kernel), finished ones aside, are all stopped, as
+    ``kill -STOP <kernel pid>`` pauses a long run to lend the machine to other work."""
     import psutil
 
     try:
-        children = psutil.Process().children(recursive=True)
-        return bool(children) and all(c.status() == psutil.STATUS_STOPPED for c in children)
-    except psutil.NoSuchProcess:
+        running = [c.status() for c in psutil.Process().children()]
+    except psutil.Error:
         return False
+    running = [status for status in running if status != psutil.STATUS_ZOMBIE]
+    return bool(running) and all(status == psutil.STATUS_STOPPED for status in running)
 
 
 class Progress:
@@ -174,6 +176,7 @@ class Progress:
         return any(self.estimates.values())
 
     def start(self, chapter: str) -> None:
+        self._quiet()
         self.chapter, self.started, self.paused = chapter, time.perf_counter(), 0.0
         self._stop = threading.Event()
         self._beating = threading.Thread(target=self._beat, args=(self._stop,), daemon=True)
@@ -289,7 +292,7 @@ def run_chapters(profile: str, out: Path, datasets: list[str], chapters: list[st
                 seconds, 1), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         measured[notebook.stem] = seconds
         _record_wall_time(out, notebook.stem, seconds, estimates.get(notebook.stem), profile, datasets,
-                          kept=earlier is not None, paused=progress.paused)
+                          kept=earlier is not None, paused=0.0 if earlier is not None else progress.paused)
     _print_wall_times(measured, estimates)
 
 

@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 
-
 from _paths import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -69,6 +68,9 @@ def test_bench_generator_quality_prints_each_sampling_against_the_targets_and_re
     assert sorted((row[1], row[2]) for row in trends) == sorted(
         (name, measure) for name in ("Normal", "Pathology")
         for measure in ("precision", "recall", "diversity", "machine_reader"))
+    for row in trends:
+        reach = " ".join(row[5:])  # after "dcgan Normal precision >= 0.50:"
+        assert reach.startswith(("met", "about", "not heading", "missed", "beyond", "one point")), row
     again = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "DC-GAN" not in again.stderr, "finished points are read, not trained again"
     assert [line for line in again.stdout.splitlines() if line.startswith("dcgan ")] == \
@@ -89,4 +91,3 @@ def test_bench_classifier_seeds_prints_each_seed_and_the_spread_of_both_ways_to_
     for row in summary:
         accuracy_mean, accuracy_sd = float(row[3]), float(row[4])
         assert 0 <= accuracy_mean <= 1 and 0 <= accuracy_sd <= 1, row
-

@@ -190,6 +190,10 @@ def test_quality_curves_follow_each_generator_and_class_beside_a_floor_at_the_sa
     assert list(trends.columns[1:]) == ["precision (>= 0.5)", "recall (>= 0.3)", "diversity (>= 0.8)",
                                         "machine reader accuracy (<= 0.7)"]
     assert trends.loc[("dcgan", "Normal"), "diversity (>= 0.8)"].endswith(": met")
+    for (_, name), row in trends.iterrows():
+        last = points.loc[(name, 20)]
+        assert row["precision (>= 0.5)"].startswith(f"{last['precision']:.2f}: ")
+        assert row["machine reader accuracy (<= 0.7)"].startswith(f"{last['machine_reader_accuracy']:.2f}: ")
     figure = reporting.plot_quality_curves(records)
     assert len(figure.axes) == 4 and figure._suptitle.get_text() == PHANTOM_NOTICE
     assert all(len(ax.lines) >= 4 for ax in figure.axes)  # two lines of points and the two classes' floors
@@ -215,18 +219,3 @@ def test_the_studys_findings_are_judged_on_the_drops_and_their_intervals_and_the
     assert findings.iloc[-1] == "not testable here"
     evidence = reporting.study_findings(records).set_index("finding")["evidence"]
     assert "3.0 [" in evidence.iloc[0] and "40.0 [" in evidence.iloc[1]
-
-
-@pytest.mark.parametrize("values, higher, bound, expected", [
-    ([0.95, 0.90], False, 0.70, "about 32,000 steps (-0.050 per doubling)"),  # 0.2 to go at 0.05 a doubling: x16
-    ([0.94, 0.95], False, 0.70, "not heading for it (+0.010 per doubling of steps)"),
-    ([0.20, 0.25], True, 0.30, "about 4,000 steps (+0.050 per doubling)"),
-    ([0.20, 0.65], True, 0.50, "met"),
-])
-def test_steps_to_reach_follows_the_curve_against_log_steps(values, higher, bound, expected):
-    assert reporting.steps_to_reach([1000, 2000], values, bound, higher) == expected
-
-
-def test_progan_is_not_held_to_the_machine_reader_target():
-    assert "machine_reader_accuracy" in reporting.quality_targets("dcgan")
-    assert set(reporting.quality_targets("progan")) == {"precision", "recall", "diversity"}

@@ -121,3 +121,26 @@ def test_the_audit_flags_a_copied_training_image_in_both_spaces(ct):
     for audit in audits.values():
         assert audit["near_copy"][2] and audit["nearest_train"][2] == 7
         assert audit["n_synthetic"] == 4 and audit["n_train"] == len(train[LABEL][1])
+
+
+@pytest.mark.parametrize("steps, values, higher, bound, expected", [
+    ([1000, 2000], [0.95, 0.90], False, 0.70, "about 32,000 steps (-0.050 per doubling)"),  # 0.2 at 0.05 a doubling
+    ([1000, 2000], [0.94, 0.95], False, 0.70, "not heading for it (+0.010 per doubling of steps)"),
+    ([1000, 2000], [0.20, 0.25], True, 0.30, "about 4,000 steps (+0.050 per doubling)"),
+    ([1000, 2000], [0.20, 0.65], True, 0.50, "met"),
+    ([1000, 2000], [0.90, 0.65], False, 0.70, "met"),
+    ([1000, 2000, 4000], [0.20, 0.60, 0.45], True, 0.50,
+     "missed at the last point, though the trend line crosses before it (+0.125 per doubling)"),
+    ([1000, 2000], [0.900, 0.899], False, 0.70, "beyond 1000x the steps run (-0.001 per doubling)"),
+    ([1000, 2000, 4000], [0.10, float("nan"), 0.20], True, 0.30, "about 16,000 steps (+0.050 per doubling)"),
+    ([None, 2000], [0.10, 0.20], True, 0.30, "one point: no trend"),
+    ([1000], [float("nan")], True, 0.30, "no finite point"),
+])
+def test_steps_to_reach_follows_the_curve_against_log_steps(steps, values, higher, bound, expected):
+    assert synthetic_eval.steps_to_reach(steps, values, bound, higher) == expected
+
+
+def test_progan_is_not_held_to_the_machine_reader_target():
+    assert "machine_reader_accuracy" in synthetic_eval.quality_targets("dcgan")
+    assert set(synthetic_eval.quality_targets("progan")) == {"precision", "recall", "diversity"}
+

@@ -19,7 +19,7 @@ from .. import metrics, paper
 from ..data import ImageSet
 from ..reader_study.readers import MACHINE_READER, SIMULATED_READERS, Demonstration
 from ..reader_study.scoring import roc_points
-from ..synthetic_eval import CLASSES, FLOOR, HELDOUT, Space, training_seconds
+from ..synthetic_eval import CLASSES, FLOOR, HELDOUT, Space, quality_targets, steps_to_reach, training_seconds
 from .common import CLASS_NAMES, ci_cell, dataset_fields, labelled, phantom_banner, show_image, verdict
 
 Records = list[dict[str, Any]]
@@ -34,30 +34,6 @@ DROP = "drop real -> synthetic (pp)"
 CLASS_QUALITY_COLUMNS = ["precision", "recall", "diversity", "machine_reader_accuracy", "n_samples", "n_real"]
 CURVE_MEASURES = {"precision": "precision", "recall": "recall", "diversity": "diversity",
                   "machine_reader_accuracy": "machine reader accuracy"}
-QUALITY_TARGETS = {"precision": (0.5, True), "recall": (0.3, True), "diversity": (0.8, True),
-                   "machine_reader_accuracy": (0.70, False)}  # (bound, higher is better), per class
-READER_TARGETED = ("dcgan", "ddpm")  # ProGAN is held to the other three
-
-
-def quality_targets(generator: str) -> dict[str, tuple[float, bool]]:
-    """The per-class quality targets a generator is held to: precision, recall, diversity relative to real, and
-    (DC-GAN, DDPM) the machine reader's accuracy."""
-    return {m: t for m, t in QUALITY_TARGETS.items() if m != "machine_reader_accuracy" or generator in READER_TARGETED}
-
-
-def steps_to_reach(steps: list[int], values: list[float], bound: float, higher_is_better: bool) -> str:
-    """Where one measure's curve would meet its target: the least-squares line of the measure against log2(steps)
-    over the measured points, followed past the last one. A sparse and noisy curve (GANs are not monotone), so an
-    indication of the budget, not a promise; a line that does not head for the target says more steps alone will
-    not reach it."""
-    if values[-1] >= bound if higher_is_better else values[-1] <= bound:
-        return "met"
-    if len(set(steps)) < 2:
-        return "one point: no trend"
-    slope, intercept = np.polyfit(np.log2(steps), values, 1)
-    if slope == 0 or (slope > 0) != higher_is_better:
-        return f"not heading for it ({slope:+.3f} per doubling of steps)"
-    return f"about {2 ** ((bound - intercept) / slope):,.0f} steps ({slope:+.3f} per doubling)"
 
 
 def section(records: Records, name: str) -> pd.DataFrame:
