@@ -72,7 +72,7 @@ def sample(model: nn.Module, n: int, *, seed: int, device: torch.device, batch_s
     """``n`` images in [0, 1] (CPU float) from a trained generator; the same seed gives the same images.
 
     The sampler is the one of the kind whose model class is nearest ``model``'s: GANs map seeded latents;
-    a DDPM U-Net denoises seeded noise with ``ddim_steps`` DDIM steps (eta 0).
+    a DDPM U-Net denoises seeded noise in ``ddim_steps`` stochastic steps (DDIM with eta = 1).
 
     Raises:
         TypeError: no kind in ``GENERATORS`` has a model of this class.

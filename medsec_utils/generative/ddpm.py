@@ -1,13 +1,20 @@
 """DDPM (Ho, Jain & Abbeel, NeurIPS 2020, arXiv:2006.11239) on diffusers: ``UNet2DModel`` trained to predict
-the noise of ``DDPMScheduler``, sampled with ``DDIMScheduler`` (Song, Meng & Ermon, ICLR 2021) in a few
-deterministic steps.
+the noise of ``DDPMScheduler``, sampled in a few stochastic steps (DDIM with eta = 1, Song, Meng & Ermon, ICLR
+2021).
 
 The noise schedule is the cosine one of Nichol & Dhariwal (*Improved denoising diffusion probabilistic
 models*, ICML 2021, arXiv:2102.09672; diffusers' ``squaredcos_cap_v2``): the linear schedule of Ho et al.
 destroys the content of 32 and 64 px images in its last few hundred levels, which then teach the network
 nothing. The sampler's steps are spaced "trailing", so the first starts from the last training level (pure
 noise), as Lin, Liu, Li & Yang recommend for few sampling steps (*Common diffusion noise schedules and sample
-steps are flawed*, WACV 2024, arXiv:2305.08891) and diffusers supports."""
+steps are flawed*, WACV 2024, arXiv:2305.08891) and diffusers supports.
+
+Every sampling step adds fresh noise: DDIM with eta = 1, which on a subsequence of levels is DDPM's own ancestral
+sampler (Song et al., section 4.1), computed with diffusers' ``DDPMScheduler`` on the ``ddim_steps`` trailing
+levels. Deterministic DDIM (eta = 0) in 25 steps made smoother images, which a machine reader told from real
+chest X-rays more easily (``benchmarks/bench_generator_quality.py``; the closing note of the generative-quality
+issue). ``DDIMScheduler`` with eta = 1 is not used: its step takes the square root of 1 - alpha_prev - sigma^2,
+which rounds below zero at the first step from pure noise and gives NaN images with few steps."""
 
 from __future__ import annotations
 
@@ -17,7 +24,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
+from diffusers import DDPMScheduler, UNet2DModel
 from tqdm import tqdm
 
 from ..training import Precision
@@ -29,8 +36,10 @@ DDPM_SCHEDULE = "squaredcos_cap_v2"  # Nichol & Dhariwal's cosine schedule, for 
 ABOUT = (
     "**DDPM** (Ho, Jain & Abbeel, *Denoising diffusion probabilistic models*, NeurIPS 2020, arXiv:2006.11239): "
     "diffusers' `UNet2DModel` learns to predict the noise of `DDPMScheduler` (1000 noise levels on the cosine "
-    "schedule of Nichol & Dhariwal 2021, which suits small images); images are sampled with `DDIMScheduler` "
-    "(Song et al. 2021) in `ddim_steps` deterministic steps spaced to start from pure noise (Lin et al. 2024).")
+    "schedule of Nichol & Dhariwal 2021, which suits small images); images are sampled in `ddim_steps` steps "
+    "spaced to start from pure noise (Lin et al. 2024), each adding fresh noise: DDIM with eta = 1 (Song et al. "
+    "2021), i.e. DDPM's ancestral sampler on those levels. Deterministic DDIM (eta = 0) made smoother images that "
+    "a machine reader told from real ones more easily.")
 
 
 def make_ddpm(channels: int = 1, size: int = 64, width: int = 64) -> UNet2DModel:
@@ -81,7 +90,8 @@ def train_ddpm(unet: UNet2DModel, images: torch.Tensor, *, epochs: int, batch_si
 
 def sample_ddpm(unet: UNet2DModel, n: int, rng: torch.Generator, *, device: torch.device, batch_size: int,
                 ddim_steps: int, progress: bool) -> torch.Tensor:
-    """Denoise seeded Gaussian noise with ``ddim_steps`` DDIM steps (eta 0, so deterministic)."""
+    """Denoise seeded Gaussian noise in ``ddim_steps`` stochastic steps (:func:`sampling_scheduler`); the noise of
+    each step comes from ``rng`` too, batch after batch, so the same seed and batch size give the same images."""
     config = unet.config
     noise = torch.randn(n, config.in_channels, config.sample_size, config.sample_size, generator=rng)
     scheduler = sampling_scheduler(ddim_steps)
@@ -90,14 +100,15 @@ def sample_ddpm(unet: UNet2DModel, n: int, rng: torch.Generator, *, device: torc
                       unit="batch"):
         x = noise[start:start + batch_size].to(device)
         for t in scheduler.timesteps:
-            x = scheduler.step(unet(x, t).sample, t, x).prev_sample
+            x = scheduler.step(unet(x, t).sample, t, x, generator=rng).prev_sample
         batches.append(x.cpu())
     return torch.cat(batches)
 
 
-def sampling_scheduler(ddim_steps: int) -> DDIMScheduler:
-    """The DDIM sampler on the training schedule, its ``ddim_steps`` steps spaced from the last noise level."""
-    scheduler = DDIMScheduler(num_train_timesteps=DDPM_TIMESTEPS, beta_schedule=DDPM_SCHEDULE,
+def sampling_scheduler(ddim_steps: int) -> DDPMScheduler:
+    """DDIM with eta = 1 on the training schedule (as DDPM's ancestral sampler), its ``ddim_steps`` steps spaced
+    from the last noise level."""
+    scheduler = DDPMScheduler(num_train_timesteps=DDPM_TIMESTEPS, beta_schedule=DDPM_SCHEDULE,
                               timestep_spacing="trailing")
     scheduler.set_timesteps(ddim_steps)
     return scheduler
