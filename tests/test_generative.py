@@ -211,8 +211,8 @@ def test_ddpm_samples_on_its_training_schedule_starting_from_pure_noise():
 @torch.no_grad()
 @pytest.mark.parametrize("steps", [5, 25])
 def test_ddpm_sampler_adds_fresh_noise_at_every_step_reproducibly_and_without_nan(steps):
-    """Deterministic DDIM (eta 0) made smooth images that a machine reader told from real chest X-rays far more
-    easily than DDIM with eta 1 from the same weights: the sampler must not fall back to eta 0. DDIMScheduler's
+    """Deterministic DDIM (eta 0) made images that a machine reader told from real chest X-rays more easily than
+    DDIM with eta 1 from the same weights: the sampler must not fall back to eta 0. DDIMScheduler's
     own eta 1 gave NaN images with 5 steps (a square root of a difference that rounds below zero)."""
     from diffusers import DDIMScheduler
 
