@@ -115,13 +115,14 @@ def print_plan(profile: str, datasets: list[str], extra: dict | None, detail: bo
           f"here, applied to all work: an estimate, not a measurement")
 
 
-def kernel_stopped() -> bool:
-    """Whether the processes this run started (the notebook's kernel), finished ones aside, are all stopped, as
-    ``kill -STOP <kernel pid>`` pauses a long run to lend the machine to other work."""
+def kernel_stopped(parent: Any = None) -> bool:
+    """Whether the processes this run (or the ``psutil.Process`` ``parent``) started, the notebook's kernel,
+    finished ones aside, are all stopped, as ``kill -STOP <kernel pid>`` pauses a long run to lend the machine to
+    other work."""
     import psutil
 
     try:
-        running = [c.status() for c in psutil.Process().children()]
+        running = [c.status() for c in (parent or psutil.Process()).children()]
     except psutil.Error:
         return False
     running = [status for status in running if status != psutil.STATUS_ZOMBIE]
