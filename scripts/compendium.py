@@ -30,7 +30,10 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
@@ -115,8 +118,8 @@ def print_plan(profile: str, datasets: list[str], extra: dict | None, detail: bo
           f"here, applied to all work: an estimate, not a measurement")
 
 
-def kernel_stopped(parent: Any = None) -> bool:
-    """Whether the processes this run (or the ``psutil.Process`` ``parent``) started, the notebook's kernel,
+def kernel_stopped(parent: psutil.Process | None = None) -> bool:
+    """Whether the processes this run (or ``parent``) started, the notebook's kernel,
     finished ones aside, are all stopped, as ``kill -STOP <kernel pid>`` pauses a long run to lend the machine to
     other work."""
     import psutil
