@@ -189,6 +189,7 @@ def _from_tree(root: Path, options: dict[str, str]) -> Source:
     if not class_dirs:
         raise _no_class_folders(root, [layer for _, layer in layers])
     class_map = _class_map(root, {c.name for _, c in class_dirs})
+    merged = _merged_classes(class_map)
     regex = re.compile(options["patient_regex"]) if options.get("patient_regex") else None
     outside = [entry for top in sorted({root, *(layer for _, layer in layers)}) for entry in sorted(top.iterdir())]
     skipped_files = [f for f in outside if f.is_file() and f.name != "classes.yaml"]
@@ -207,7 +208,7 @@ def _from_tree(root: Path, options: dict[str, str]) -> Source:
                             "or remove the folder")
         records += [{"path": f, "key": f.relative_to(root).as_posix(), "label": class_map[class_dir.name],
                      "patient_id": _patient_from_name(f, regex), "split": split, "where": str(f)} for f in files]
-    notes = []
+    notes = [merged] if merged else []
     if skipped_files:
         what = "that is not an image" if len(skipped_files) == 1 else "that are not images"
         notes.append(f"ignored {plural(len(skipped_files), 'file')} {what}: {_names(skipped_files)}")
@@ -245,6 +246,16 @@ def _no_class_folders(root: Path, layers: list[Path]) -> DataError:
     where = root if layers == [root] else layers[0]
     return DataError(f"{where}: {found}; put each class's images in its own sub-folder (e.g. normal/ and "
                      f"pneumonia/) or add {root / 'manifest.csv'} with columns path,label")
+
+
+def _merged_classes(class_map: dict[str, int]) -> str:
+    """One line saying how class folders were mapped, when they are not one Normal and one Pathology folder:
+    ``classes: NORMAL -> Normal; COVID, PNEUMONIA -> Pathology`` (merged classes must not pass unsaid)."""
+    names = [sorted(name for name, label in class_map.items() if label == value) for value in (0, 1)]
+    if all(len(group) == 1 for group in names):
+        return ""
+    return "classes: " + "; ".join(f"{', '.join(group)} -> {label}" for group, label in zip(names, ("Normal", "Pathology"))
+                                   if group)
 
 
 def _class_map(root: Path, names: set[str]) -> dict[str, int]:

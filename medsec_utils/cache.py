@@ -35,6 +35,7 @@ CACHE_ENV = "MEDSEC_CACHE"
 MARKER = "artefact.json"
 DAMAGED = ".damaged"  # where damaged entries are moved, under the cache root
 CHUNK = 1 << 20  # bytes hashed at a time
+LOCK_QUIET_SECONDS = 3.0  # a lock held longer than this is named on stderr by whoever waits for it
 PACKAGE_DIR = Path(__file__).parent
 
 
@@ -192,14 +193,30 @@ def _entry_lock(folder: Path, entry: str) -> Iterator[None]:
         return
     with open(folder.with_name(f"{folder.name}.lock"), "a") as handle:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if not (folder / MARKER).is_file():  # silent when the other run only checks a finished entry
-                print(f"medsec cache: waiting for another run producing {entry}", file=sys.stderr, flush=True)
-            fcntl.flock(handle, fcntl.LOCK_EX)
+            if (folder / MARKER).is_file():  # another run checks a finished entry: silent unless it takes long
+                wait_for_lock(handle, f"medsec cache: waiting for another run checking {entry} (lock {handle.name})")
+            else:
+                wait_for_lock(handle, f"medsec cache: waiting for another run producing {entry}", quiet_seconds=0.0)
         except OSError:  # a file system without locks (some network mounts): go on unlocked
             pass
         yield
+
+
+def wait_for_lock(handle: Any, waiting: str, quiet_seconds: float = LOCK_QUIET_SECONDS) -> None:
+    """Take an exclusive ``flock`` on the open file ``handle``; when another process holds it for more than
+    ``quiet_seconds``, print ``waiting`` (what this one waits for) once on stderr, then wait. A short wait stays
+    silent; a long one never does."""
+    deadline = time.monotonic() + quiet_seconds
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.1)
+    print(waiting, file=sys.stderr, flush=True)
+    fcntl.flock(handle, fcntl.LOCK_EX)
 
 
 def _check(folder: Path, entry: str) -> str | None:

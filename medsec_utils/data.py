@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -144,6 +145,18 @@ class ImageSet:
         }
 
 
+def _leave_a_worker_of_an_unguarded_script() -> None:
+    """Refuse to load while a multiprocessing worker starts up by re-running the main script (as ``__mp_main__``;
+    multiprocessing marks that phase with ``_inheriting``, the flag behind its own "bootstrapping phase" error):
+    in a script without an ``if __name__ == "__main__":`` guard the worker would wait forever on the cache lock its
+    parent holds. The worker exits at once instead: the pool breaks, and the parent decodes in its own process,
+    saying why in one line."""
+    import multiprocessing
+
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        os._exit(1)
+
+
 def load_dataset(
     spec: str,
     *,
@@ -167,6 +180,7 @@ def load_dataset(
     Raises:
         DataError: bad input, with one line naming the file or row and the fix.
     """
+    _leave_a_worker_of_an_unguarded_script()
     base, options = parse_spec(spec)
     if base.startswith("phantom:"):
         return _load_phantoms(spec, base, options, size, seed, phantom_images, split_fractions, use_cache)

@@ -251,3 +251,19 @@ def test_two_notebooks_needing_one_classifier_train_it_once(tmp_path):
     assert not [path for path in root.rglob("*") if path.name.endswith(".tmp")]
     record("concurrent runs", "two processes call training.classifier_for on the same data and cache at once",
            waits[0], "recovered", produced=1, waited=1)
+
+
+def test_a_long_wait_on_a_lock_says_what_it_waits_for_and_a_short_one_stays_silent(tmp_path, capsys):
+    import fcntl
+    import threading
+
+    lock = tmp_path / "entry.lock"
+    for quiet, released_after, expected in ((0.2, 0.8, ["waiting for X"]), (3.0, 0.3, [])):
+        holder = open(lock, "a")
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        threading.Timer(released_after, holder.close).start()
+        with open(lock, "a") as handle:
+            started = time.perf_counter()
+            cache.wait_for_lock(handle, "waiting for X", quiet_seconds=quiet)
+            assert time.perf_counter() - started >= released_after - 0.05
+        assert capsys.readouterr().err.splitlines() == expected

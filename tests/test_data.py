@@ -228,6 +228,31 @@ def test_a_pool_that_cannot_start_falls_back_to_one_process_with_one_line(tmp_pa
     assert len(message) == 1 and "decoding in this one" in message[0] and "workers=1" in message[0]
 
 
+def test_a_script_without_a_main_guard_loads_instead_of_hanging(tmp_path):
+    """A plain script calling load_dataset with decode workers and a cache: its workers re-run the script and
+    would wait forever on the cache lock the parent holds. They leave at once, and the parent decodes alone
+    with its one line naming the guard."""
+    folder = tree(tmp_path / "xray_noguard", {"normal": 0, "pneumonia": 1}, per_class=40)
+    script = tmp_path / "noguard.py"
+    script.write_text("from medsec_utils import data\n"
+                      f"s = data.load_dataset({str(folder)!r}, size=24, workers=2, progress=False)\n"
+                      "print('loaded', len(s.labels))\n")
+    env = {**os.environ, "MEDSEC_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, str(script)], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "loaded 80", done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.startswith("medsec")]
+    assert len(lines) == 1 and "decoding in this one" in lines[0] and "__main__" in lines[0], done.stderr
+
+
+def test_merged_class_folders_are_named_in_one_note(tmp_path):
+    root = tree(tmp_path / "xray_three", {"COVID": 1, "NORMAL": 0, "PNEUMONIA": 1}, per_class=4)
+    s = load(root)
+    assert s.labels.tolist() == [1] * 4 + [0] * 4 + [1] * 4
+    assert "classes: NORMAL -> Normal; COVID, PNEUMONIA -> Pathology" in s.notes
+    plain = load(tree(tmp_path / "xray_two", {"normal": 0, "pneumonia": 1}, per_class=4))
+    assert not [note for note in plain.notes if note.startswith("classes:")]
+
+
 def test_real_chest_xray_manifest():
     folder = shared("chest_xray")
     s = load(folder, size=32)
