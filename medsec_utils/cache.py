@@ -170,6 +170,11 @@ def cached(
     return folder, False
 
 
+def is_cached(kind: str, parts: dict[str, Any], root: Path | None = None) -> bool:
+    """Whether the artefact of ``kind`` and ``parts`` is finished in the cache (its marker written; not checked)."""
+    return ((root or cache_root()) / kind / artefact_key(parts) / MARKER).is_file()
+
+
 def memoised(kind: str, parts: dict[str, Any], compute: Callable[[], Any],
              root: Path | None = None) -> tuple[Any, bool]:
     """``(compute(), hit)`` through the artefact cache: for a result that takes minutes to compute and

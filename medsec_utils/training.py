@@ -229,6 +229,20 @@ def _resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, sche
     return saved
 
 
+def classifier_parts(images: ImageSet, settings: dict[str, Any], *, seed: int, arch: str = DEFAULT_ARCH,
+                     weights: str | Path | None = None) -> dict[str, Any]:
+    """The artefact-cache key parts of :func:`classifier_for`'s model: everything that determines it, known
+    without training it (the results store keys its steps by them and asks the cache whether it holds it)."""
+    return {
+        "data": images.checksum, "size": images.size, "channels": images.channels, "arch": arch,
+        "weights": str(weights) if weights else None, "seed": seed,
+        "max_train_images": settings["max_train_images"], "max_eval_images": settings["max_eval_images"],
+        **{k: settings[k] for k in ("epochs", "batch_size", "lr", "weight_decay")},
+        "mixed_precision": settings.get("mixed_precision", False),
+        "code": cache.code_fingerprint(*READER_MODULES, "models", "training"),
+    }
+
+
 def classifier_for(
     images: ImageSet,
     settings: dict[str, Any],
@@ -254,14 +268,7 @@ def classifier_for(
         DataError: a split without images of both classes, in one line stating the minimum.
     """
     images.require_both_classes()
-    parts = {
-        "data": images.checksum, "size": images.size, "channels": images.channels, "arch": arch,
-        "weights": str(weights) if weights else None, "seed": seed,
-        "max_train_images": settings["max_train_images"], "max_eval_images": settings["max_eval_images"],
-        **{k: settings[k] for k in ("epochs", "batch_size", "lr", "weight_decay")},
-        "mixed_precision": settings.get("mixed_precision", False),
-        "code": cache.code_fingerprint(*READER_MODULES, "models", "training"),
-    }
+    parts = classifier_parts(images, settings, seed=seed, arch=arch, weights=weights)
     folder, hit = cache.cached("classifier", parts, lambda folder: distributed.run(
         nproc, train_classifier_into, folder, images, settings, seed=seed, device=device, arch=arch, weights=weights,
         progress=progress))

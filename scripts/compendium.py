@@ -2,14 +2,20 @@
 
     python scripts/compendium.py plan --profile cpu [--dataset SPEC ...] [--detail]
     python scripts/compendium.py run --profile smoke --out runs/smoke [--dataset SPEC ...] [--chapter 01]
-                                     [--param 'splits=[iid]' ...] [--force]
+                                     [--param 'splits=[iid]' ...] [--force] [--stop-after 140m]
+    python scripts/compendium.py status --out book/reference
+    python scripts/compendium.py verify --out book/reference (STEP ... | --sample N)
+    python scripts/compendium.py pack --out DIR ARCHIVE.tar.gz | merge ARCHIVE.tar.gz --out book/reference
     python scripts/compendium.py book [--run runs/smoke] --out _build/smoke [--strict]
 
 ``plan`` prints each chapter's expected wall time from per-step costs measured on this machine
 (``medsec_utils.plan``) and the total. ``run`` executes every notebook of ``notebooks/`` into
 ``OUT/<chapter>/`` (executed notebook, ``metrics.json``, figures), printing the time left as it goes and each
 chapter's wall time at the end, less any time its kernel was stopped (``kill -STOP``; also in
-``OUT/wall_times.json``). A chapter whose inputs (notebook,
+``OUT/wall_times.json``). A chapter with a step table (``medsec_utils.steps``) first has its missing steps computed
+here, each stored in ``OUT/store/`` as it finishes, and its notebook then reads every result from the store; with
+``--stop-after`` the run stops cleanly between steps before the budget runs out and exits 3 ("more to do"; 0:
+every page written). ``status`` and ``verify`` read the run's settings from ``OUT/run.json``. A chapter whose inputs (notebook,
 parameters, library files, data checksums, installed packages) and files are as its last finished run left
 them is kept, not executed again (``--force`` executes it anyway); a changed chapter still loads every
 unchanged artefact from the cache. ``book`` stages the book sources, replaces
@@ -22,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import io
 import json
 import shutil
 import subprocess
@@ -43,6 +50,9 @@ BOOK_SOURCES = ("_config.yml", "_toc.yml", "book", "medsec_utils/profiles.yaml")
 DEFAULT_DATASETS = ["phantom:chest_xray", "phantom:ct", "phantom:histology"]  # the notebooks' default
 WALL_TIMES = "wall_times.json"
 INPUTS = "inputs.json"  # in each chapter folder: what its finished run was made from, and the files it left
+RUN_RECORD = "run.json"  # in the run folder: profile, data sets and parameters, for status and verify
+PAGE_SECONDS = 180.0  # what a budget keeps for executing a chapter whose steps are all stored, when never timed
+MORE_TO_DO = 3  # exit status of a run stopped by its budget
 
 
 def plan_chapters(profile: str, datasets: list[str],
@@ -250,34 +260,50 @@ def unchanged_run(folder: Path, inputs: dict[str, Any]) -> dict[str, Any] | None
 
 
 def run_chapters(profile: str, out: Path, datasets: list[str], chapters: list[str],
-                 extra: dict | None = None, every: float = 60.0, planned: bool = True, force: bool = False) -> None:
+                 extra: dict | None = None, every: float = 60.0, planned: bool = True, force: bool = False,
+                 stop_after: float | None = None) -> int:
     """Execute the chapter notebooks with papermill, each into ``out/<stem>/``; ``extra`` sets more parameters.
-    A chapter whose inputs and files are unchanged since its last finished run there is kept unless ``force``.
+    A chapter with a step table first has its missing steps computed and stored in ``out/store/``. A chapter whose
+    inputs and files are unchanged since its last finished run there is kept unless ``force``. With
+    ``stop_after`` (seconds), stops before a step or notebook the plan says would not fit in what is left.
     Prints progress with the time left (from the plan unless ``planned`` is False), and each chapter's wall
-    time at the end, also written to ``out/wall_times.json``."""
+    time at the end, also written to ``out/wall_times.json``. Returns 0 when every chosen page is written, else
+    :data:`MORE_TO_DO`."""
     import papermill
 
     from medsec_utils.cache import write_json_atomic
+    from medsec_utils.plan import duration
+    from medsec_utils.steps.runner import Budget, BudgetReached
 
     notebooks = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
     chosen = [nb for nb in notebooks if not chapters or nb.name[:2] in chapters]
     if not chosen:
         sys.exit(f"no chapter notebook matches {chapters} in {NOTEBOOKS}")
-    estimates = plan_chapters(profile, datasets, extra)[0] if planned else {}
+    budget = Budget.of(stop_after)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / RUN_RECORD, {"profile": profile, "datasets": datasets, "params": extra or {}})
+    estimates = plan_chapters(profile, datasets, extra)[0] if planned or stop_after else {}
     progress = Progress({nb.stem: estimates.get(nb.stem, 0.0) for nb in chosen}, every)
     measured: dict[str, float] = {}
     for number, notebook in enumerate(chosen, 1):
         folder = out / notebook.stem
         folder.mkdir(parents=True, exist_ok=True)
-        params = {"profile": profile, "output_dir": _relative(folder)}
-        if datasets:
-            params["dataset"] = datasets
-        params.update(chapter_params(extra, notebook.name[:2]))
+        params = run_params(notebook, profile, folder, datasets, extra)
         print(f"== [{number}/{len(chosen)}] {notebook.name} -> {_relative(folder)} with {params}", flush=True)
+        try:
+            stored = compute_steps(notebook, params, out, budget, every, planned)
+        except BudgetReached as reached:
+            print(f"   {reached}; exit {MORE_TO_DO}: more to do, run again to go on", flush=True)
+            return MORE_TO_DO
+        inputs = {**chapter_inputs(notebook, params), "store": stored}
+        earlier = None if force else unchanged_run(folder, inputs)
+        needed = _page_seconds(out, notebook.stem) if stored else estimates.get(notebook.stem, PAGE_SECONDS)
+        if earlier is None and not budget.fits(needed):
+            print(f"   executing {notebook.name} needs about {duration(needed)}, {duration(budget.left)} of the "
+                  f"budget is left: stopping before it; exit {MORE_TO_DO}: more to do, run again to go on", flush=True)
+            return MORE_TO_DO
         progress.start(notebook.stem)
         try:
-            inputs = chapter_inputs(notebook, params)
-            earlier = None if force else unchanged_run(folder, inputs)
             if earlier is None:
                 (folder / INPUTS).unlink(missing_ok=True)
                 papermill.execute_notebook(str(notebook), str(folder / notebook.name), parameters=params,
@@ -298,6 +324,190 @@ def run_chapters(profile: str, out: Path, datasets: list[str], chapters: list[st
         _record_wall_time(out, notebook.stem, seconds, estimates.get(notebook.stem), profile, datasets,
                           kept=earlier is not None, paused=0.0 if earlier is not None else progress.paused)
     _print_wall_times(measured, estimates)
+    return 0
+
+
+def _page_seconds(out: Path, chapter: str) -> float:
+    """What executing a chapter whose steps are all stored should take: its last execution here (at least 30 s),
+    else :data:`PAGE_SECONDS`."""
+    try:
+        last = json.loads((out / WALL_TIMES).read_text())["chapters"][chapter]
+    except (OSError, ValueError, KeyError):
+        return PAGE_SECONDS
+    return PAGE_SECONDS if last.get("kept") else max(30.0, float(last["seconds"]))
+
+
+def run_params(notebook: Path, profile: str, folder: Path, datasets: list[str], extra: dict | None) -> dict[str, Any]:
+    """The parameters papermill gives ``notebook`` in a run: profile, output folder, data sets and ``extra``."""
+    params: dict[str, Any] = {"profile": profile, "output_dir": _relative(folder)}
+    if datasets:
+        params["dataset"] = datasets
+    params.update(chapter_params(extra, notebook.name[:2]))
+    return params
+
+
+def notebook_defaults(notebook: Path) -> dict[str, Any]:
+    """The values of a notebook's parameters cell (our own notebooks: plain assignments, run in an empty
+    namespace)."""
+    cells = json.loads(notebook.read_text())["cells"]
+    source = next("".join(c["source"]) for c in cells if "parameters" in c.get("metadata", {}).get("tags", []))
+    namespace: dict[str, Any] = {}
+    exec(compile(source, str(notebook), "exec"), {}, namespace)
+    return namespace
+
+
+def open_steps(notebook: Path, params: dict[str, Any]) -> tuple[Any, list[Any]] | None:
+    """``(chapter, steps)`` as the notebook would open it with ``params``, or None for a chapter without a step
+    table (it runs whole)."""
+    from medsec_utils import steps
+    from medsec_utils.reporting.chapter import open_from_params
+
+    if steps.table(notebook.stem) is None:
+        return None
+    with contextlib.chdir(ROOT), contextlib.redirect_stdout(io.StringIO()):  # the notebook prints its opening
+        chapter = open_from_params(notebook.stem, {**notebook_defaults(notebook), **params})
+        return chapter, chapter.steps()
+
+
+def compute_steps(notebook: Path, params: dict[str, Any], out: Path, budget: Any, every: float,
+                  planned: bool = True) -> dict[str, str]:
+    """Compute the chapter's missing steps into ``out/store`` (none for a chapter without a step table); the
+    SHA-256 of each step's marker, which the chapter's inputs then include."""
+    from medsec_utils import plan
+    from medsec_utils.steps.runner import Estimator, compute_missing
+    from medsec_utils.store import MARKER
+
+    opened = open_steps(notebook, params)
+    if opened is None:
+        return {}
+    chapter, chosen = opened
+    estimator = Estimator(plan.unit_costs(chapter.settings)[0] if planned or budget.deadline else {})
+    taken, computed = compute_missing(chosen, chapter.store, estimator, budget, every)
+    print(f"   steps: {taken} taken from the store, {computed} computed", flush=True)
+    return {step.id: _sha256(chapter.store.folder(step) / MARKER) for step in chosen}
+
+
+def read_run(out: Path) -> tuple[str, list[str], dict[str, Any]]:
+    """``(profile, datasets, extra)`` of the run that wrote ``out`` (its ``run.json``)."""
+    try:
+        record = json.loads((out / RUN_RECORD).read_text())
+    except (OSError, ValueError):
+        sys.exit(f"{out / RUN_RECORD}: not found or unreadable; run `scripts/compendium.py run --out {out} ...` first "
+                 "(it records the profile, data sets and parameters that status and verify use)")
+    return record["profile"], record["datasets"], record["params"]
+
+
+def print_status(out: Path) -> int:
+    """``status``: per chapter, steps current, stale (and why), damaged and missing in ``out/store``, and the plan's
+    time for what is left; a chapter without a step table by its page. Exit 0 when everything is current."""
+    from medsec_utils import plan
+    from medsec_utils.plan import duration
+    from medsec_utils.steps.runner import Estimator, chapter_status
+
+    profile, datasets, extra = read_run(out)
+    estimates = plan_chapters(profile, datasets, extra)[0]
+    total_left, everything_current, size = 0.0, True, 0
+    for notebook in sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")):
+        params = run_params(notebook, profile, out / notebook.stem, datasets, extra)
+        opened = open_steps(notebook, params)
+        page = out / notebook.stem / INPUTS
+        if opened is None:
+            written = page.is_file() and unchanged_run(page.parent, chapter_inputs(notebook, params)) is not None
+            left = 0.0 if written else estimates.get(notebook.stem, 0.0)
+            print(f"{notebook.stem:22s} no step table yet: runs whole; page "
+                  f"{'current' if written else 'missing or stale'}; plan for what is left {duration(left)}")
+        else:
+            chapter, chosen = opened
+            state = chapter_status(chosen, chapter.store, Estimator(plan.unit_costs(chapter.settings)[0]))
+            counts, left = state["counts"], state["seconds_left"]
+            print(f"{notebook.stem:22s} {len(chosen)} steps: {counts['current']} current, {counts['stale']} stale, "
+                  f"{counts['damaged']} damaged, {counts['missing']} missing; plan for what is left {duration(left)}; "
+                  f"page {'written' if page.is_file() else 'not written'}")
+            for why, count in state["reasons"].items():
+                print(f"{'':22s}   {count} x {why}")
+            written = not left and page.is_file()
+            size = chapter.store.size_bytes()
+        total_left += left
+        everything_current &= bool(written)
+    print(f"{'total':22s} plan for what is left {duration(total_left)} (this machine, from an empty artefact cache); "
+          f"store {size / 1e6:.1f} MB")
+    return 0 if everything_current else MORE_TO_DO
+
+
+def verify_steps(out: Path, wanted: list[str], sample: int, seed: int) -> int:
+    """``verify``: recompute the named (or ``sample`` random) stored steps from scratch and compare each with the
+    stored result. Exit 1 when any differs beyond the tolerance."""
+    import random
+
+    from medsec_utils.steps.runner import pick, verify_step
+
+    profile, datasets, extra = read_run(out)
+    found = []
+    for notebook in sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")):
+        opened = open_steps(notebook, run_params(notebook, profile, out / notebook.stem, datasets, extra))
+        if opened is not None:
+            found += [(opened[0].store, step) for step in opened[1]]
+    if sample:
+        stored = [(store, step) for store, step in found if store.state(step)[0] == "current"]
+        chosen = random.Random(seed).sample(stored, min(sample, len(stored)))
+    else:
+        ids = {step.id for step in pick([step for _, step in found], wanted)}
+        chosen = [(store, step) for store, step in found if step.id in ids]
+    if not chosen:
+        sys.exit(f"verify: no stored step matches {wanted or f'--sample {sample}'} in {out / 'store'}; "
+                 "`status` lists the chapters, step ids look like 02_attacks/ct/fgsm/eps2")
+    worst = 0
+    for store, step in chosen:
+        verdict, differences = verify_step(step, store)
+        print(f"{step.id}: {verdict}", flush=True)
+        for line in differences[:10]:
+            print(f"   {line}")
+        worst = max(worst, verdict == "different")
+    return worst
+
+
+def pack_store(out: Path, archive: Path) -> None:
+    """``pack``: every stored step of ``out/store`` in one ``.tar.gz`` (what a GPU machine brings back)."""
+    import tarfile
+
+    from medsec_utils.store import Store
+
+    store = Store(out / "store")
+    ids = store.stored_ids()
+    with tarfile.open(archive, "w:gz") as tar:
+        for step_id in ids:
+            tar.add(store.root / step_id, arcname=step_id)
+    print(f"{archive}: {len(ids)} steps, {archive.stat().st_size / 1e6:.1f} MB")
+
+
+def merge_store(archive: Path, out: Path) -> None:
+    """``merge``: add the steps of a ``pack`` archive to ``out/store``: each intact one (its files match its marker)
+    that is new or differs from the stored one; a damaged one is refused with one line."""
+    import tarfile
+
+    from medsec_utils.store import MARKER, Store, damage
+
+    store = Store(out / "store")
+    added = refused = same = 0
+    with tempfile.TemporaryDirectory(prefix="medsec-merge-") as tmp, tarfile.open(archive) as tar:
+        tar.extractall(tmp, filter="data")
+        for marker in sorted(Path(tmp).rglob(MARKER)):
+            folder, step_id = marker.parent, marker.parent.relative_to(tmp).as_posix()
+            problem = damage(folder)
+            if problem:
+                print(f"{archive}: {step_id} refused ({problem})")
+                refused += 1
+                continue
+            here = store.root / step_id
+            if (here / MARKER).is_file() and (here / MARKER).read_bytes() == marker.read_bytes():
+                same += 1
+                continue
+            here.parent.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(here, ignore_errors=True)
+            shutil.copytree(folder, here)
+            added += 1
+    print(f"{archive}: {added} steps added to {store.root}, {same} already there, {refused} refused; "
+          f"`status --out {out}` says which are current")
 
 
 def _record_wall_time(out: Path, chapter: str, seconds: float, estimate: float | None, profile: str,
@@ -366,6 +576,17 @@ def parse_param(text: str) -> tuple[str, object]:
     return name.strip(), yaml.safe_load(value)
 
 
+def parse_duration(text: str) -> float:
+    """Seconds of ``140m``, ``2h``, ``2h30m``, ``90s`` or a plain number of seconds."""
+    import re
+
+    match = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*", text)
+    if not text.strip() or not match or not any(match.groups()):
+        raise argparse.ArgumentTypeError(f"--stop-after {text!r}: write a duration such as 140m, 2h, 2h30m or 90s")
+    hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
+    return 3600 * hours + 60 * minutes + seconds
+
+
 def chapter_params(extra: dict | None, chapter: str) -> dict[str, Any]:
     """The parameters of chapter ``chapter`` (``01``): every ``name`` of ``extra``, then every ``NN.name`` of that
     chapter over them."""
@@ -396,6 +617,9 @@ def main() -> None:
                           "alone (repeatable)")
     run.add_argument("--progress-every", type=float, default=60.0, help="seconds between progress lines")
     run.add_argument("--force", action="store_true", help="execute chapters whose inputs and files are unchanged")
+    run.add_argument("--stop-after", type=parse_duration, default=None, metavar="DURATION",
+                     help="stop cleanly between steps before this much time (140m, 2h, 90s) is spent; exit 3 when "
+                          "more is left to do")
     run.add_argument("--plan", action=argparse.BooleanOptionalAction, default=None,
                      help="plan first, for time-left estimates (default: every profile but smoke, whose run is "
                           "short and whose plan would cost a minute of measuring on a fresh cache)")
@@ -409,13 +633,36 @@ def main() -> None:
     book.add_argument("--run", type=Path, help="a run folder whose chapters replace the reference run")
     book.add_argument("--out", type=Path, required=True)
     book.add_argument("--strict", action="store_true", help="warnings are errors")
+    status = commands.add_parser("status", help="steps stored, stale and missing per chapter, and the time left")
+    status.add_argument("--out", type=Path, required=True, help="the run folder (book/reference for make reference)")
+    verify = commands.add_parser("verify", help="recompute stored steps from scratch and compare")
+    verify.add_argument("--out", type=Path, required=True)
+    verify.add_argument("steps", nargs="*", help="step ids or id prefixes (02_attacks/ct)")
+    verify.add_argument("--sample", type=int, default=0, help="verify this many random stored steps")
+    verify.add_argument("--seed", type=int, default=0, help="seed of --sample's draw")
+    pack = commands.add_parser("pack", help="every stored step of a run in one .tar.gz")
+    pack.add_argument("--out", type=Path, required=True)
+    pack.add_argument("archive", type=Path)
+    merge = commands.add_parser("merge", help="add the steps of a pack archive to a run's store")
+    merge.add_argument("archive", type=Path)
+    merge.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     if args.command == "run":
         planned = args.profile != "smoke" if args.plan is None else args.plan
-        run_chapters(args.profile, args.out, args.dataset, args.chapter, dict(args.param), args.progress_every, planned,
-                     args.force)
+        sys.exit(run_chapters(args.profile, args.out, args.dataset, args.chapter, dict(args.param),
+                              args.progress_every, planned, args.force, args.stop_after))
     elif args.command == "plan":
         print_plan(args.profile, args.dataset, dict(args.param), args.detail)
+    elif args.command == "status":
+        sys.exit(print_status(args.out))
+    elif args.command == "verify":
+        if bool(args.steps) == bool(args.sample):
+            parser.error("verify: name steps or give --sample N, not both")
+        sys.exit(verify_steps(args.out, args.steps, args.sample, args.seed))
+    elif args.command == "pack":
+        pack_store(args.out, args.archive)
+    elif args.command == "merge":
+        merge_store(args.archive, args.out)
     else:
         build_book(args.run, args.out, args.strict)
 

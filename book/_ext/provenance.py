@@ -29,9 +29,14 @@ def add_provenance_box(app: Any, doctree: nodes.document) -> None:
         return
     provenance = json.loads(metrics.read_text())["provenance"]
     boxes = [_run_box(provenance, metrics.name)]
-    changed = _changed_modules(provenance.get("library", {}))
-    if changed:
-        boxes.append(_changed_box(changed, provenance))
+    if "steps" in provenance:  # a page drawn from the results store: stale only when a result it uses is
+        stale = _stale_steps(provenance["steps"])
+        if stale:
+            boxes.append(_stale_steps_box(stale, len(provenance["steps"])))
+    else:
+        changed = _changed_modules(provenance.get("library", {}))
+        if changed:
+            boxes.append(_changed_box(changed, provenance))
     section = next(iter(doctree.findall(nodes.section)), None)
     parent = section if section is not None else doctree
     position = 1 if section is not None else 0
@@ -53,6 +58,11 @@ def _run_box(provenance: dict[str, Any], name: str) -> nodes.admonition:
         items.append(f"data {data['name']} ({data['modality']}, {kind}): {data['spec']}, "
                      f"checksum {data['checksum'][:23]}...")
     items.append(f"versions: " + ", ".join(f"{k} {v}" for k, v in provenance.get("versions", {}).items()))
+    for (commit, device), steps in _steps_by_commit(provenance.get("steps", {})).items():
+        dates = sorted(step["computed_utc"][:10] for step in steps)
+        when = dates[0] if dates[0] == dates[-1] else f"{dates[0]} to {dates[-1]}"
+        items.append(f"{len(steps)} stored result(s) computed at commit {commit[:10]} on {device}, {when} "
+                     f"({round(sum(step['seconds'] for step in steps))} s of compute)")
     box = nodes.admonition(classes=["note"])
     box += nodes.title(text=f"Provenance of this run (from {name})")
     listing = nodes.bullet_list()
@@ -77,3 +87,34 @@ def _changed_modules(recorded: dict[str, str | None]) -> list[str]:
     only, do not count."""
     today = module_digests(list(recorded))
     return [name for name, digest in sorted(recorded.items()) if today[name] != digest]
+
+
+def _steps_by_commit(steps: dict[str, dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    grouped: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for step in steps.values():
+        grouped.setdefault((step["commit"], step["device"]), []).append(step)
+    return grouped
+
+
+def _stale_steps(steps: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
+    """Per stored result the page uses, the modules it depends on whose source has changed since it was
+    computed; results still current are left out."""
+    stale = {}
+    for step_id, step in steps.items():
+        recorded = step.get("code", {})
+        today = module_digests(list(recorded))
+        changed = [name for name, digest in sorted(recorded.items()) if today[name] != digest]
+        if changed:
+            stale[step_id] = changed
+    return stale
+
+
+def _stale_steps_box(stale: dict[str, list[str]], total: int) -> nodes.admonition:
+    modules = sorted({name for names in stale.values() for name in names})
+    box = nodes.admonition(classes=["warning"])
+    box += nodes.title(text="Results no longer current")
+    box += nodes.paragraph(text=(
+        f"{len(stale)} of the {total} stored results this page uses depend on medsec_utils module(s) "
+        f"{', '.join(modules)}, changed since they were computed (for example {next(iter(stale))}). The numbers below "
+        "are those results; `scripts/compendium.py status` lists them and `make reference` computes them again."))
+    return box

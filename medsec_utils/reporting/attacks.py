@@ -13,15 +13,20 @@ import torch
 from .. import metrics
 from ..attacks import ATTACKS, AttackOutcome, attack_parameters, budgeted_attacks
 from ..data import ImageSet
-from .common import CLASS_NAMES, dataset_fields, labelled, phantom_banner, results_table, show_image
+from ..store import Step, StepResult
+from .common import CLASS_NAMES, data_label, dataset_fields, labelled, phantom_banner, results_table, show_image
+
+Budgeted = tuple[str, str, float | None]  # (data set label, attack, budget or None)
 
 
 def attack_record(images: ImageSet, outcome: AttackOutcome, parameters: dict[str, Any],
-                  accuracy_8bit: float | None = None) -> dict[str, Any]:
+                  accuracy_8bit: float | None = None, sizes: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
     """One ``metrics.json`` record of an attack on ``images``: accuracies with Wilson 95 % intervals, the
-    direction of the errors, the median size of the perturbations that changed a diagnosis, and cost."""
+    direction of the errors, the median size of the perturbations that changed a diagnosis (``sizes``, as
+    ``metrics.perturbation_sizes`` gives them; computed from the outcome's images when None), and cost."""
     n, attacked, flipped = len(outcome.labels), outcome.attacked, outcome.flipped
-    sizes = metrics.perturbation_sizes(outcome.clean[flipped], outcome.adversarial[flipped])
+    if sizes is None:
+        sizes = metrics.perturbation_sizes(outcome.clean[flipped], outcome.adversarial[flipped])
     return {
         **dataset_fields(images), "attack": outcome.attack, "epsilon": outcome.epsilon,
         "epsilon_255": None if outcome.epsilon is None else round(outcome.epsilon * 255, 3),
@@ -38,6 +43,44 @@ def attack_record(images: ImageSet, outcome: AttackOutcome, parameters: dict[str
         **{f"median_{key}": float(np.median(values)) if len(values) else float("nan") for key, values in sizes.items()},
         "parameters": parameters,
     }
+
+
+def from_steps(chapter_steps: list[Step], results: dict[str, StepResult],
+               settings: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[Budgeted, AttackOutcome],
+                                                  dict[Budgeted, np.ndarray]]:
+    """Chapter 2's records and, per ``(data set label, attack, budget)``, the attack on its example images and
+    the PSNR of every image it flipped, from the stored results of its steps (``medsec_utils.steps.attacks``)."""
+    records, examples, psnr = [], {}, {}
+    for step in chapter_steps:
+        images, attack, eps = step.inputs["images"], step.inputs["attack"], step.inputs["eps"]
+        result = results[step.id]
+        outcome = _stored_outcome(attack, eps, result.arrays, result.record["seconds"])
+        sizes = {name[len("size_"):]: values for name, values in result.arrays.items() if name.startswith("size_")}
+        records.append(attack_record(images, outcome, attack_parameters(attack, eps, settings),
+                                     result.record["robust_accuracy_8bit"], sizes))
+        examples[data_label(images), attack, eps] = _example_outcome(images, step, result, settings)
+        psnr[data_label(images), attack, eps] = sizes["psnr"]
+    return records, examples, psnr
+
+
+def _stored_outcome(attack: str, eps: float | None, arrays: dict[str, np.ndarray], seconds: float) -> AttackOutcome:
+    """The predictions of a stored attack, without its images (records need no more)."""
+    labels, clean_pred, adv_pred = (torch.from_numpy(arrays[name].astype(np.int64)) for name in
+                                    ("labels", "clean_pred", "adv_pred"))
+    none = torch.zeros(0)
+    return AttackOutcome(attack, eps, labels, clean_pred, adv_pred, none, none, seconds)
+
+
+def _example_outcome(images: ImageSet, step: Step, result: StepResult, settings: dict[str, Any]) -> AttackOutcome:
+    """The stored attack on its few example images (the step's ``example_index``), with their adversarial
+    versions rebuilt from the stored perturbations: what the example figure draws."""
+    arrays, index = result.arrays, torch.from_numpy(result.arrays["example_index"].astype(np.int64))
+    x, _ = images.tensors("test", settings["attack_images"], step.inputs["seed"])
+    clean = x[index]
+    adversarial = (clean + torch.from_numpy(arrays["example_perturbation"].astype(np.float32))).clamp(0, 1)
+    full = _stored_outcome(step.inputs["attack"], step.inputs["eps"], arrays, result.record["seconds"])
+    return AttackOutcome(full.attack, full.epsilon, full.labels[index], full.clean_pred[index],
+                         full.adv_pred[index], clean, adversarial, full.seconds)
 
 
 def plot_robustness_curves(records: list[dict[str, Any]]) -> plt.Figure:
@@ -91,23 +134,22 @@ def plot_adversarial_examples(outcomes: dict[str, dict[str, AttackOutcome]]) -> 
     return fig
 
 
-def plot_perturbation_sizes(outcomes: dict[str, dict[str, AttackOutcome]]) -> plt.Figure:
-    """Per data set and attack, the PSNR (dB) of every adversarial image that changed a diagnosis; higher is
-    less visible. The dotted line is the lowest PSNR an L-inf budget of 2/255 allows."""
-    fig, axes = plt.subplots(1, len(outcomes), figsize=(3.4 * len(outcomes), 2.9), squeeze=False, sharey=True)
+def plot_perturbation_sizes(psnr: dict[str, dict[str, np.ndarray]]) -> plt.Figure:
+    """Per data set and attack, the PSNR (dB) of every adversarial image that changed a diagnosis (``psnr``:
+    ``{data set: {attack: values}}``); higher is less visible. The dotted line is the lowest PSNR an L-inf budget
+    of 2/255 allows."""
+    fig, axes = plt.subplots(1, len(psnr), figsize=(3.4 * len(psnr), 2.9), squeeze=False, sharey=True)
     rng = np.random.default_rng(0)  # horizontal jitter only
-    for ax, (name, by_attack) in zip(axes[0], outcomes.items()):
-        for position, outcome in enumerate(by_attack.values()):
-            flipped = outcome.flipped
-            psnr = metrics.perturbation_sizes(outcome.clean[flipped], outcome.adversarial[flipped])["psnr"]
-            ax.scatter(position + rng.uniform(-0.2, 0.2, len(psnr)), psnr, s=4, alpha=0.5, color="#3182bd")
-            if len(psnr) == 0:
+    for ax, (name, by_attack) in zip(axes[0], psnr.items()):
+        for position, values in enumerate(by_attack.values()):
+            ax.scatter(position + rng.uniform(-0.2, 0.2, len(values)), values, s=4, alpha=0.5, color="#3182bd")
+            if len(values) == 0:
                 ax.text(position, 20 * np.log10(255 / 2), "none\nflipped", ha="center", va="bottom", fontsize=7)
         ax.axhline(20 * np.log10(255 / 2), color="grey", linestyle=":", linewidth=1)
         ax.set_xticks(range(len(by_attack)), list(by_attack))
         ax.set(title=name, xlabel="attack")
     axes[0][0].set_ylabel("PSNR of flipped images (dB)")
-    phantom_banner(fig, outcomes)
+    phantom_banner(fig, psnr)
     fig.tight_layout()
     return fig
 
@@ -206,9 +248,9 @@ def perturbation_table(rows: pd.DataFrame) -> pd.DataFrame:
     return sizes.set_index(["dataset", "attack"]).round(4)
 
 
-def at_budget(outcomes: dict[tuple[str, str, float | None], AttackOutcome], names: list[str],
-              epsilon: float) -> dict[str, dict[str, AttackOutcome]]:
-    """``{data set: {attack: outcome}}`` at the headline budget (unbudgeted attacks at their only run)."""
+def at_budget(outcomes: dict[Budgeted, Any], names: list[str], epsilon: float) -> dict[str, dict[str, Any]]:
+    """``{data set: {attack: value}}`` at the headline budget (unbudgeted attacks at their only run), from values
+    keyed ``(data set, attack, budget)``: outcomes, PSNR arrays."""
     datasets = dict.fromkeys(name for name, _, _ in outcomes)
     return {name: {attack: outcomes[name, attack, _budget(attack, epsilon)] for attack in names} for name in datasets}
 

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
 from torch import nn
 
-from .. import data, paper, profiles
+from .. import data, paper, profiles, steps, store
 from .common import data_label, data_notice
 from .provenance import Run
 
@@ -33,6 +34,28 @@ class Chapter:
     nproc: int = 1
     classifiers: dict[str, nn.Module] = field(default_factory=dict)
     histories: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+
+    @property
+    def store(self) -> store.Store:
+        """The run's results store: ``store/`` beside the chapter's output folder (``book/reference/store`` for
+        ``make reference``), shared by every chapter of the run."""
+        return store.Store(Path(self.run.output_dir).parent / "store")
+
+    def steps(self) -> list[store.Step]:
+        """This chapter's steps (:mod:`medsec_utils.steps`) with its data sets, settings and parameters."""
+        made = steps.chapter_steps(self.run.chapter, self.sets, self.settings, self.run.params, self.device)
+        if made is None:
+            raise ValueError(f"{self.run.chapter} has no step table in medsec_utils.steps")
+        return made
+
+    def results(self, chosen: list[store.Step]) -> dict[str, store.StepResult]:
+        """Each step's result by id: from the results store when current (no model is loaded for it), else
+        computed now and stored. The run's provenance records when and at which commit each was computed."""
+        found = self.store
+        results, hits = store.get_all(found, chosen)
+        self.run.add_steps({step_id: result.provenance for step_id, result in results.items()})
+        print(f"{hits} of {len(chosen)} results from the store ({found.root}), {len(chosen) - hits} computed now")
+        return results
 
     @property
     def device(self) -> torch.device:
@@ -92,6 +115,19 @@ def open_chapter(chapter: str, *, profile: str, dataset: str | Iterable[str], se
     if classifiers:
         opened.load_classifiers()
     return opened
+
+
+def open_from_params(chapter: str, params: dict[str, Any]) -> Chapter:
+    """:func:`open_chapter` as chapter ``chapter``'s notebook opens it with ``params`` (its parameters as papermill
+    gives them): parameters that are profile settings override the profile, the rest are recorded. What
+    ``compendium.py`` uses to list and compute a chapter's steps outside its notebook."""
+    known = profiles.resolve_profile(params.get("profile", "smoke"))
+    own = ("profile", "dataset", "seed", "output_dir", "device", "nproc", "weights")
+    return open_chapter(chapter, profile=params.get("profile", "smoke"), dataset=params["dataset"],
+                        seed=params.get("seed", 0), output_dir=params["output_dir"], device=params.get("device"),
+                        weights=params.get("weights"), nproc=params.get("nproc", 1),
+                        overrides={k: v for k, v in params.items() if k in known and k not in own},
+                        params={k: v for k, v in params.items() if k not in known and k not in own})
 
 
 def _show_markdown(text: str) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import matplotlib.pyplot as plt
@@ -12,6 +11,8 @@ import seaborn as sns
 
 from .. import paper
 from ..data import ImageSet
+from ..store import StepResult
+from ..steps import step_name
 from .common import data_label, dataset_fields, labelled, phantom_banner
 
 if TYPE_CHECKING:
@@ -88,21 +89,42 @@ def classifier_record(images: ImageSet, report: dict[str, Any], history: list[di
             **{f"test_{key}": value for key, value in report.items() if key != "n"}}
 
 
-def over_seeds(chapter: Chapter, seeds: Iterable[int]) -> list[dict[str, Any]]:
-    """The test record (:func:`classifier_record`, with its ``seed``) of each data set's classifier trained with
-    each of ``seeds``: from the artefact cache or trained now, on the same splits. The spread over them is the
-    spread from training alone (initial weights, batch order, augmentation)."""
-    from .. import training
-
+def records_over_seeds(chapter: Chapter, results: dict[str, StepResult]) -> list[dict[str, Any]]:
+    """The test record (:func:`classifier_record`, with its ``seed``) of each data set's classifier at each seed
+    of ``results`` (chapter 1's steps). The spread over seeds is the spread from training alone (initial weights,
+    batch order, augmentation), all judged on the chapter seed's test images."""
     records = []
     for images in chapter.sets:
-        for seed in seeds:
-            model, history, _ = training.classifier_for(images, chapter.settings, seed=seed, device=chapter.device,
-                                                        weights=chapter.weights, nproc=chapter.nproc, progress=False)
-            report, _ = training.test_report(model, images, chapter.settings, seed=chapter.seed, device=chapter.device)
-            records.append({**classifier_record(images, report, history, chapter.settings, chapter.seed),
-                            "seed": seed})
+        for step_id, result in results.items():
+            if step_id.split("/")[1] == step_name(images):
+                seed = int(step_id.rsplit("/seed", 1)[1])
+                records.append({**classifier_record(images, result.record["report"], result.record["history"],
+                                                    chapter.settings, chapter.seed), "seed": seed})
     return records
+
+
+def histories(headline: dict[str, StepResult]) -> dict[str, list[dict[str, float]]]:
+    """Each headline classifier's training history (one record per epoch), keyed by data set label."""
+    return {name: result.record["history"] for name, result in headline.items()}
+
+
+def headline_records(chapter: Chapter, headline: dict[str, StepResult]) -> tuple[
+        list[dict[str, Any]], dict[str, dict[str, Any]], dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """The chapter seed's classifier per data set: its ``metrics.json`` record, test report and ROC points."""
+    records, reports, rocs = [], {}, {}
+    for images in chapter.sets:
+        result = headline[data_label(images)]
+        reports[data_label(images)] = result.record["report"]
+        rocs[data_label(images)] = (result.arrays["fpr"], result.arrays["tpr"])
+        records.append(classifier_record(images, result.record["report"], result.record["history"], chapter.settings,
+                                         chapter.seed))
+    return records, reports, rocs
+
+
+def at_chapter_seed(chapter: Chapter, results: dict[str, StepResult]) -> dict[str, StepResult]:
+    """Each data set's result at the chapter's own seed, keyed by its label: the headline classifier."""
+    return {data_label(images): results[f"01_classifiers/{step_name(images)}/seed{chapter.seed}"]
+            for images in chapter.sets}
 
 
 def seed_summary(records: list[dict[str, Any]]) -> pd.DataFrame:

@@ -31,6 +31,20 @@ def labelled(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.assign(dataset=[label_name(d, p) for d, p in zip(frame["dataset"], frame["phantom"])])
 
 
+def step_provenance(results: Mapping[str, Any]) -> pd.DataFrame:
+    """Per stored result (``{step id: StepResult}``): when, at which commit, on which device and in how many
+    seconds it was computed, one row per commit and date, so a page can say where each of its numbers came from."""
+    frame = pd.DataFrame([{"step": step_id, "computed (UTC)": result.provenance["computed_utc"][:16].replace("T", " "),
+                           "commit": result.provenance["commit"][:10]
+                           + (" (uncommitted changes)" if result.provenance.get("dirty") else ""),
+                           "device": result.provenance["device"], "seconds": result.provenance["seconds"]}
+                          for step_id, result in results.items()])
+    grouped = frame.groupby(["commit", "device"], sort=False).agg(
+        steps=("step", "size"), first=("computed (UTC)", "min"), last=("computed (UTC)", "max"),
+        compute_seconds=("seconds", "sum"))
+    return grouped.reset_index()
+
+
 def dataset_fields(images: ImageSet) -> dict[str, Any]:
     """The fields that tie a ``metrics.json`` record to its data set."""
     return {"dataset": images.name, "modality": images.modality, "phantom": images.is_phantom,

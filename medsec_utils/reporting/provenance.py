@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import platform
-import subprocess
 import sys
 import time
 from importlib import metadata
@@ -20,11 +19,11 @@ import matplotlib.pyplot as plt
 import torch
 
 from .. import cache
+from ..store import git_state
 from ..data import ImageSet
 
 PACKAGES = ("torch", "torchvision", "timm", "torchattacks", "diffusers", "torchmetrics", "numpy", "pandas",
             "scikit-learn", "scikit-image", "pydicom", "matplotlib", "seaborn", "papermill", "flwr")
-REPO_DIR = Path(__file__).resolve().parents[2]
 
 
 class Run:
@@ -40,6 +39,7 @@ class Run:
         self.device = device
         self.datasets: list[dict[str, Any]] = []
         self.figures: list[str] = []
+        self.steps: dict[str, dict[str, Any]] = {}
         self.started = time.time()
         self.started_utc = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         self.git = git_state()  # the commit the run started from, not the one checked out when it ends
@@ -47,6 +47,11 @@ class Run:
     def add_dataset(self, images: ImageSet) -> None:
         """Record a data set used by this run."""
         self.datasets.append(images.provenance())
+
+    def add_steps(self, steps: dict[str, dict[str, Any]]) -> None:
+        """Record the stored steps this run's results come from: per step id, its commit, date, device and the
+        digests of the modules it depends on (what the book checks to flag a stale result)."""
+        self.steps.update(steps)
 
     def save_figure(self, fig: plt.Figure, name: str) -> Path:
         """Save ``fig`` as ``<output_dir>/<name>.png`` (it still shows in the notebook)."""
@@ -62,7 +67,7 @@ class Run:
             "datasets": self.datasets, "git": self.git, "library": cache.module_digests(used_modules()),
             "versions": package_versions(), "device": device_name(self.device),
             "started_utc": self.started_utc, "wall_time_s": round(time.time() - self.started, 1),
-            "figures": self.figures,
+            "figures": self.figures, **({"steps": self.steps} if self.steps else {}),
         }
 
     def finish(self, results: list[dict[str, Any]], **extra: Any) -> Path:
@@ -77,17 +82,6 @@ def used_modules() -> list[str]:
     """The ``medsec_utils`` modules this process has imported (``reporting.federated``, ``data``, ...): the code
     a run's results depend on. Each chapter runs in its own kernel, so this is that chapter's code."""
     return sorted(name.split(".", 1)[1] for name in sys.modules if name.startswith("medsec_utils."))
-
-
-def git_state() -> dict[str, Any]:
-    """Commit of the repository and whether library or notebooks had uncommitted changes."""
-    def git(*args: str) -> str:
-        done = subprocess.run(["git", "-C", str(REPO_DIR), *args], capture_output=True, text=True, check=False)
-        return done.stdout.strip() if done.returncode == 0 else ""
-
-    commit = git("rev-parse", "HEAD") or "unknown"
-    dirty = bool(git("status", "--porcelain", "--", "medsec_utils", "notebooks"))
-    return {"commit": commit, "dirty": dirty}
 
 
 def package_versions() -> dict[str, str]:

@@ -1,0 +1,43 @@
+"""Step tables: each chapter's work as durable steps of the results store (:mod:`medsec_utils.store`).
+
+A chapter's table lists its steps in the order the chapter needs them, from the data sets, settings and
+notebook parameters alone (no model is built to list or key them): ``classifiers`` (chapter 1) and ``attacks``
+(chapter 2). Chapters without a table yet (3 to 5) run whole, as one notebook execution.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from ..data import PHANTOM_MODULES, READER_MODULES, ImageSet
+from ..store import Step
+
+StepTable = Callable[[list[ImageSet], dict[str, Any], dict[str, Any], torch.device], list[Step]]
+
+
+def step_name(images: ImageSet) -> str:
+    """A data set's part of a step id: its name (built-in phantoms are named ``phantom_<modality>``)."""
+    return images.name
+
+
+def data_modules(images: ImageSet) -> tuple[str, ...]:
+    """The ``medsec_utils`` modules that made ``images``: a step's result depends on them."""
+    return (*READER_MODULES, *PHANTOM_MODULES) if images.is_phantom else READER_MODULES
+
+
+def table(chapter: str) -> StepTable | None:
+    """The step table of ``chapter`` (``01_classifiers``), or None for a chapter that runs whole."""
+    from . import attacks, classifiers
+
+    return {"01_classifiers": classifiers.steps, "02_attacks": attacks.steps}.get(chapter)
+
+
+def chapter_steps(chapter: str, sets: list[ImageSet], settings: dict[str, Any], params: dict[str, Any],
+                  device: torch.device) -> list[Step] | None:
+    """The steps of ``chapter`` on ``sets`` with the notebook's ``params`` (``seed``, ``weights``, ``nproc`` and
+    the chapter's own), or None for a chapter without a table."""
+    made = table(chapter)
+    return None if made is None else made(sets, settings, params, device)

@@ -1,0 +1,339 @@
+"""The results store: what a run's pages need, kept per step and committed, so a book builds over many short runs.
+
+A *step* is one unit of a chapter's work that the plan counts: a classifier with its test evaluation, one attack
+at one budget on one data set, and so on. Its result is small (records as JSON, the arrays a figure draws as
+``.npz``) and lives in ``<store>/<step id>/`` beside ``step.json``, the marker written last. The marker holds
+
+- the step's *key parts*: its settings, data checksums and seed, the versions of the packages it depends on,
+  the SHA-256 of exactly the ``medsec_utils`` modules it depends on and of its recipe (the function that
+  computes it);
+- its provenance: git commit, date, device, seconds; and the SHA-256 of every file.
+
+A stored step is *current* when its recorded key parts equal today's; then it is never computed again, and
+looking it up needs no model. Else it is *stale* (status names the parts that changed), *damaged* (a file
+missing or altered: one line says so and it is computed again) or *missing*. Models stay in the volatile artefact
+cache: a step whose model is not there rebuilds it through the model's seeded producer.
+
+Writes are atomic per step: the files and the marker go to a temporary folder that replaces the step's folder
+in one rename, so a run killed mid-step loses only that step and a replaced step leaves none of its old files.
+A lock per step (in the artefact cache, not the store) keeps two runs from computing one step twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import inspect
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import cache
+
+MARKER = "step.json"
+RECORD = "result.json"
+ARRAYS = "arrays.npz"
+LOCKS = "store_locks"  # under the artefact cache root
+CORE_PACKAGES = ("torch", "numpy")
+REPO_DIR = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class StepResult:
+    """What a step leaves for the pages: a JSON-able ``record`` and named ``arrays`` (small: curves, masks, a few
+    uint8 or float16 images)."""
+
+    record: dict[str, Any]
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)  # filled when read from the store
+
+
+@dataclass
+class Step:
+    """One durable unit of a chapter: ``recipe(**inputs)`` computes it. ``parts`` (settings, data checksum, seed)
+    with ``modules`` (the ``medsec_utils`` modules it depends on), ``packages`` and the recipe's source make its
+    key; ``units`` are the plan's units of work it costs (``{"classifier_train": images, ...}``), ``needs`` the
+    artefacts it rebuilds when the cache lacks them (``[("classifier", parts, units)]``)."""
+
+    id: str
+    parts: dict[str, Any]
+    modules: tuple[str, ...]
+    recipe: Callable[..., StepResult]
+    inputs: dict[str, Any] = field(default_factory=dict)
+    packages: tuple[str, ...] = CORE_PACKAGES
+    units: dict[str, float] = field(default_factory=dict)
+    needs: list[tuple[str, dict[str, Any], dict[str, float]]] = field(default_factory=list)
+
+    @property
+    def chapter(self) -> str:
+        return self.id.split("/", 1)[0]
+
+    def key_parts(self) -> dict[str, Any]:
+        """Everything that determines the result, as the marker records it."""
+        parts = {"parts": self.parts, "code": cache.code_fingerprint(*self.modules),
+                 "recipe": _recipe_digest(self.recipe), "packages": {name: _version(name) for name in self.packages}}
+        return json.loads(json.dumps(parts, sort_keys=True, default=str))
+
+    def compute(self) -> StepResult:
+        return self.recipe(**self.inputs)
+
+
+class StoreError(RuntimeError):
+    """A store that cannot be used as asked, in one line naming the folder or step and the fix."""
+
+
+class Store:
+    """The results store under ``root`` (for ``make reference``: ``book/reference/store``)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def folder(self, step: Step) -> Path:
+        return self.root / step.id
+
+    def state(self, step: Step) -> tuple[str, str]:
+        """``("current" | "stale" | "damaged" | "missing", why)``: why names the changed key parts or the damage."""
+        folder = self.folder(step)
+        marker = folder / MARKER
+        if not marker.is_file():
+            return "missing", ""
+        try:
+            recorded = json.loads(marker.read_text())
+            damage = _damage(folder, recorded["files"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+            return "damaged", f"{MARKER} unreadable ({error})"
+        if damage:
+            return "damaged", damage
+        changed = changed_parts(recorded.get("key", {}), step.key_parts())
+        return ("stale", changed) if changed else ("current", "")
+
+    def load(self, step: Step) -> StepResult:
+        """The stored result of a current step (see :meth:`state`)."""
+        folder = self.folder(step)
+        marker = json.loads((folder / MARKER).read_text())
+        arrays = {}
+        if (folder / ARRAYS).is_file():
+            with np.load(folder / ARRAYS, allow_pickle=False) as stored:
+                arrays = {name: stored[name] for name in stored.files}
+        return StepResult(json.loads((folder / RECORD).read_text()), arrays,
+                          {**marker["provenance"], "code": marker["key"]["code"]})
+
+    def get(self, step: Step) -> tuple[StepResult, bool]:
+        """``(result, from_store)``: the stored result when current, else computed now and stored (a damaged or
+        stale one is replaced, with one line saying so)."""
+        with self._lock(step):
+            state, why = self.state(step)
+            if state == "current":
+                return self.load(step), True
+            if state in ("damaged", "stale"):
+                print(f"medsec store: {step.id} {state} ({why}); computing it again", file=sys.stderr, flush=True)
+            started = time.perf_counter()
+            result = step.compute()
+            self.write(step, result, time.perf_counter() - started)
+            return self.load(step), False
+
+    def write(self, step: Step, result: StepResult, seconds: float) -> None:
+        """Store ``result`` for ``step``: files then marker into a temporary folder, which replaces the step's
+        folder (and every file of an older result) by renames."""
+        folder = self.folder(step)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        fresh = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
+        shutil.rmtree(fresh, ignore_errors=True)
+        fresh.mkdir()
+        (fresh / RECORD).write_text(json.dumps(result.record, indent=1, sort_keys=True, default=_plain))
+        if result.arrays:
+            np.savez_compressed(fresh / ARRAYS, **result.arrays)
+        provenance = {"commit": git_state()["commit"], "dirty": git_state()["dirty"],
+                      "computed_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                      "seconds": round(seconds, 1), "device": _device(), "threads": _threads()}
+        files = {path.name: {"bytes": path.stat().st_size, "sha256": _sha256(path)} for path in sorted(fresh.iterdir())}
+        (fresh / MARKER).write_text(json.dumps({"id": step.id, "key": step.key_parts(), "provenance": provenance,
+                                                "files": files}, indent=1, sort_keys=True))
+        old = folder.with_name(f".{folder.name}.{os.getpid()}.old")
+        if folder.exists():
+            os.replace(folder, old)
+        os.replace(fresh, folder)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def stored_ids(self) -> list[str]:
+        """Ids of every step folder with a marker."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p.parent.relative_to(self.root).as_posix() for p in self.root.rglob(MARKER)
+                      if not any(part.startswith(".") for part in p.relative_to(self.root).parts))
+
+    def size_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file()) if self.root.is_dir() else 0
+
+    def clean(self) -> None:
+        """Remove what killed runs left (temporary and old folders)."""
+        if self.root.is_dir():
+            for leftover in self.root.rglob(".*.tmp"):
+                shutil.rmtree(leftover, ignore_errors=True)
+            for leftover in self.root.rglob(".*.old"):
+                shutil.rmtree(leftover, ignore_errors=True)
+
+    @contextlib.contextmanager
+    def _lock(self, step: Step) -> Iterator[None]:
+        name = hashlib.sha256(f"{self.root.resolve()}|{step.id}".encode()).hexdigest()[:20]
+        path = cache.cache_root() / LOCKS / f"{name}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as handle:
+            if cache.fcntl is not None:
+                cache.wait_for_lock(handle, f"medsec store: waiting for another run computing {step.id} (lock {path})",
+                                    quiet_seconds=0.5)
+            yield
+
+
+def get_all(store: Store, steps: list[Step]) -> tuple[dict[str, StepResult], int]:
+    """Every step's result by id, and how many came from the store (the rest computed now and stored)."""
+    results, hits = {}, 0
+    for step in steps:
+        results[step.id], hit = store.get(step)
+        hits += hit
+    return results, hits
+
+
+def changed_parts(recorded: Mapping[str, Any], today: Mapping[str, Any]) -> str:
+    """What differs between a stored key and today's, in words: ``module training changed; epochs 10 -> 12``; ""
+    when equal."""
+    words = []
+    for name in sorted(set(recorded.get("code", {})) | set(today.get("code", {}))):
+        if recorded.get("code", {}).get(name) != today.get("code", {}).get(name):
+            words.append(f"module {name} changed")
+    if recorded.get("recipe") != today.get("recipe"):
+        words.append("its recipe changed")
+    for group in ("packages", "parts"):
+        old, new = recorded.get(group, {}), today.get(group, {})
+        for name in sorted(set(old) | set(new)):
+            if old.get(name) != new.get(name):
+                words.append(f"{name} {_short(old.get(name))} -> {_short(new.get(name))}")
+    return "; ".join(words)
+
+
+def compare(stored: StepResult, fresh: StepResult, rtol: float = 1e-6, atol: float = 1e-9) -> tuple[str, list[str]]:
+    """``("equal" | "within tolerance" | "different", differences)`` between two results of one step: every JSON
+    value and array element, numbers equal within ``atol + rtol * |stored|``. Wall times (keys named ``seconds``
+    or ending in ``_seconds``) differ by nature and are not compared."""
+    differences, loose = [], False
+
+    def walk(a: Any, b: Any, where: str) -> None:
+        nonlocal loose
+        if isinstance(a, dict) and isinstance(b, dict):
+            for key in sorted(set(a) | set(b), key=str):
+                if not str(key).endswith("seconds"):
+                    walk(a.get(key), b.get(key), f"{where}.{key}")
+        elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+            for index, (x, y) in enumerate(zip(a, b)):
+                walk(x, y, f"{where}[{index}]")
+        elif _is_number(a) and _is_number(b):
+            if a != b and not (np.isnan(a) and np.isnan(b)):
+                if abs(a - b) <= atol + rtol * abs(a):
+                    loose = True
+                else:
+                    differences.append(f"{where}: {a} stored, {b} now")
+        elif a != b:
+            differences.append(f"{where}: {_short(a)} stored, {_short(b)} now")
+
+    walk(stored.record, fresh.record, "record")
+    for name in sorted(set(stored.arrays) | set(fresh.arrays)):
+        a, b = stored.arrays.get(name), fresh.arrays.get(name)
+        if a is None or b is None or a.shape != b.shape:
+            differences.append(f"arrays.{name}: shape {None if a is None else a.shape} stored, "
+                               f"{None if b is None else b.shape} now")
+        elif not np.array_equal(a, b, equal_nan=a.dtype.kind == "f"):
+            if a.dtype.kind in "fc" and np.allclose(a, b, rtol=rtol, atol=atol, equal_nan=True):
+                loose = True
+            else:
+                differences.append(f"arrays.{name}: {int((a != b).sum())} of {a.size} elements differ")
+    return ("different" if differences else "within tolerance" if loose else "equal"), differences
+
+
+def git_state() -> dict[str, Any]:
+    """Commit of the repository and whether library or notebooks had uncommitted changes."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", "-C", str(REPO_DIR), *args], capture_output=True, text=True, check=False)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    commit = git("rev-parse", "HEAD") or "unknown"
+    dirty = bool(git("status", "--porcelain", "--", "medsec_utils", "notebooks"))
+    return {"commit": commit, "dirty": dirty}
+
+
+def damage(folder: Path) -> str:
+    """What is wrong with a stored step's folder ("" when its files match its marker)."""
+    try:
+        return _damage(folder, json.loads((folder / MARKER).read_text())["files"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        return f"{MARKER} unreadable ({error})"
+
+
+def _damage(folder: Path, files: Mapping[str, Mapping[str, Any]]) -> str:
+    for name, expected in files.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} missing"
+        if path.stat().st_size != expected["bytes"] or _sha256(path) != expected["sha256"]:
+            return f"{name} altered (checksum differs)"
+    if not (folder / RECORD).is_file():
+        return f"{RECORD} missing"
+    return ""
+
+
+def _recipe_digest(recipe: Callable[..., Any]) -> str:
+    return hashlib.sha256(inspect.getsource(recipe).encode()).hexdigest()[:12]
+
+
+def _version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _device() -> str:
+    import platform
+
+    import torch
+
+    return f"cuda: {torch.cuda.get_device_name()}" if torch.cuda.is_available() else f"cpu: {platform.machine()}"
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars and arrays in records, as JSON."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _short(value: Any, width: int = 40) -> str:
+    text = json.dumps(value, default=str) if not isinstance(value, str) else value
+    return text if len(text) <= width else text[:width - 3] + "..."

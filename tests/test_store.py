@@ -1,0 +1,236 @@
+"""The results store: a run stopped by its budget resumes on a new machine (a new process, an empty artefact
+cache, the same output folder) computing only what was not stored, and its page equals an uninterrupted run's;
+a changed module stales exactly the steps that depend on it; a damaged stored file is computed again; ``verify``
+recomputes a stored step from scratch. Smoke profile, one phantom data set, chapters 1 and 2 with two attacks."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from _paths import REPO
+from medsec_utils import cache, store
+from medsec_utils.store import Step, StepResult, Store
+
+DATASET = "phantom:ct"
+PARAMS = ["02.attacks=[fgsm, cw]", "02.epsilons=[0.00392156862745098, 0.00784313725490196]"]
+ATTACK_STEPS = ["02_attacks/phantom_ct/fgsm/eps1", "02_attacks/phantom_ct/fgsm/eps2", "02_attacks/phantom_ct/cw/unbudgeted"]
+CLASSIFIER_STEP = "01_classifiers/phantom_ct/seed0"
+
+
+def _compendium_module():
+    spec = importlib.util.spec_from_file_location("compendium", REPO / "scripts" / "compendium.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _cli(cache_root: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, cache.CACHE_ENV: str(cache_root), "MPLBACKEND": "Agg"}
+    return subprocess.run([sys.executable, str(REPO / "scripts" / "compendium.py"), *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=1200)
+
+
+def _run_args(out: Path) -> list[str]:
+    return ["run", "--profile", "smoke", "--out", str(out), "--dataset", DATASET, "--chapter", "01", "--chapter", "02",
+            "--no-plan", *[arg for param in PARAMS for arg in ("--param", param)]]
+
+
+def _results(out: Path, chapter: str) -> list[dict]:
+    """A page's records, less what differs between runs by design (timings)."""
+    records = json.loads((out / chapter / "metrics.json").read_text())["results"]
+    return [{k: v for k, v in r.items() if "seconds" not in k} for r in records]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A run stopped by its budget after the first step (the plan's estimates made so that only it fits), resumed
+    in a new process with an empty artefact cache; and an uninterrupted run of the same chapters."""
+    base = tmp_path_factory.mktemp("store")
+    resumed, whole = base / "resumed", base / "whole"
+    compendium = _compendium_module()
+    from medsec_utils.steps import runner
+
+    first = True
+
+    def one_step_fits(self, step, claim=False):
+        nonlocal first
+        fits, first = first, first and not claim
+        return 1.0 if fits else 1e9
+
+    saved = os.environ.get(cache.CACHE_ENV)
+    os.environ[cache.CACHE_ENV] = str(base / "cache-first-machine")
+    original = runner.Estimator.seconds
+    runner.Estimator.seconds = one_step_fits
+    try:
+        extra = dict(compendium.parse_param(p) for p in PARAMS)
+        code = compendium.run_chapters("smoke", resumed, [DATASET], ["01", "02"], extra, every=3600, planned=False,
+                                       stop_after=3600.0)
+    finally:
+        runner.Estimator.seconds = original
+        os.environ.pop(cache.CACHE_ENV) if saved is None else os.environ.__setitem__(cache.CACHE_ENV, saved)
+    assert code == 3
+    stopped = Store(resumed / "store").stored_ids()
+    later = _cli(base / "cache-second-machine", *_run_args(resumed))
+    complete = _cli(base / "cache-whole", *_run_args(whole))
+    assert later.returncode == 0, later.stdout[-3000:] + later.stderr[-3000:]
+    assert complete.returncode == 0, complete.stdout[-3000:] + complete.stderr[-3000:]
+    return {"stopped": stopped, "resumed": resumed, "whole": whole, "later": later.stdout, "base": base}
+
+
+def test_a_stopped_run_stores_what_it_finished_and_resumes_on_an_empty_cache(runs):
+    assert runs["stopped"] == [CLASSIFIER_STEP]
+    assert "1 steps: 1 current in the store, 0 to compute" in runs["later"]
+    assert "steps: 1 taken from the store, 0 computed" in runs["later"]
+    assert "3 steps: 0 current in the store, 3 to compute" in runs["later"]
+    assert "steps: 0 taken from the store, 3 computed" in runs["later"]
+    assert Store(runs["resumed"] / "store").stored_ids() == sorted([CLASSIFIER_STEP, *ATTACK_STEPS])
+
+
+def test_the_resumed_pages_equal_an_uninterrupted_runs(runs):
+    for chapter in ("01_classifiers", "02_attacks"):
+        assert _results(runs["resumed"], chapter) == _results(runs["whole"], chapter)
+    steps = json.loads((runs["resumed"] / "02_attacks" / "metrics.json").read_text())["provenance"]["steps"]
+    assert sorted(steps) == sorted(ATTACK_STEPS) and all(len(s["commit"]) == 40 for s in steps.values())
+
+
+def _steps_of(out: Path) -> dict[str, tuple[Store, Step]]:
+    compendium = _compendium_module()
+    found = {}
+    for notebook in sorted(compendium.NOTEBOOKS.glob("0[12]_*.ipynb")):
+        params = compendium.run_params(notebook, "smoke", out / notebook.stem, [DATASET],
+                                       dict(compendium.parse_param(p) for p in PARAMS))
+        chapter, chosen = compendium.open_steps(notebook, params)
+        found.update({step.id: (chapter.store, step) for step in chosen})
+    return found
+
+
+def test_a_changed_module_stales_exactly_the_steps_that_depend_on_it(runs, monkeypatch):
+    found = _steps_of(runs["resumed"])
+    assert {sid: s.state(step)[0] for sid, (s, step) in found.items()} == dict.fromkeys(found, "current")
+    monkeypatch.setitem(cache._DIGESTS, "attacks", "0" * 12)  # as if attacks.py had been edited
+    states = {sid: s.state(step) for sid, (s, step) in _steps_of(runs["resumed"]).items()}
+    assert {sid for sid, (state, _) in states.items() if state == "stale"} == set(ATTACK_STEPS)
+    assert states[CLASSIFIER_STEP] == ("current", "")
+    assert states[ATTACK_STEPS[0]][1] == "module attacks changed"
+
+
+def test_a_damaged_stored_file_is_detected_and_computed_again_with_one_line(runs, tmp_path, capsys):
+    copy = tmp_path / "run"
+    subprocess.run(["cp", "-r", str(runs["resumed"]), str(copy)], check=True)
+    found = _steps_of(copy)
+    held, step = found[ATTACK_STEPS[2]]
+    arrays = held.folder(step) / store.ARRAYS
+    arrays.write_bytes(arrays.read_bytes()[:-10] + b"0123456789")
+    assert held.state(step) == ("damaged", f"{store.ARRAYS} altered (checksum differs)")
+    result, from_store = held.get(step)
+    assert not from_store and held.state(step) == ("current", "")
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("medsec store")]
+    assert lines == [f"medsec store: {ATTACK_STEPS[2]} damaged ({store.ARRAYS} altered (checksum differs)); "
+                     "computing it again"]
+    original = Store(runs["resumed"] / "store").load(step)
+    assert store.compare(original, result)[0] == "equal"
+
+
+def test_verify_recomputes_a_resumed_step_from_scratch_and_finds_it_equal(runs):
+    done = _cli(runs["base"] / "cache-verify", "verify", "--out", str(runs["resumed"]), ATTACK_STEPS[1])
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.strip().splitlines() == [f"{ATTACK_STEPS[1]}: equal"]
+
+
+def test_status_counts_every_step_current(runs):
+    done = _cli(runs["base"] / "cache-status", "status", "--out", str(runs["resumed"]))
+    lines = done.stdout.splitlines()
+    assert done.returncode == 3  # chapters 3 to 5 were not run
+    assert any(line.startswith("01_classifiers") and "1 steps: 1 current, 0 stale, 0 damaged, 0 missing" in line
+               for line in lines), done.stdout
+    assert any(line.startswith("02_attacks") and "3 steps: 3 current" in line for line in lines), done.stdout
+    assert any(line.startswith("03_defenses") and "no step table yet" in line for line in lines), done.stdout
+
+
+# The store on its own: atomic replacement, locks, comparisons, bad input.
+
+CALLS: list[int] = []
+
+
+def counting_recipe(value: float, pause: float = 0.0) -> StepResult:
+    CALLS.append(1)
+    time.sleep(pause)
+    return StepResult({"value": value, "nested": {"list": [value, 2]}}, {"curve": np.arange(3) * value})
+
+
+def _step(value: float = 1.0, pause: float = 0.0, step_id: str = "99_test/a/b") -> Step:
+    return Step(step_id, {"value": value}, ("metrics",), counting_recipe, {"value": value, "pause": pause})
+
+
+def test_a_replaced_step_keeps_none_of_its_old_files_and_a_current_one_is_never_computed_again(tmp_path):
+    held = Store(tmp_path / "store")
+    CALLS.clear()
+    assert held.get(_step(1.0))[1] is False and held.get(_step(1.0))[1] is True and len(CALLS) == 1
+    (held.folder(_step()) / "stray.txt").write_text("left by hand")
+    state, why = held.state(_step(2.0))
+    assert state == "stale" and why == "value 1.0 -> 2.0"
+    result, hit = held.get(_step(2.0))
+    assert not hit and result.record["value"] == 2.0 and len(CALLS) == 2
+    assert sorted(p.name for p in held.folder(_step()).iterdir()) == [store.ARRAYS, store.RECORD, store.MARKER]
+    assert not [p for p in (tmp_path / "store").rglob(".*")]
+
+
+def test_two_runs_needing_one_step_compute_it_once(tmp_path, monkeypatch):
+    monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path / "cache"))
+    held, results = Store(tmp_path / "store"), []
+    CALLS.clear()
+    threads = [threading.Thread(target=lambda: results.append(held.get(_step(3.0, pause=1.0))[1])) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(CALLS) == 1 and sorted(results) == [False, True]
+
+
+def test_compare_tells_equal_from_within_tolerance_from_different():
+    a = StepResult({"x": 1.0, "n": 3}, {"v": np.array([1.0, 2.0])})
+    assert store.compare(a, StepResult({"x": 1.0, "n": 3}, {"v": np.array([1.0, 2.0])})) == ("equal", [])
+    assert store.compare(a, StepResult({"x": 1.0 + 1e-9, "n": 3}, {"v": np.array([1.0, 2.0])}))[0] == "within tolerance"
+    timed = StepResult({"x": 1.0, "n": 3, "seconds": 9.0, "history": [{"train_seconds": 2.0}]}, a.arrays)
+    assert store.compare(timed, StepResult({**timed.record, "seconds": 1.0, "history": [{"train_seconds": 5.0}]},
+                                           a.arrays)) == ("equal", [])
+    verdict, differences = store.compare(a, StepResult({"x": 1.1, "n": 3}, {"v": np.array([1.0, 2.5])}))
+    assert verdict == "different" and differences == ["record.x: 1.0 stored, 1.1 now", "arrays.v: 1 of 2 elements differ"]
+
+
+def test_a_stop_after_duration_is_read_or_refused_in_one_line():
+    compendium = _compendium_module()
+    assert [compendium.parse_duration(t) for t in ("140m", "2h30m", "90s", "45")] == [8400, 9000, 90, 45]
+    with pytest.raises(Exception, match="write a duration such as 140m"):
+        compendium.parse_duration("soon")
+
+
+def test_pack_and_merge_carry_steps_between_stores(tmp_path, capsys):
+    compendium = _compendium_module()
+    source, target = tmp_path / "gpu_run", tmp_path / "here"
+    held = Store(source / "store")
+    held.get(_step(1.0, step_id="99_test/a/one"))
+    held.get(_step(2.0, step_id="99_test/a/two"))
+    compendium.pack_store(source, tmp_path / "steps.tar.gz")
+    compendium.merge_store(tmp_path / "steps.tar.gz", target)
+    merged = Store(target / "store")
+    assert merged.stored_ids() == ["99_test/a/one", "99_test/a/two"]
+    assert merged.state(_step(2.0, step_id="99_test/a/two")) == ("current", "")
+    assert merged.load(_step(2.0, step_id="99_test/a/two")).record["value"] == 2.0
+    (held.folder(_step(step_id="99_test/a/one")) / store.RECORD).write_text('{"value": 5.0}')  # edited by hand
+    compendium.pack_store(source, tmp_path / "edited.tar.gz")
+    capsys.readouterr()
+    compendium.merge_store(tmp_path / "edited.tar.gz", target)
+    out = capsys.readouterr().out
+    assert "99_test/a/one refused (result.json altered (checksum differs))" in out and "0 steps added" in out
+    assert merged.load(_step(1.0, step_id="99_test/a/one")).record["value"] == 1.0
