@@ -204,6 +204,43 @@ def get_all(store: Store, steps: list[Step]) -> tuple[dict[str, StepResult], int
     return results, hits
 
 
+def pack(store: Store, archive: Path) -> int:
+    """Write every stored step of ``store`` into the ``.tar.gz`` ``archive``; how many."""
+    import tarfile
+
+    ids = store.stored_ids()
+    with tarfile.open(archive, "w:gz") as tar:
+        for step_id in ids:
+            tar.add(store.root / step_id, arcname=step_id)
+    return len(ids)
+
+
+def merge(store: Store, archive: Path) -> tuple[int, int, list[tuple[str, str]]]:
+    """Add to ``store`` each step of a :func:`pack` archive that is intact (its files match its marker) and new or
+    different from the stored one: ``(added, already there, [(refused step id, why)])``. Whether a merged step is
+    current is for :meth:`Store.state` to say."""
+    import tarfile
+    import tempfile
+
+    added, same, refused = 0, 0, []
+    with tempfile.TemporaryDirectory(prefix="medsec-merge-") as tmp, tarfile.open(archive) as tar:
+        tar.extractall(tmp, filter="data")
+        for marker in sorted(Path(tmp).rglob(MARKER)):
+            folder, step_id = marker.parent, marker.parent.relative_to(tmp).as_posix()
+            problem = damage(folder)
+            here = store.root / step_id
+            if problem:
+                refused.append((step_id, problem))
+            elif (here / MARKER).is_file() and (here / MARKER).read_bytes() == marker.read_bytes():
+                same += 1
+            else:
+                here.parent.mkdir(parents=True, exist_ok=True)
+                shutil.rmtree(here, ignore_errors=True)
+                shutil.copytree(folder, here)
+                added += 1
+    return added, same, refused
+
+
 def changed_parts(recorded: Mapping[str, Any], today: Mapping[str, Any]) -> str:
     """What differs between a stored key and today's, in words: ``module training changed; epochs 10 -> 12``; ""
     when equal."""

@@ -468,45 +468,19 @@ def verify_steps(out: Path, wanted: list[str], sample: int, seed: int) -> int:
 
 def pack_store(out: Path, archive: Path) -> None:
     """``pack``: every stored step of ``out/store`` in one ``.tar.gz`` (what a GPU machine brings back)."""
-    import tarfile
+    from medsec_utils.store import Store, pack
 
-    from medsec_utils.store import Store
-
-    store = Store(out / "store")
-    ids = store.stored_ids()
-    with tarfile.open(archive, "w:gz") as tar:
-        for step_id in ids:
-            tar.add(store.root / step_id, arcname=step_id)
-    print(f"{archive}: {len(ids)} steps, {archive.stat().st_size / 1e6:.1f} MB")
+    print(f"{archive}: {pack(Store(out / 'store'), archive)} steps, {archive.stat().st_size / 1e6:.1f} MB")
 
 
 def merge_store(archive: Path, out: Path) -> None:
-    """``merge``: add the steps of a ``pack`` archive to ``out/store``: each intact one (its files match its marker)
-    that is new or differs from the stored one; a damaged one is refused with one line."""
-    import tarfile
+    """``merge``: add the intact steps of a ``pack`` archive to ``out/store``, refusing damaged ones in one line."""
+    from medsec_utils.store import Store, merge
 
-    from medsec_utils.store import MARKER, Store, damage
-
-    store = Store(out / "store")
-    added = refused = same = 0
-    with tempfile.TemporaryDirectory(prefix="medsec-merge-") as tmp, tarfile.open(archive) as tar:
-        tar.extractall(tmp, filter="data")
-        for marker in sorted(Path(tmp).rglob(MARKER)):
-            folder, step_id = marker.parent, marker.parent.relative_to(tmp).as_posix()
-            problem = damage(folder)
-            if problem:
-                print(f"{archive}: {step_id} refused ({problem})")
-                refused += 1
-                continue
-            here = store.root / step_id
-            if (here / MARKER).is_file() and (here / MARKER).read_bytes() == marker.read_bytes():
-                same += 1
-                continue
-            here.parent.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(here, ignore_errors=True)
-            shutil.copytree(folder, here)
-            added += 1
-    print(f"{archive}: {added} steps added to {store.root}, {same} already there, {refused} refused; "
+    added, same, refused = merge(Store(out / "store"), archive)
+    for step_id, problem in refused:
+        print(f"{archive}: {step_id} refused ({problem})")
+    print(f"{archive}: {added} steps added to {out / 'store'}, {same} already there, {len(refused)} refused; "
           f"`status --out {out}` says which are current")
 
 

@@ -145,19 +145,36 @@ def test_chapter_3_on_real_data_fills_every_cell_of_both_tables(real_run):
 
 @pytest.mark.slow
 def test_book_builds_strictly_from_a_fresh_run_and_flags_changed_code(real_run, tmp_path):
+    """A page run whole (chapter 3) is flagged when a module it imported changed; a page drawn from the store
+    (chapters 1 and 2) only when a module one of its stored results depends on changed, and it says so per
+    result; a change to the page's own drawing code leaves its results current."""
     stale = tmp_path / "stale_run"
     shutil.copytree(real_run, stale)
-    metrics = stale / "01_classifiers" / "metrics.json"
-    record = json.loads(metrics.read_text())
+    whole = stale / "03_defenses" / "metrics.json"
+    record = json.loads(whole.read_text())
     record["provenance"]["library"]["training"] = "0" * 12  # code changed since the run
     del record["provenance"]["library"]["metrics"]  # as if added after the run: not a change to this page
-    metrics.write_text(json.dumps(record))
+    whole.write_text(json.dumps(record))
+    for chapter, changed in (("01_classifiers", "training"), ("02_attacks", "reporting.attacks")):
+        metrics = stale / chapter / "metrics.json"
+        record = json.loads(metrics.read_text())
+        record["provenance"]["library"][changed] = "0" * 12
+        first = next(iter(record["provenance"]["steps"].values()))
+        if changed in first["code"]:
+            first["code"][changed] = "0" * 12  # one stored result's module changed since it was computed
+        metrics.write_text(json.dumps(record))
     done = _compendium("book", "--run", str(stale), "--out", str(tmp_path / "build"), "--strict")
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
-    page = (tmp_path / "build" / "_build" / "html" / "book" / "reference" / "01_classifiers" /
-            "01_classifiers.html").read_text()
-    assert "Provenance of this run" in page and "chest_xray" in page
+    html = tmp_path / "build" / "_build" / "html" / "book" / "reference"
+    page = (html / "03_defenses" / "03_defenses.html").read_text()
+    assert "Provenance of this run" in page
     assert "The library changed since this run" in page and "module(s) training differ" in page
+    stored = (html / "01_classifiers" / "01_classifiers.html").read_text()
+    assert "Provenance of this run" in stored and "chest_xray" in stored and "stored result(s) computed at" in stored
+    assert "Results no longer current" in stored and "1 of the 3 stored results" in stored
+    assert "The library changed since this run" not in stored
+    drawn = (html / "02_attacks" / "02_attacks.html").read_text()
+    assert "Results no longer current" not in drawn and "The library changed since this run" not in drawn
 
 
 def test_committed_reference_run_builds_strictly(tmp_path):

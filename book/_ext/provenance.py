@@ -72,14 +72,18 @@ def _run_box(provenance: dict[str, Any], name: str) -> nodes.admonition:
     return box
 
 
-def _changed_box(changed: list[str], provenance: dict[str, Any]) -> nodes.admonition:
+def _warning(title: str, text: str) -> nodes.admonition:
     box = nodes.admonition(classes=["warning"])
-    box += nodes.title(text="The library changed since this run")
-    box += nodes.paragraph(text=(
+    box += nodes.title(text=title)
+    box += nodes.paragraph(text=text)
+    return box
+
+
+def _changed_box(changed: list[str], provenance: dict[str, Any]) -> nodes.admonition:
+    return _warning("The library changed since this run", (
         f"medsec_utils module(s) {', '.join(changed)} differ from the code that produced this page "
         f"(commit {provenance.get('git', {}).get('commit', 'unknown')[:10]}). The numbers below are that run's; "
         "rerun the chapter (make reference) to bring them up to date."))
-    return box
 
 
 def _changed_modules(recorded: dict[str, str | None]) -> list[str]:
@@ -99,22 +103,13 @@ def _steps_by_commit(steps: dict[str, dict[str, Any]]) -> dict[tuple[str, str], 
 def _stale_steps(steps: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
     """Per stored result the page uses, the modules it depends on whose source has changed since it was
     computed; results still current are left out."""
-    stale = {}
-    for step_id, step in steps.items():
-        recorded = step.get("code", {})
-        today = module_digests(list(recorded))
-        changed = [name for name, digest in sorted(recorded.items()) if today[name] != digest]
-        if changed:
-            stale[step_id] = changed
-    return stale
+    changed = {step_id: _changed_modules(step.get("code", {})) for step_id, step in steps.items()}
+    return {step_id: names for step_id, names in changed.items() if names}
 
 
 def _stale_steps_box(stale: dict[str, list[str]], total: int) -> nodes.admonition:
     modules = sorted({name for names in stale.values() for name in names})
-    box = nodes.admonition(classes=["warning"])
-    box += nodes.title(text="Results no longer current")
-    box += nodes.paragraph(text=(
+    return _warning("Results no longer current", (
         f"{len(stale)} of the {total} stored results this page uses depend on medsec_utils module(s) "
         f"{', '.join(modules)}, changed since they were computed (for example {next(iter(stale))}). The numbers below "
         "are those results; `scripts/compendium.py status` lists them and `make reference` computes them again."))
-    return box
