@@ -149,18 +149,20 @@ def test_the_matched_budget_is_where_the_undefended_cells_agree_with_the_study_a
 
 def test_gray_box_cells_at_each_budget_put_the_bare_classifiers_adversarial_images_through_every_pipeline(
         tmp_path, monkeypatch):
+    from medsec_utils.steps.defenses import gray_box_cells
+
     monkeypatch.setenv("MEDSEC_CACHE", str(tmp_path))
     images = data.load_dataset("phantom:ct?n=40", size=16, use_cache=False, progress=False)
     torch.manual_seed(0)
     bare = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(256, 2)).eval()
     x, y = torch.rand(8, 1, 16, 16), torch.tensor([0, 1] * 4)
-    pipelines = {"none": bare, "hgd": _Constant(1)}
-    records = reporting.gray_box_at_budgets(images, pipelines, x, y, ["fgsm", "cw"], [1 / 255, 8 / 255], {}, seed=0,
-                                            device=torch.device("cpu"))
+    records = [reporting.cell_record(images, kind, cell) for kind, model in (("none", bare), ("hgd", _Constant(1)))
+               for cell in gray_box_cells(bare, model, ["fgsm", "cw"], [1 / 255, 8 / 255], x, y, {}, seed=0,
+                                          device=torch.device("cpu"))]
     assert [(r["attack"], r["epsilon_255"], r["defense"]) for r in records] == [
-        ("fgsm", 1, "none"), ("fgsm", 1, "hgd"), ("fgsm", 8, "none"), ("fgsm", 8, "hgd")]  # CW has no budget
+        ("fgsm", 1, "none"), ("fgsm", 8, "none"), ("fgsm", 1, "hgd"), ("fgsm", 8, "hgd")]  # CW has no budget
     outcome, hit = attacks.evaluate_attack_cached(bare, "fgsm", x, y, eps=8 / 255, settings={}, seed=0,
                                                   device=torch.device("cpu"))
     assert hit  # the cells reused (here: made) the cached adversarial images
-    assert records[2]["accuracy"] == pytest.approx(float((bare(outcome.adversarial).argmax(1) == y).float().mean()))
-    assert records[3]["accuracy"] == 0.5 and records[2]["threat_model"] == "gray-box"
+    assert records[1]["accuracy"] == pytest.approx(float((bare(outcome.adversarial).argmax(1) == y).float().mean()))
+    assert records[3]["accuracy"] == 0.5 and records[1]["threat_model"] == "gray-box"

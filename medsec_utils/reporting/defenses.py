@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import matplotlib.pyplot as plt
@@ -11,13 +12,10 @@ import torch
 from torch import nn
 
 from .. import metrics
-from ..attacks import ATTACKS, changed_images, evaluate_attack_cached
 from ..data import ImageSet
-from ..defenses import score_defense
-from .common import ci_cell, dataset_fields, labelled, phantom_banner, verdict
-
-
-THREAT_MODELS = ("gray-box", "adaptive")
+from ..steps.defenses import BARE, DETECTOR_AWARE, THREAT_MODELS, score_cell
+from ..store import Step, StepResult
+from .common import ci_cell, data_label, dataset_fields, labelled, phantom_banner, verdict
 
 
 def defense_record(images: ImageSet, model: nn.Module, defense: str, attack: str, threat_model: str,
@@ -30,13 +28,45 @@ def defense_record(images: ImageSet, model: nn.Module, defense: str, attack: str
     defence that rejects inputs the record also gives the shares rejected. ``attack_seconds_per_image`` is what
     making ``x`` cost.
     """
-    scored = score_defense(model, x, y, changed)
-    n_correct = scored.pop("n_correct")
-    low, high = metrics.wilson_interval(n_correct, len(y))
+    return cell_record(images, defense, score_cell(model, attack, threat_model, x, y, changed, epsilon,
+                                                   attack_seconds_per_image))
+
+
+def cell_record(images: ImageSet, defense: str, cell: dict[str, Any]) -> dict[str, Any]:
+    """The ``metrics.json`` record of a scored cell (:func:`medsec_utils.steps.defenses.score_cell`): its counts
+    with the accuracy and its Wilson 95 % interval."""
+    cell = dict(cell)
+    attack, threat_model, epsilon = cell.pop("attack"), cell.pop("threat_model"), cell.pop("epsilon")
+    low, high = metrics.wilson_interval(cell["n_correct"], cell["n"])
     return {**dataset_fields(images), "attack": attack, "defense": defense, "threat_model": threat_model,
             "epsilon": epsilon, "epsilon_255": None if epsilon is None else round(epsilon * 255, 3),
-            "accuracy": n_correct / len(y), "ci_low": low, "ci_high": high, "n": len(y), "n_correct": n_correct,
-            "n_adversarial": int(changed.sum()), "attack_seconds_per_image": attack_seconds_per_image, **scored}
+            "accuracy": cell["n_correct"] / cell["n"], "ci_low": low, "ci_high": high, **cell}
+
+
+@dataclass
+class StoredCells:
+    """Chapter 3's results as its page reads them: the table's cells (``records``), MagNet's cells under the
+    detector-aware attack, the gray-box cells at every budget and each defence's training history (keyed
+    ``(data set label, defence)``)."""
+
+    records: list[dict[str, Any]]
+    detector_aware: list[dict[str, Any]]
+    at_budgets: list[dict[str, Any]]
+    histories: dict[tuple[str, str], list[dict[str, float]]]
+
+
+def from_steps(chapter_steps: list[Step], results: dict[str, StepResult]) -> StoredCells:
+    """Chapter 3's cells from the stored results of its steps (``medsec_utils.steps.defenses``)."""
+    cells = StoredCells([], [], [], {})
+    for step in chapter_steps:
+        images, kind, result = step.inputs["images"], step.inputs["kind"], results[step.id]
+        for cell in result.record["cells"]:
+            record = cell_record(images, kind, cell)
+            (cells.detector_aware if record["attack"] == DETECTOR_AWARE else cells.records).append(record)
+        cells.at_budgets += [cell_record(images, kind, cell) for cell in result.record["budget_cells"]]
+        if kind != BARE:
+            cells.histories[data_label(images), kind] = result.record["history"]
+    return cells
 
 
 def defense_table(records: list[dict[str, Any]], threat_model: str) -> pd.DataFrame:
@@ -219,23 +249,6 @@ def plot_paper_differences(cells: dict[str, pd.DataFrame]) -> plt.Figure:
     phantom_banner(fig, names)
     fig.tight_layout()
     return fig
-
-
-def gray_box_at_budgets(images: ImageSet, pipelines: dict[str, nn.Module], x: torch.Tensor, y: torch.Tensor,
-                        attacks: list[str], budgets: list[float], settings: dict[str, Any], *, seed: int,
-                        device: torch.device) -> list[dict[str, Any]]:
-    """Gray-box cells of every budgeted attack at every budget: chapter 2's adversarial images of the bare
-    classifier (``pipelines["none"]``; from the artefact cache when chapter 2 ran) through each pipeline.
-    Chapter 2 ran these budgets anyway, so the cells cost forward passes."""
-    records = []
-    for attack in (a for a in attacks if ATTACKS[a].budgeted):
-        for eps in budgets:
-            outcome, _ = evaluate_attack_cached(pipelines["none"], attack, x, y, eps=eps, settings=settings, seed=seed,
-                                                device=device)
-            changed = changed_images(x, outcome.adversarial)
-            records += [defense_record(images, model, kind, attack, "gray-box", outcome.adversarial, y, changed, eps)
-                        for kind, model in pipelines.items()]
-    return records
 
 
 def matched_budgets(budget_records: list[dict[str, Any]], study: pd.DataFrame) -> pd.DataFrame:

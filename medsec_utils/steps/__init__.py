@@ -1,8 +1,9 @@
 """Step tables: each chapter's work as durable steps of the results store (:mod:`medsec_utils.store`).
 
 A chapter's table lists its steps in the order the chapter needs them, from the data sets, settings and
-notebook parameters alone (no model is built to list or key them): ``classifiers`` (chapter 1) and ``attacks``
-(chapter 2). Chapters without a table yet (3 to 5) run whole, as one notebook execution.
+notebook parameters alone (no model is built to list or key them): ``classifiers`` (chapter 1), ``attacks``
+(chapter 2) and ``defenses`` (chapter 3). Chapters without a table yet (4 and 5) run whole, as one notebook
+execution.
 """
 
 from __future__ import annotations
@@ -30,9 +31,9 @@ def data_modules(images: ImageSet) -> tuple[str, ...]:
 
 def table(chapter: str) -> StepTable | None:
     """The step table of ``chapter`` (``01_classifiers``), or None for a chapter that runs whole."""
-    from . import attacks, classifiers
+    from . import attacks, classifiers, defenses
 
-    return {"01_classifiers": classifiers.steps, "02_attacks": attacks.steps}.get(chapter)
+    return {"01_classifiers": classifiers.steps, "02_attacks": attacks.steps, "03_defenses": defenses.steps}.get(chapter)
 
 
 def chapter_steps(chapter: str, sets: list[ImageSet], settings: dict[str, Any], params: dict[str, Any],
