@@ -153,7 +153,7 @@ class Store:
         (fresh / RECORD).write_text(json.dumps(result.record, indent=1, sort_keys=True, default=_plain))
         if result.arrays:
             np.savez_compressed(fresh / ARRAYS, **result.arrays)
-        provenance = {"commit": git_state()["commit"], "dirty": git_state()["dirty"],
+        provenance = {"commit": STARTED_AT["commit"], "dirty": STARTED_AT["dirty"],
                       "computed_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                       "seconds": round(seconds, 1), "device": _device(), "threads": _threads()}
         files = {path.name: {"bytes": path.stat().st_size, "sha256": _sha256(path)} for path in sorted(fresh.iterdir())}
@@ -315,6 +315,10 @@ def damage(folder: Path) -> str:
         return _damage(folder, json.loads((folder / MARKER).read_text())["files"])
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         return f"{MARKER} unreadable ({error})"
+
+
+STARTED_AT = git_state()  # the commit this process's code came from, as the module digests are taken at import:
+# a long run records the code it runs, not a commit or an edit made in the checkout while it runs
 
 
 def _damage(folder: Path, files: Mapping[str, Mapping[str, Any]]) -> str:

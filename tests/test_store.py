@@ -154,7 +154,9 @@ def test_status_counts_every_step_current(runs):
     assert any(line.startswith("01_classifiers") and "1 steps: 1 current, 0 stale, 0 damaged, 0 missing" in line
                for line in lines), done.stdout
     assert any(line.startswith("02_attacks") and "3 steps: 3 current" in line for line in lines), done.stdout
-    assert any(line.startswith("03_defenses") and "no step table yet" in line for line in lines), done.stdout
+    assert any(line.startswith("03_defenses") and "4 steps: 0 current, 0 stale, 0 damaged, 4 missing" in line
+               for line in lines), done.stdout
+    assert any(line.startswith("04_synthetic_images") and "no step table yet" in line for line in lines), done.stdout
 
 
 # The store on its own: atomic replacement, locks, comparisons, bad input.
