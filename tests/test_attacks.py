@@ -110,11 +110,29 @@ def test_outcome_counts_clean_errors_as_errors_and_splits_flip_directions():
     assert outcome.seconds_per_image == 0.5
 
 
-def test_quantizing_to_8_bit_can_undo_a_sub_grey_level_attack(model, test_set):
-    x, y = test_set
-    x = torch.round(x * 255) / 255  # 8-bit images, as read from disk
+class _MeanBrightness(torch.nn.Module):
+    """Pathology when an image's mean grey level exceeds 100.2 (of 255): a model so sharp that a sub-grey-level
+    change of every pixel moves its diagnosis."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gain = torch.nn.Parameter(torch.tensor(1e4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        score = self.gain * (x.mean((1, 2, 3)) - 100.2 / 255)
+        return torch.stack([torch.zeros_like(score), score], 1)
+
+
+def test_quantizing_to_8_bit_can_undo_a_sub_grey_level_attack():
+    """FGSM at 0.4/255 flips every diagnosis of a model this sharp; saved as 8-bit images, every pixel rounds back
+    to its grey level and every diagnosis with it."""
+    x = torch.full((8, 1, 8, 8), 100.0)
+    x.view(8, -1)[:4, :1] += 1  # mean 100.02: Normal
+    x.view(8, -1)[4:, :25] += 1  # mean 100.39: Pathology
+    x, y, model = x / 255, torch.tensor([0] * 4 + [1] * 4), _MeanBrightness()
     outcome = attacks.evaluate_attack(model, "fgsm", x, y, eps=0.4 / 255, settings=SETTINGS, progress=False)
-    assert attacks.quantized_accuracy(model, outcome) == pytest.approx(outcome.clean_accuracy)
+    assert outcome.clean_accuracy == 1.0 and outcome.robust_accuracy == 0.0
+    assert attacks.quantized_accuracy(model, outcome) == 1.0
 
 
 def test_bad_names_and_budgets_are_clear_errors(model):

@@ -321,5 +321,5 @@ def test_patient_key_is_a_keyed_pseudonym(tmp_path: Path) -> None:
     ds.PatientID = ""
     ds.save_as(anonymous)
     assert dicom_patient_key(anonymous, b"secret-1") is None
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="needs a non-empty secret key"):
         dicom_patient_key(CT_SMALL, b"")

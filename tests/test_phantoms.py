@@ -109,10 +109,13 @@ def test_repeat_images_differ_but_share_anatomy(sets: dict[str, PhantomSet], mod
 
 
 @pytest.mark.parametrize(
-    ("modality", "n", "size"), [("bone_scan", 4, 32), ("ct", 4, MIN_SIZE - 1), ("ct", 4, MAX_SIZE + 1), ("ct", 0, 32)]
-)
-def test_bad_arguments_raise(modality: str, n: int, size: int) -> None:
-    with pytest.raises(ValueError):
+    ("modality", "n", "size", "message"),
+    [("bone_scan", 4, 32, "unknown phantom modality 'bone_scan'; valid: chest_xray, ct, histology"),
+     ("ct", 4, MIN_SIZE - 1, f"size must be between {MIN_SIZE} and {MAX_SIZE} pixels, got {MIN_SIZE - 1}"),
+     ("ct", 4, MAX_SIZE + 1, f"size must be between {MIN_SIZE} and {MAX_SIZE} pixels, got {MAX_SIZE + 1}"),
+     ("ct", 0, 32, "n must be at least 1, got 0")])
+def test_bad_arguments_raise(modality: str, n: int, size: int, message: str) -> None:
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         make_phantoms(modality, n, size=size)
 
 

@@ -126,10 +126,33 @@ def test_perturb_hook_sees_every_training_batch_in_train_mode():
     assert not torch.equal(blanked[0].weight, plain[0].weight)
 
 
-def test_augment_keeps_shape_and_range():
+def _how_augmented(x: torch.Tensor, out: torch.Tensor, pad: int) -> tuple[tuple[int, int], list[bool]]:
+    """The batch's shift (as the crop offset into the reflect-padded images) and whether each image was flipped:
+    the one combination that turns ``x`` into ``out`` exactly (fails when none does)."""
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="reflect")
+    for dy in range(2 * pad + 1):
+        for dx in range(2 * pad + 1):
+            crop = padded[..., dy:dy + x.shape[-2], dx:dx + x.shape[-1]]
+            plain = [torch.equal(o, c) for o, c in zip(out, crop)]
+            flipped = [torch.equal(o, c.flip(-1)) for o, c in zip(out, crop)]
+            if all(p or f for p, f in zip(plain, flipped)):
+                return (dy, dx), [f and not p for p, f in zip(plain, flipped)]
+    raise AssertionError("the output is no shift (with flips) of the input")
+
+
+def test_augment_shifts_the_batch_within_a_sixteenth_and_flips_about_half_the_images():
     x = torch.rand(8, 3, 32, 32)
-    out = training.augment(x, torch.Generator().manual_seed(0), flip=True)
-    assert out.shape == x.shape and float(out.min()) >= 0 and float(out.max()) <= 1
+    shifts, flips = set(), []
+    for seed in range(12):
+        out = training.augment(x, torch.Generator().manual_seed(seed), flip=True)
+        assert out.shape == x.shape and float(out.min()) >= 0 and float(out.max()) <= 1
+        shift, flipped = _how_augmented(x, out, pad=2)  # 32 px: up to 2 px
+        shifts.add(shift)
+        flips += flipped
+    assert len(shifts) >= 4 and shifts != {(2, 2)}  # shifts vary, and are not all none
+    assert 0.3 <= sum(flips) / len(flips) <= 0.7
+    for seed in range(4):
+        assert not any(_how_augmented(x, training.augment(x, torch.Generator().manual_seed(seed), flip=False), 2)[1])
 
 
 def test_class_weights_balance_the_classes():
