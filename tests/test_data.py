@@ -1,7 +1,8 @@
 """Tests for medsec_utils.data: every DATASET spec kind, patient-level splits, one-line errors, checksums.
 
 Real images are read from ``../shared/data`` (relative to the project root) and pydicom-data's
-``data_store``; tests that need them are skipped when they are absent. Synthetic fixtures are
+``data_store``. Without ``../shared/data`` the real-data tests skip; with it incomplete, or without a file of the
+pinned pydicom-data, they fail, naming what is missing. Synthetic fixtures are
 written to ``tmp_path``. ``MEDSEC_CACHE`` and ``MEDSEC_DATA`` point to temporary folders.
 """
 
@@ -28,22 +29,20 @@ from PIL import Image
 from medsec_utils import cache
 from medsec_utils.data import DataError, ImageSet, assign_splits, check, load_dataset, main
 
-from _paths import REPO, SHARED, pydicom_data_dir
+from _paths import REPO, pinned_dicom, pydicom_data_dir, shared_data
 
 DICOM_DIR = pydicom_data_dir()
 RADIOGRAPHS = ("RG1_UNCR.dcm", "RG1_UNCI.dcm", "RG3_UNCR.dcm")  # RG1_* share one patient
-needs_dicom = pytest.mark.skipif(
-    DICOM_DIR is None or not all((DICOM_DIR / n).is_file() for n in RADIOGRAPHS),
-    reason="pydicom-data (package data_store) with RG1/RG3 radiographs is not installed",
-)
+needs_dicom = pytest.mark.usefixtures("pinned_radiographs")
 
 
-def shared(*parts: str) -> Path:
-    """Path under ../shared/data; skip the test if it is absent."""
-    path = SHARED.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"real data {path} is not present")
-    return path
+@pytest.fixture
+def pinned_radiographs() -> None:
+    """The RG1/RG3 radiographs of pydicom-data: pinned, so a test that needs them fails when they are missing."""
+    pinned_dicom(*RADIOGRAPHS)
+
+
+shared = shared_data  # a path under ../shared/data: skip without the folder, fail when it is incomplete
 
 
 def phantoms_available() -> str | None:
@@ -412,8 +411,7 @@ def _phi(path: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def dicom_tree(tmp_path_factory) -> Path:
     """normal/a.dcm, normal/c.dcm (one patient), pneumonia/b.dcm (another): real CR radiographs."""
-    if DICOM_DIR is None:
-        pytest.skip("pydicom-data is not installed")
+    pinned_dicom(*RADIOGRAPHS)
     root = tmp_path_factory.mktemp("dcm") / "dicom_tree"
     (root / "normal").mkdir(parents=True)
     (root / "pneumonia").mkdir()

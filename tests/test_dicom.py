@@ -23,20 +23,22 @@ from medsec_utils._dicom import (
 )
 from medsec_utils._io import DataError, read_image
 
-from _paths import pydicom_data_dir
+from _paths import pinned_dicom
 
 
-DATA = pydicom_data_dir()
-needs_data = pytest.mark.skipif(DATA is None, reason="pydicom-data (package data_store) is not installed")
+needs_data = pytest.mark.usefixtures("pinned_data")
 CT_SMALL = Path(get_testdata_file("CT_small.dcm"))
 
 
+@pytest.fixture
+def pinned_data() -> Path:
+    """pydicom-data's folder: a test that needs it fails when it is missing (it is pinned)."""
+    return pinned_dicom()
+
+
 def data(name: str) -> Path:
-    """Path of one pydicom-data file; skip the test if that file is missing."""
-    path = DATA / name if DATA else None
-    if path is None or not path.is_file():
-        pytest.skip(f"{name} is not in pydicom-data")
-    return path
+    """Path of one pydicom-data file; the test fails, naming the fix, if that file is missing."""
+    return pinned_dicom(name) / name
 
 
 def raw(path: Path) -> pydicom.Dataset:
@@ -277,12 +279,9 @@ def test_phi_keywords_are_dicom_keywords() -> None:
     assert {"PatientName", "PatientID", "PatientBirthDate", "StudyDate", "InstitutionName", "AccessionNumber"} <= set(PHI_KEYWORDS)
 
 
-def _deidentify_sources() -> list[Path]:
-    return [CT_SMALL, *([DATA / "RG1_UNCR.dcm"] if DATA else [])]
-
-
-@pytest.mark.parametrize("source", _deidentify_sources(), ids=lambda p: p.name)
-def test_deidentify_removes_phi_and_keeps_pixels(tmp_path: Path, source: Path) -> None:
+@pytest.mark.parametrize("name", ["CT_small.dcm", "RG1_UNCR.dcm"])
+def test_deidentify_removes_phi_and_keeps_pixels(tmp_path: Path, name: str) -> None:
+    source = CT_SMALL if name == CT_SMALL.name else data(name)  # pydicom's own test file, then pydicom-data's
     dst = tmp_path / "out" / "anon.dcm"
     deidentify(source, dst)
     before, after = raw(source), pydicom.dcmread(dst)

@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from _paths import REPO  # noqa: E402
+from _paths import REPO, shared_data  # noqa: E402
 from medsec_utils import cache, data, reporting  # noqa: E402
 from medsec_utils.reporting import classifiers  # noqa: E402
 
@@ -52,10 +52,11 @@ def test_phantom_results_are_labelled_everywhere():
     fig = classifiers.plot_examples([images], per_class=2)
     assert "PHANTOM" in fig._suptitle.get_text()
     assert "phantom" in reporting.phantom_verdict_notice([images]).lower()
-    real = data.load_dataset(str(REPO.parent / "shared" / "data" / "ct"), size=32, progress=False) \
-        if (REPO.parent / "shared" / "data" / "ct").is_dir() else None
-    if real is not None:
-        assert reporting.phantom_verdict_notice([real]) == "" and "PHANTOM" not in reporting.data_label(real)
+
+
+def test_real_results_are_not_labelled_as_phantoms():
+    real = data.load_dataset(str(shared_data("ct")), size=32, progress=False)
+    assert reporting.phantom_verdict_notice([real]) == "" and "PHANTOM" not in reporting.data_label(real)
 
 
 def test_verdict_rule_and_interval_cells():
