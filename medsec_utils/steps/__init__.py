@@ -8,25 +8,15 @@ execution.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from ..data import PHANTOM_MODULES, READER_MODULES, ImageSet
+from ..data import ImageSet
 from ..store import Step
+from ._plumbing import StepTable, data_modules, step_name
 
-StepTable = Callable[[list[ImageSet], dict[str, Any], dict[str, Any], torch.device], list[Step]]
-
-
-def step_name(images: ImageSet) -> str:
-    """A data set's part of a step id: its name (built-in phantoms are named ``phantom_<modality>``)."""
-    return images.name
-
-
-def data_modules(images: ImageSet) -> tuple[str, ...]:
-    """The ``medsec_utils`` modules that made ``images``: a step's result depends on them."""
-    return (*READER_MODULES, *PHANTOM_MODULES) if images.is_phantom else READER_MODULES
+__all__ = ["StepTable", "chapter_steps", "data_modules", "step_name", "table"]
 
 
 def table(chapter: str) -> StepTable | None:

@@ -10,7 +10,7 @@ import torch
 from .. import attacks, metrics, plan, training
 from ..data import ImageSet
 from ..store import CORE_PACKAGES, Step, StepResult
-from . import data_modules, step_name
+from ._plumbing import data_modules, step_name
 from .classifiers import classifier_need
 
 EXAMPLES = 4  # attacked Pathology images whose adversarial versions a step keeps for the example figure

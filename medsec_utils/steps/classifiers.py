@@ -9,7 +9,7 @@ import torch
 from .. import training
 from ..data import ImageSet
 from ..store import CORE_PACKAGES, Step, StepResult
-from . import data_modules, step_name
+from ._plumbing import data_modules, step_name
 
 
 def steps(sets: list[ImageSet], settings: dict[str, Any], params: dict[str, Any], device: torch.device) -> list[Step]:

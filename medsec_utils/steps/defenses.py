@@ -12,7 +12,7 @@ from torch import nn
 from .. import attacks, defenses, training
 from ..data import ImageSet
 from ..store import CORE_PACKAGES, Step, StepResult
-from . import data_modules, step_name
+from ._plumbing import data_modules, step_name
 from .attacks import BATCH_SIZE, attack_units
 from .classifiers import classifier_need
 
