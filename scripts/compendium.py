@@ -530,7 +530,7 @@ def build_book(run: Path | None, out: Path, strict: bool) -> None:
 
 
 def _swap_in_run(run: Path, reference: Path) -> None:
-    for chapter in sorted(p for p in reference.iterdir() if p.is_dir()):
+    for chapter in sorted(p for p in reference.glob("[0-9][0-9]_*") if p.is_dir()):  # chapters, not the store
         fresh = run / chapter.name
         if not (fresh / f"{chapter.name}.ipynb").is_file():
             sys.exit(f"{fresh}: no executed {chapter.name}.ipynb; run `scripts/compendium.py run` first")
