@@ -406,7 +406,7 @@ def print_status(out: Path) -> int:
 
     profile, datasets, extra = read_run(out)
     estimates = plan_chapters(profile, datasets, extra)[0]
-    total_left, everything_current, size = 0.0, True, 0
+    total_left, everything_current, stored = 0.0, True, None
     for notebook in sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")):
         params = run_params(notebook, profile, out / notebook.stem, datasets, extra)
         opened = open_steps(notebook, params)
@@ -426,11 +426,12 @@ def print_status(out: Path) -> int:
             for why, count in state["reasons"].items():
                 print(f"{'':22s}   {count} x {why}")
             written = not left and page.is_file()
-            size = chapter.store.size_bytes()
+            stored = chapter.store
         total_left += left
         everything_current &= bool(written)
+    size = f"store {stored.size_bytes() / 1e3:,.1f} kB in {len(stored.stored_ids())} steps" if stored else "no store"
     print(f"{'total':22s} plan for what is left {duration(total_left)} (this machine, from an empty artefact cache); "
-          f"store {size / 1e6:.1f} MB")
+          f"{size}")
     return 0 if everything_current else MORE_TO_DO
 
 
