@@ -146,11 +146,16 @@ UNIT_SETTINGS = ("image_size", "generator_size", "batch_size", "latent_dim", "ga
                  "progan_augment", "progan_width", "ddpm_width", "ddim_steps", "fl_sizes")
 
 
-def unit_costs(settings: Mapping[str, Any], channels: int = 1) -> tuple[dict[str, float], bool]:
+def unit_costs(settings: Mapping[str, Any], channels: int = 1,
+               measure: bool = True) -> tuple[dict[str, float] | None, bool]:
     """Seconds per unit of work on this machine at ``settings``' sizes (per image; generators per step), measured
-    once per machine, sizes and code and kept in the artefact cache: ``(costs, cache_hit)``."""
+    once per machine, sizes and code and kept in the artefact cache: ``(costs, cache_hit)``. With ``measure``
+    False, ``(None, False)`` when they were not measured here yet (a quick look, such as ``status``, does not wait
+    a minute or more for them)."""
     parts = {"machine": machine(), "settings": {k: settings[k] for k in UNIT_SETTINGS}, "channels": channels,
              "code": cache.code_fingerprint("plan", "models", "generative", "metrics")}
+    if not measure and not cache.is_cached("unit_costs", parts):
+        return None, False
     return cache.memoised("unit_costs", parts, lambda: _measure(settings, channels))
 
 

@@ -55,8 +55,8 @@ PAGE_SECONDS = 180.0  # what a budget keeps for executing a chapter whose steps 
 MORE_TO_DO = 3  # exit status of a run stopped by its budget
 
 
-def plan_chapters(profile: str, datasets: list[str],
-                  extra: dict | None = None) -> tuple[dict[str, float], Any, float]:
+def plan_chapters(profile: str, datasets: list[str], extra: dict | None = None,
+                  measure: bool = True) -> tuple[dict[str, float], Any, float]:
     """Expected seconds per chapter from an empty cache, the task table behind them (``medsec_utils.plan``) and
     how many times faster one GPU would be (``plan.gpu_speedup``). ``extra`` entries that are profile settings
     (``epochs=3``) count; notebook-only parameters do not."""
@@ -79,7 +79,11 @@ def plan_chapters(profile: str, datasets: list[str],
     started = time.perf_counter()
     measured = settings if not extended else profiles.resolve_profile(  # the extended set's sizes measured too
         profile, **{**overrides, "fl_sizes": sorted(set(settings.fl_sizes) | set(extended[1]))})
-    costs, hit = plan.unit_costs(measured)
+    costs, hit = plan.unit_costs(measured, measure=measure)
+    if costs is None:
+        print("per-step costs not measured on this machine yet: no time estimates (`compendium.py plan` measures "
+              "them in a minute or two)", flush=True)
+        return {}, None, 1.0
     where = "from the artefact cache" if hit else f"measured now in {time.perf_counter() - started:.0f} s"
     print(f"per-step costs {where} ({plan.machine()['cpu']}, {plan.machine()['threads']} threads)", flush=True)
     frame = plan.estimate(settings, sizes, costs, extended=extended)
@@ -399,39 +403,45 @@ def read_run(out: Path) -> tuple[str, list[str], dict[str, Any]]:
 
 def print_status(out: Path) -> int:
     """``status``: per chapter, steps current, stale (and why), damaged and missing in ``out/store``, and the plan's
-    time for what is left; a chapter without a step table by its page. Exit 0 when everything is current."""
+    time for what is left (when this machine's per-step costs are measured; status never waits to measure them);
+    a chapter without a step table by its page. Exit 0 when everything is current, else :data:`MORE_TO_DO`."""
     from medsec_utils import plan
     from medsec_utils.plan import duration
     from medsec_utils.steps.runner import Estimator, chapter_status
 
     profile, datasets, extra = read_run(out)
-    estimates = plan_chapters(profile, datasets, extra)[0]
+    estimates = plan_chapters(profile, datasets, extra, measure=False)[0]
     total_left, everything_current, stored = 0.0, True, None
+
+    def plan_text(seconds: float) -> str:
+        return f"plan for what is left {duration(seconds)}" if estimates else "no plan measured"
+
     for notebook in sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")):
         params = run_params(notebook, profile, out / notebook.stem, datasets, extra)
         opened = open_steps(notebook, params)
         page = out / notebook.stem / INPUTS
         if opened is None:
-            written = page.is_file() and unchanged_run(page.parent, chapter_inputs(notebook, params)) is not None
-            left = 0.0 if written else estimates.get(notebook.stem, 0.0)
+            current = page.is_file() and unchanged_run(page.parent, chapter_inputs(notebook, params)) is not None
+            left = 0.0 if current else estimates.get(notebook.stem, 0.0)
             print(f"{notebook.stem:22s} no step table yet: runs whole; page "
-                  f"{'current' if written else 'missing or stale'}; plan for what is left {duration(left)}")
+                  f"{'current' if current else 'missing or stale'}; {plan_text(left)}")
         else:
             chapter, chosen = opened
-            state = chapter_status(chosen, chapter.store, Estimator(plan.unit_costs(chapter.settings)[0]))
+            costs = plan.unit_costs(chapter.settings, measure=False)[0]
+            state = chapter_status(chosen, chapter.store, Estimator(costs or {}))
             counts, left = state["counts"], state["seconds_left"]
+            current = counts["current"] == len(chosen) and page.is_file()
             print(f"{notebook.stem:22s} {len(chosen)} steps: {counts['current']} current, {counts['stale']} stale, "
-                  f"{counts['damaged']} damaged, {counts['missing']} missing; plan for what is left {duration(left)}; "
+                  f"{counts['damaged']} damaged, {counts['missing']} missing; {plan_text(left)}; "
                   f"page {'written' if page.is_file() else 'not written'}")
             for why, count in state["reasons"].items():
                 print(f"{'':22s}   {count} x {why}")
-            written = not left and page.is_file()
             stored = chapter.store
         total_left += left
-        everything_current &= bool(written)
+        everything_current &= current
     size = f"store {stored.size_bytes() / 1e3:,.1f} kB in {len(stored.stored_ids())} steps" if stored else "no store"
-    print(f"{'total':22s} plan for what is left {duration(total_left)} (this machine, from an empty artefact cache); "
-          f"{size}")
+    where = " (this machine, from an empty artefact cache)" if estimates else ""
+    print(f"{'total':22s} {plan_text(total_left)}{where}; {size}")
     return 0 if everything_current else MORE_TO_DO
 
 
