@@ -77,8 +77,9 @@ def test_chapter_5_plans_the_extended_data_sets_extra_sizes_and_splits_as_the_ch
 def test_unit_costs_are_measured_once_and_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("MEDSEC_CACHE", str(tmp_path))
     settings = profiles.resolve_profile("smoke", **SMALL)
+    assert plan.unit_costs(settings, measure=False) == (None, False)  # a quick look never waits to measure
     costs, hit = plan.unit_costs(settings)
-    assert not hit
+    assert not hit and plan.unit_costs(settings, measure=False) == (costs, True)
     assert not (tmp_path / "features").exists(), "embedding was timed through the cache, not measured"
     units = {r["unit"] for r in plan.workload(settings, _sizes(settings)[1])}
     assert units <= set(costs)
@@ -198,7 +199,7 @@ def test_a_parameter_can_be_given_to_one_chapter_alone_and_the_plan_counts_its_o
     assert compendium._extended_design({"extended_dataset": "ct", "05.extended_sizes": [128]}) == (
         "ct", [128], ["iid", "dirichlet"])
     monkeypatch.setenv("MEDSEC_CACHE", str(tmp_path))
-    monkeypatch.setattr(plan, "unit_costs", lambda settings: ({unit: 1.0 for unit in _units(settings)}, True))
+    monkeypatch.setattr(plan, "unit_costs", lambda settings, **options: ({unit: 1.0 for unit in _units(settings)}, True))
     shared = ["phantom:chest_xray", "phantom:ct"]
     _, both = compendium.plan_chapters("smoke", shared, {"01.dataset": ["phantom:ct"]})[:2]
     _, plain = compendium.plan_chapters("smoke", shared, {})[:2]
