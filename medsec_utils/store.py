@@ -176,12 +176,12 @@ class Store:
         return sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file()) if self.root.is_dir() else 0
 
     def clean(self) -> None:
-        """Remove what killed runs left (temporary and old folders)."""
+        """Remove what killed runs left (temporary and old folders, named after their process); a live process's
+        folders are its writes in progress and stay."""
         if self.root.is_dir():
-            for leftover in self.root.rglob(".*.tmp"):
-                shutil.rmtree(leftover, ignore_errors=True)
-            for leftover in self.root.rglob(".*.old"):
-                shutil.rmtree(leftover, ignore_errors=True)
+            for leftover in [*self.root.rglob(".*.tmp"), *self.root.rglob(".*.old")]:
+                if not _alive(leftover.name.split(".")[-2]):
+                    shutil.rmtree(leftover, ignore_errors=True)
 
     @contextlib.contextmanager
     def _lock(self, step: Step) -> Iterator[None]:
@@ -331,6 +331,17 @@ def _damage(folder: Path, files: Mapping[str, Mapping[str, Any]]) -> str:
     if not (folder / RECORD).is_file():
         return f"{RECORD} missing"
     return ""
+
+
+def _alive(pid: str) -> bool:
+    """Whether the process ``pid`` (a folder name's part) still runs."""
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _recipe_digest(recipe: Callable[..., Any]) -> str:

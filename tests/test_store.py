@@ -236,3 +236,15 @@ def test_pack_and_merge_carry_steps_between_stores(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "99_test/a/one refused (result.json altered (checksum differs))" in out and "0 steps added" in out
     assert merged.load(_step(1.0, step_id="99_test/a/one")).record["value"] == 1.0
+
+
+def test_cleaning_removes_what_killed_runs_left_and_spares_a_live_runs_writes(tmp_path):
+    held = Store(tmp_path / "store")
+    held.get(_step(1.0))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    killed = held.folder(_step()).with_name(f".b.{dead.stdout.strip()}.tmp")
+    writing = held.folder(_step()).with_name(f".b.{os.getpid()}.tmp")
+    for folder in (killed, writing):
+        folder.mkdir()
+    held.clean()
+    assert not killed.exists() and writing.exists() and held.state(_step(1.0)) == ("current", "")
