@@ -248,3 +248,16 @@ def test_cleaning_removes_what_killed_runs_left_and_spares_a_live_runs_writes(tm
         folder.mkdir()
     held.clean()
     assert not killed.exists() and writing.exists() and held.state(_step(1.0)) == ("current", "")
+
+
+def test_the_budget_scales_the_plan_by_this_chapters_steps_and_never_below_half():
+    from medsec_utils.steps.runner import Budget
+
+    budget = Budget.of(600.0)
+    assert budget.scale == 1.0 and budget.fits(590) and not budget.fits(610)
+    budget.count(planned=3600.0, spent=360.0)  # a chapter whose plan was ten times its time
+    assert budget.scale == 0.5 and budget.fits(1150) and not budget.fits(1250)
+    budget.new_chapter()
+    assert budget.scale == 1.0
+    budget.count(planned=100.0, spent=300.0)  # slower than planned: estimates grow
+    assert budget.scale == 3.0 and not budget.fits(250)

@@ -21,12 +21,15 @@ from ..plan import duration
 from ..store import Step, Store, compare
 
 HEARTBEAT_SECONDS = 60.0  # between progress lines while a step computes
+MIN_SCALE = 0.5  # the budget never counts a step at less than this share of its planned seconds
 
 
 @dataclass
 class Budget:
     """Seconds a run may still spend, from ``--stop-after``; None: no limit. ``scale`` corrects the plan's
-    estimates by how the steps finished so far compared with theirs."""
+    estimates by how this chapter's finished steps compared with theirs (another chapter's work is of other kinds:
+    chapter 1's classifiers, planned at several times their time, once let a chapter-2 AutoAttack start with 8 of
+    its 17 minutes left). It never shrinks an estimate below :data:`MIN_SCALE` of the plan's."""
 
     deadline: float | None = None
     planned: float = 0.0
@@ -42,7 +45,7 @@ class Budget:
 
     @property
     def scale(self) -> float:
-        return self.spent / self.planned if self.planned > 60 else 1.0
+        return max(MIN_SCALE, self.spent / self.planned) if self.planned > 60 else 1.0
 
     def fits(self, seconds: float) -> bool:
         return seconds * self.scale <= self.left
@@ -50,6 +53,10 @@ class Budget:
     def count(self, planned: float, spent: float) -> None:
         self.planned += planned
         self.spent += spent
+
+    def new_chapter(self) -> None:
+        """Forget the finished steps' timings: the next chapter's work is of other kinds."""
+        self.planned = self.spent = 0.0
 
 
 class BudgetReached(Exception):
@@ -84,6 +91,7 @@ def compute_missing(steps: list[Step], store: Store, estimator: Estimator, budge
     Before each, check that its planned seconds fit in ``budget``; if not, print one line and raise
     :class:`BudgetReached` (every finished step stays stored). Returns ``(taken from the store, computed)``."""
     store.clean()
+    budget.new_chapter()
     todo = [step for step in steps if store.state(step)[0] != "current"]
     stored = len(steps) - len(todo)
     total = f" (plan: {duration(sum(estimator.seconds(s) for s in todo))})" if estimator.costs else ""
