@@ -74,10 +74,6 @@ class Step:
     units: dict[str, float] = field(default_factory=dict)
     needs: list[tuple[str, dict[str, Any], dict[str, float]]] = field(default_factory=list)
 
-    @property
-    def chapter(self) -> str:
-        return self.id.split("/", 1)[0]
-
     def key_parts(self) -> dict[str, Any]:
         """Everything that determines the result, as the marker records it."""
         parts = {"parts": self.parts, "code": cache.code_fingerprint(*self.modules),
@@ -156,7 +152,8 @@ class Store:
         provenance = {"commit": STARTED_AT["commit"], "dirty": STARTED_AT["dirty"],
                       "computed_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                       "seconds": round(seconds, 1), "device": _device(), "threads": _threads()}
-        files = {path.name: {"bytes": path.stat().st_size, "sha256": _sha256(path)} for path in sorted(fresh.iterdir())}
+        files = {path.name: {"bytes": path.stat().st_size, "sha256": cache._sha256(path)}
+                 for path in sorted(fresh.iterdir())}
         (fresh / MARKER).write_text(json.dumps({"id": step.id, "key": step.key_parts(), "provenance": provenance,
                                                 "files": files}, indent=1, sort_keys=True))
         old = folder.with_name(f".{folder.name}.{os.getpid()}.old")
@@ -326,7 +323,7 @@ def _damage(folder: Path, files: Mapping[str, Mapping[str, Any]]) -> str:
         path = folder / name
         if not path.is_file():
             return f"{name} missing"
-        if path.stat().st_size != expected["bytes"] or _sha256(path) != expected["sha256"]:
+        if path.stat().st_size != expected["bytes"] or cache._sha256(path) != expected["sha256"]:
             return f"{name} altered (checksum differs)"
     if not (folder / RECORD).is_file():
         return f"{RECORD} missing"
@@ -367,10 +364,6 @@ def _threads() -> int:
     import torch
 
     return torch.get_num_threads()
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _plain(value: Any) -> Any:
