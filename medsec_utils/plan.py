@@ -194,11 +194,8 @@ def workload(settings: Mapping[str, Any], sets: Sequence[SetSize], *, generators
         add(3, d.name, "adaptive Square queries", "predict", attacked * 3 * s["square_queries"])
         n_synthetic = 2 * s["synthetic_images"]
         for kind in generators:
-            per_step = 1 if kind != "progan" else int(math.log2(s["generator_size"])) - 1
             for n_class in d.train_per_class:
-                steps = generative.epochs_for(s[generative.GENERATORS[kind].steps_key], n_class, s["batch_size"])
-                add(4, d.name, f"{kind} training", f"{kind}_step",
-                    steps * max(1, n_class // s["batch_size"]) * per_step)
+                add(4, d.name, f"{kind} training", f"{kind}_step", generator_steps(kind, n_class, s))
             add(4, d.name, f"{kind} samples", f"{kind}_sample", n_synthetic + s["reader_images"])
             add(4, d.name, f"{kind} quality-curve samples", f"{kind}_sample",
                 2 * (generative.CURVE_POINTS - 1) * s["curve_images"])
@@ -213,6 +210,14 @@ def workload(settings: Mapping[str, Any], sets: Sequence[SetSize], *, generators
             add(4, d.name, "classifier at generator_size", "classifier_train", s["epochs"] * d.train * at_generator_size)
     add_federations(rows, s, sets, cross_modality, add, extended)
     return rows
+
+
+def generator_steps(kind: str, n_class: int, settings: Mapping[str, Any]) -> int:
+    """Optimiser steps of one class's ``kind`` generator on ``n_class`` images: its budget rounded up to whole
+    epochs (``generative.epochs_for``), ProGAN's at each of its levels from 8 px up."""
+    epochs = generative.epochs_for(settings[generative.GENERATORS[kind].steps_key], n_class, settings["batch_size"])
+    levels = int(math.log2(settings["generator_size"])) - 1 if kind == "progan" else 1
+    return epochs * max(1, n_class // settings["batch_size"]) * levels
 
 
 def add_federations(rows: list[dict[str, Any]], s: Mapping[str, Any], sets: Sequence[SetSize], cross_modality: bool,

@@ -26,7 +26,7 @@ TRAINING_SETS = ("real", "synthetic", "mixed")
 LBP_FOREST = "lbp_random_forest"
 
 
-def training_set(kind: str, real: Tensors, synthetic: Tensors) -> Tensors:
+def training_set(kind: str, real: Tensors, synthetic: Tensors | None) -> Tensors:
     """Images and labels of training set ``kind`` from the real and the synthetic ``(x, y)``.
 
     Raises:
@@ -117,18 +117,39 @@ def _replace(label: str, kind: str, images: ImageSet, generators: Mapping[int, n
              val: Tensors, test_x: torch.Tensor, classifier: nn.Module, settings: Mapping[str, Any], *, seed: int,
              device: torch.device, arch: str, nproc: int) -> list[dict[str, Any]]:
     """One data set and generator of :func:`run_experiment`: both model types on each training set."""
-    counts = {c: int((real[1] == c).sum()) for c in (0, 1)}
-    synthetic = generative.sample_labelled(generators, counts, seed=seed + 100, device=device,
-                                           ddim_steps=settings["ddim_steps"], progress=True)
-    results = []
-    for set_name in TRAINING_SETS:
-        x, y = training_set(set_name, real, synthetic)
-        deep = classifier if set_name == "real" else classifier_on(
-            (x, y), val, settings, seed=seed, device=device, flip=images.modality == "histology", arch=arch,
-            nproc=nproc)[0]
-        forest = baselines.train_lbp_forest(x, y, seed=seed, n_trees=settings["rf_trees"])
-        for model, p in ((arch, predict_proba(deep, test_x, device)),
-                         (LBP_FOREST, baselines.lbp_forest_proba(forest, test_x))):
-            results.append({"dataset": label, "generator": kind, "training_set": set_name, "model": model,
-                            "n_train": len(y), "p_pathology": p})
-    return results
+    synthetic = synthetic_set(generators, real[1], settings, seed=seed, device=device)
+    return [{"dataset": label, "generator": kind, **row} for set_name in TRAINING_SETS
+            for row in train_on(set_name, real, synthetic, val, test_x, classifier, settings,
+                                flip=images.modality == "histology", seed=seed, device=device, arch=arch, nproc=nproc)]
+
+
+def synthetic_set(generators: Mapping[int, nn.Module], real_labels: torch.Tensor, settings: Mapping[str, Any], *,
+                  seed: int, device: torch.device) -> Tensors:
+    """The synthetic training set: as many images of each class from its generator as the real labels hold
+    (seed ``seed + 100``); kept in the artefact cache, so the synthetic and mixed training sets of one run share
+    it."""
+    counts = {c: int((real_labels == c).sum()) for c in sorted(generators)}
+    parts = {"generators": {c: cache.module_fingerprint(g) for c, g in generators.items()}, "counts": counts,
+             "seed": seed + 100, "ddim_steps": settings["ddim_steps"], "device": device.type,
+             "code": cache.code_fingerprint("generative")}
+    found, _ = cache.memoised("replacement_images", parts, lambda: generative.sample_labelled(
+        generators, counts, seed=seed + 100, device=device, ddim_steps=settings["ddim_steps"], progress=True))
+    return found
+
+
+def train_on(set_name: str, real: Tensors, synthetic: Tensors | None, val: Tensors, test_x: torch.Tensor,
+             classifier: nn.Module | None, settings: Mapping[str, Any], *, flip: bool, seed: int, device: torch.device,
+             arch: str = DEFAULT_ARCH, nproc: int = 1) -> list[dict[str, Any]]:
+    """Both model types trained on training set ``set_name``, scored on ``test_x``: the deep model (on ``real``,
+    the chapter-1 ``classifier``; else :func:`classifier_on`) and LBP + Random Forest.
+
+    Returns:
+        Two rows: ``training_set``, ``model``, ``n_train`` and ``p_pathology`` of every test image.
+    """
+    x, y = training_set(set_name, real, synthetic)
+    deep = classifier if set_name == "real" else classifier_on((x, y), val, settings, seed=seed, device=device,
+                                                               flip=flip, arch=arch, nproc=nproc)[0]
+    forest = baselines.train_lbp_forest(x, y, seed=seed, n_trees=settings["rf_trees"])
+    return [{"training_set": set_name, "model": model, "n_train": len(y), "p_pathology": p}
+            for model, p in ((arch, predict_proba(deep, test_x, device)),
+                             (LBP_FOREST, baselines.lbp_forest_proba(forest, test_x)))]

@@ -63,7 +63,9 @@ class Step:
     """One durable unit of a chapter: ``recipe(**inputs)`` computes it. ``parts`` (settings, data checksum, seed)
     with ``modules`` (the ``medsec_utils`` modules it depends on), ``packages`` and the recipe's source make its
     key; ``units`` are the plan's units of work it costs (``{"classifier_train": images, ...}``), ``needs`` the
-    artefacts it rebuilds when the cache lacks them (``[("classifier", parts, units)]``)."""
+    artefacts it rebuilds when the cache lacks them (``[("classifier", parts, units)]``). ``after``: steps whose
+    stored results the recipe reads (``recipe(upstream, **inputs)``, ``upstream`` by step id); their keys are
+    part of this one's, so a change that makes one of them stale makes this one stale too."""
 
     id: str
     parts: dict[str, Any]
@@ -73,14 +75,24 @@ class Step:
     packages: tuple[str, ...] = CORE_PACKAGES
     units: dict[str, float] = field(default_factory=dict)
     needs: list[tuple[str, dict[str, Any], dict[str, float]]] = field(default_factory=list)
+    after: list[Step] = field(default_factory=list)
 
     def key_parts(self) -> dict[str, Any]:
         """Everything that determines the result, as the marker records it."""
         parts = {"parts": self.parts, "code": cache.code_fingerprint(*self.modules),
                  "recipe": _recipe_digest(self.recipe), "packages": {name: _version(name) for name in self.packages}}
+        if self.after:
+            parts["after"] = {step.id: cache.artefact_key(step.key_parts()) for step in self.after}
         return json.loads(json.dumps(parts, sort_keys=True, default=str))
 
-    def compute(self) -> StepResult:
+    def compute(self, upstream: Mapping[str, StepResult] | None = None) -> StepResult:
+        """The recipe's result; a step with ``after`` needs its upstream results (:meth:`Store.get` gives them)."""
+        if self.after:
+            missing = [step.id for step in self.after if upstream is None or step.id not in upstream]
+            if missing:
+                raise StoreError(f"{self.id} reads the stored results of {', '.join(missing)}: compute it through "
+                                 "Store.get, which computes or loads them first")
+            return self.recipe(upstream, **self.inputs)
         return self.recipe(**self.inputs)
 
 
@@ -133,8 +145,9 @@ class Store:
                 return self.load(step), True
             if state in ("damaged", "stale"):
                 print(f"medsec store: {step.id} {state} ({why}); computing it again", file=sys.stderr, flush=True)
+            upstream = {before.id: self.get(before)[0] for before in step.after}
             started = time.perf_counter()
-            result = step.compute()
+            result = step.compute(upstream)
             self.write(step, result, time.perf_counter() - started)
             return self.load(step), False
 
@@ -252,6 +265,8 @@ def changed_parts(recorded: Mapping[str, Any], today: Mapping[str, Any]) -> str:
         for name in sorted(set(old) | set(new)):
             if old.get(name) != new.get(name):
                 words.append(f"{name} {_short(old.get(name))} -> {_short(new.get(name))}")
+    old, new = recorded.get("after", {}), today.get("after", {})
+    words += [f"after {name} changed" for name in sorted(set(old) | set(new)) if old.get(name) != new.get(name)]
     return "; ".join(words)
 
 

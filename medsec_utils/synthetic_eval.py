@@ -1,17 +1,16 @@
 """Chapter 4's evaluation of generated images: the feature spaces, the check that a space is fit to judge
-images, the generators of every data set and class, their images, the feature vectors quality is measured
-on (at the end of training and along it), and the memorisation audit.
+images, the feature vectors quality is measured on (at the end of training and along it), the quality figures,
+and the memorisation audit. Chapter 4's steps (``steps.synthetic_images``) call them per data set and generator.
 
-Every result is keyed by data set label (as ``Chapter.split`` keys its images) and, where it has one, by
-generator kind: ``{(label, kind): ...}``. Records, tables and figures of these results are built by
-``reporting.synthetic_images``.
+Every result is keyed by data set label and, where it has one, by generator kind: ``{(label, kind): ...}``.
+Records, tables and figures of these results are built by ``reporting.synthetic_images``.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -65,14 +64,49 @@ def steps_to_reach(steps: list[float], values: list[float], bound: float, higher
     return f"about {2 ** crossing:,.0f} steps ({slope:+.3f} per doubling)"
 
 
-def feature_spaces(name: str, classifiers: Mapping[str, nn.Module], *, inception_weights: str | None = None,
-                   seed: int = 0) -> dict[str, Space]:
-    """Per data set, the encoder of feature space ``name`` (``metrics.FEATURE_SPACES``) and its description:
-    one shared network, or each data set's own classifier for ``"classifier"``."""
-    shared = None if name == "classifier" else metrics.feature_space(name, inception_weights=inception_weights,
-                                                                     seed=seed)
-    return {label: shared or metrics.feature_space("classifier", classifier=model)
-            for label, model in classifiers.items()}
+def quality_figures(real: torch.Tensor, fake: torch.Tensor, *, seed: int) -> dict[str, Any]:
+    """FID, KID, precision and recall of the feature vectors ``fake`` against the held-out ``real`` ones."""
+    return {**metrics.fid_kid(real, fake, seed=seed), **metrics.precision_recall(real, fake), "n_samples": len(fake)}
+
+
+def class_figures(real: torch.Tensor, fake: torch.Tensor, *, seed: int) -> dict[str, Any]:
+    """Precision, recall, :func:`metrics.diversity` and the machine reader's accuracy
+    (:func:`metrics.real_vs_synthetic_accuracy`) of one class's feature vectors ``fake`` against the held-out real
+    ones of that class: a class whose samples collapse shows as a number."""
+    return {**metrics.precision_recall(real, fake), "diversity": metrics.diversity(real, fake),
+            "machine_reader_accuracy": metrics.real_vs_synthetic_accuracy(real, fake, seed=seed),
+            "n_samples": len(fake), "n_real": len(real)}
+
+
+def feature_spaces(name: str, labels: Iterable[str], classifiers: Mapping[str, nn.Module] | None = None,
+                   *, inception_weights: str | None = None, seed: int = 0) -> dict[str, Space]:
+    """Per data set label, the encoder of feature space ``name`` (``metrics.FEATURE_SPACES``) and its description:
+    one shared network, or each data set's own classifier (``classifiers[label]``) for ``"classifier"``.
+
+    Raises:
+        ValueError: ``"classifier"`` without a classifier for every label.
+    """
+    labels = list(labels)
+    if name == "classifier":
+        missing = [label for label in labels if (classifiers or {}).get(label) is None]
+        if missing:
+            raise ValueError(f"feature_space 'classifier' needs the chapter-1 classifier of {', '.join(missing)}: "
+                             "open the chapter with classifiers=True")
+        return {label: metrics.feature_space("classifier", classifier=classifiers[label]) for label in labels}
+    shared = metrics.feature_space(name, inception_weights=inception_weights, seed=seed)
+    return {label: shared for label in labels}
+
+
+def reader_features(spaces: Mapping[str, Space], test: Mapping[str, Tensors],
+                    samples: Mapping[tuple[str, str], Tensors], chosen: Mapping[str, str], *,
+                    device: torch.device) -> dict[tuple[str, str], torch.Tensor]:
+    """The feature vectors the reader demonstrations' machine reader rates: each data set's held-out test images
+    (key ``HELDOUT``) and the images of its ``chosen`` generator, in its space."""
+    found = {}
+    for label, (encoder, _) in spaces.items():
+        found[label, HELDOUT] = metrics.image_features(encoder, test[label][0], device)
+        found[label, chosen[label]] = metrics.image_features(encoder, samples[label, chosen[label]][0], device)
+    return found
 
 
 def feature_check(sets: Mapping[str, ImageSet], train: Mapping[str, Tensors], test: Mapping[str, Tensors],
@@ -103,49 +137,6 @@ def training_seconds(histories: Mapping[tuple[str, str, int], list[dict[str, Any
     if (label, kind, CLASSES[0]) not in histories:
         return None
     return sum(epoch["seconds"] for c in CLASSES for epoch in histories[label, kind, c])
-
-
-def train_generators(sets: Mapping[str, ImageSet], kinds: list[str], settings: Mapping[str, Any], *, seed: int,
-                     device: torch.device, nproc: int = 1) -> tuple[dict[tuple[str, str], dict[int, nn.Module]],
-                                                    dict[tuple[str, str, int], list[dict[str, Any]]],
-                                                    dict[tuple[str, str, int], list[tuple[int, Path]]]]:
-    """Every data set's generator of each kind and class (``generative.generator_for``: cached, or trained now on
-    ``nproc`` processes).
-
-    Returns:
-        ``({(label, kind): {class: generator}}, {(label, kind, class): training history},
-        {(label, kind, class): [(optimiser steps, snapshot weights)]})``.
-    """
-    trained, histories, curves = {}, {}, {}
-    for label, images in sets.items():
-        for kind in kinds:
-            trained[label, kind] = {}
-            for c in CLASSES:
-                found = generative.generator_for(kind, images, c, settings, seed=seed, device=device, nproc=nproc)
-                trained[label, kind][c], histories[label, kind, c], curves[label, kind, c] = (
-                    found.model, found.history, found.curve)
-            print(f"{label} {kind}: {'from the artefact cache' if found.hit else 'trained now'}, "
-                  f"{training_seconds(histories, label, kind):.0f} s of training")
-    return trained, histories, curves
-
-
-def sample_generators(trained: Mapping[tuple[str, str], Mapping[int, nn.Module]], per_class: int, *, seed: int,
-                      device: torch.device, ddim_steps: int) -> tuple[dict[tuple[str, str], Tensors],
-                                                                      dict[tuple[str, str], float]]:
-    """``per_class`` images of each class from every generator pair, and the seconds each image took.
-
-    Kept in the artefact cache, keyed by the generators' weights, the counts, seed, DDIM steps and device type;
-    the seconds are those of the run that sampled them.
-
-    Returns:
-        ``({(label, kind): (images, labels)}, {(label, kind): seconds per image})``.
-    """
-    samples, seconds_per_image = {}, {}
-    for key, generators in trained.items():
-        drawn = _drawn(generators, per_class, seed=seed, device=device, ddim_steps=ddim_steps)
-        samples[key] = drawn["images"], drawn["labels"]
-        seconds_per_image[key] = drawn["seconds"] / (len(generators) * per_class)
-    return samples, seconds_per_image
 
 
 def _drawn(generators: Mapping[int, nn.Module], per_class: int, *, seed: int, device: torch.device,

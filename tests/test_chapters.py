@@ -145,12 +145,12 @@ def test_chapter_3_on_real_data_fills_every_cell_of_both_tables(real_run):
 
 @pytest.mark.slow
 def test_book_builds_strictly_from_a_fresh_run_and_flags_changed_code(real_run, tmp_path):
-    """A page run whole (chapter 4) is flagged when a module it imported changed; a page drawn from the store
-    (chapters 1 to 3) only when a module one of its stored results depends on changed, and it says so per
+    """A page run whole (chapter 5) is flagged when a module it imported changed; a page drawn from the store
+    (chapters 1 to 4) only when a module one of its stored results depends on changed, and it says so per
     result; a change to the page's own drawing code leaves its results current."""
     stale = tmp_path / "stale_run"
     shutil.copytree(real_run, stale)
-    whole = stale / "04_synthetic_images" / "metrics.json"
+    whole = stale / "05_federated" / "metrics.json"
     record = json.loads(whole.read_text())
     record["provenance"]["library"]["training"] = "0" * 12  # code changed since the run
     del record["provenance"]["library"]["metrics"]  # as if added after the run: not a change to this page
@@ -166,7 +166,7 @@ def test_book_builds_strictly_from_a_fresh_run_and_flags_changed_code(real_run, 
     done = _compendium("book", "--run", str(stale), "--out", str(tmp_path / "build"), "--strict")
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     html = tmp_path / "build" / "_build" / "html" / "book" / "reference"
-    page = (html / "04_synthetic_images" / "04_synthetic_images.html").read_text()
+    page = (html / "05_federated" / "05_federated.html").read_text()
     assert "Provenance of this run" in page
     assert "The library changed since this run" in page and "module(s) training differ" in page
     stored = (html / "01_classifiers" / "01_classifiers.html").read_text()

@@ -9,14 +9,15 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from medsec_utils import data  # noqa: E402
+from medsec_utils import data, synthetic_eval  # noqa: E402
 from medsec_utils.reporting import synthetic_images as reporting  # noqa: E402
 from medsec_utils.reporting.common import PHANTOM_NOTICE, data_label  # noqa: E402
 
 
 def _chapter4_records(images):
     real = torch.randn(40, 6, dtype=torch.float64)
-    records = [reporting.quality_record(images, kind, real, real + shift, "toy features", 0, seconds_per_image=0.1)
+    records = [reporting.quality_record(images, kind, synthetic_eval.quality_figures(real, real + shift, seed=0),
+                                        "toy features", seconds_per_image=0.1)
                for kind, shift in (("real train (floor)", 0.0), ("dcgan", 1.0))]
     y = torch.arange(20) % 2
     for training_set, p in (("real", y.numpy() * 0.8 + 0.1), ("synthetic", 1 - (y.numpy() * 0.8 + 0.1))):
@@ -81,20 +82,29 @@ def test_audit_figures_show_the_closest_pairs_first_and_flag_near_copies_in_red(
 LABEL = "phantom_ct [PHANTOM]"  # data_label of phantom:ct
 
 
-def test_quality_records_follow_the_features_and_the_readers_get_the_lowest_fid_unless_one_is_chosen():
-    from medsec_utils.synthetic_eval import FLOOR, HELDOUT
+def _stored(**fields):
+    """A :class:`reporting.Stored` with ``fields`` set and the rest empty."""
+    empty = {name: {} for name in reporting.Stored.__dataclass_fields__}
+    return reporting.Stored(**{**empty, "replacement": [], **fields})
+
+
+def test_quality_records_follow_the_stored_figures_and_the_readers_get_the_lowest_fid_unless_one_is_chosen():
+    from medsec_utils.synthetic_eval import FLOOR
 
     sets = {LABEL: data.load_dataset("phantom:ct?n=40", size=16, use_cache=False, progress=False)}
     assert data_label(sets[LABEL]) == LABEL
     real = torch.randn(20, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    features = {(LABEL, HELDOUT): real, (LABEL, FLOOR): real + 0.1, (LABEL, "dcgan"): real + 2,
-                (LABEL, "ddpm"): real + 1}
+    quality = {(LABEL, kind): synthetic_eval.quality_figures(real, real + shift, seed=0)
+               for kind, shift in ((FLOOR, 0.1), ("dcgan", 2), ("ddpm", 1))}
     histories = {(LABEL, kind, c): [{"seconds": 1.5}, {"seconds": 0.5}] for kind in ("dcgan", "ddpm") for c in (0, 1)}
-    records = reporting.quality_records(sets, features, {LABEL: (None, "toy features")},
-                                        {(LABEL, "dcgan"): 0.1, (LABEL, "ddpm"): 0.2}, histories, seed=0)
+    stored = _stored(quality=quality, histories=histories, seconds_per_image={(LABEL, "dcgan"): 0.1,
+                                                                              (LABEL, "ddpm"): 0.2},
+                     feature_extractor={LABEL: "toy features"}, n_real={LABEL: 20})
+    records = reporting.quality_records(sets, stored)
     assert [r["generator"] for r in records] == [FLOOR, "dcgan", "ddpm"]
     assert records[0]["train_seconds"] is None and records[0]["seconds_per_image"] is None
     assert records[2]["train_seconds"] == 4.0 and records[2]["n_real"] == 20 and records[2]["dataset"] == "phantom_ct"
+    assert records[1]["fid"] == pytest.approx(16.0, rel=1e-6)  # a shift of 2 in each of 4 dimensions
     assert list(reporting.quality_table(records).columns) == reporting.QUALITY_COLUMNS
     assert reporting.reader_generators(records, ["dcgan", "ddpm"]) == {LABEL: "ddpm"}
     assert reporting.reader_generators(records, ["dcgan"]) == {LABEL: "dcgan"}
@@ -154,9 +164,10 @@ def test_class_quality_shows_the_class_whose_samples_collapsed():
     fake_y = torch.arange(60) % 2
     fake = torch.randn(60, 6, generator=g, dtype=torch.float64)
     fake[fake_y == 1] = fake[fake_y == 1][:1] + 1e-3 * fake[fake_y == 1]  # every Pathology sample one image
-    features = {(label, "test"): heldout, (label, "dcgan"): fake}
-    labels = {(label, "test"): heldout_y, (label, "dcgan"): fake_y}
-    records = reporting.class_quality_records({label: images}, features, labels, {label: (None, "toy features")}, seed=0)
+    figures = {(label, "dcgan", c): synthetic_eval.class_figures(heldout[heldout_y == c], fake[fake_y == c], seed=0)
+               for c in (0, 1)}
+    records = reporting.class_quality_records({label: images}, _stored(class_quality=figures,
+                                                                       feature_extractor={label: "toy features"}))
     table = reporting.class_quality_table(records).loc[records[0]["dataset"]]
     normal, pathology = table.loc[("dcgan", "Normal")], table.loc[("dcgan", "Pathology")]
     assert normal["diversity"] == pytest.approx(1.0, abs=0.2) and pathology["diversity"] < 0.01
@@ -172,11 +183,13 @@ def test_quality_curves_follow_each_generator_and_class_beside_a_floor_at_the_sa
     floor, floor_y = torch.randn(60, 6, generator=g, dtype=torch.float64), torch.arange(60) % 2
     collapsed = heldout[:1] + 1e-3 * torch.randn(20, 6, generator=g, dtype=torch.float64)
     like_real = torch.randn(20, 6, generator=g, dtype=torch.float64)
-    curves = {(label, "dcgan", c): [(10, collapsed), (20, like_real)] for c in (0, 1)}
-    features = {(label, "test"): heldout, (label, "real train (floor)"): floor}
-    labels = {(label, "test"): heldout_y, (label, "real train (floor)"): floor_y}
-    records = reporting.quality_curve_records({label: images}, curves, features, labels,
-                                              {label: (None, "toy features")}, seed=0)
+    curves = {(label, "dcgan", c): [{"step": step, "trained": trained, **synthetic_eval.class_figures(
+        heldout[heldout_y == c], fake, seed=0)} for step, trained, fake in ((10, False, collapsed), (20, True, like_real))]
+        for c in (0, 1)}
+    floors = {(label, c): synthetic_eval.class_figures(heldout[heldout_y == c], floor[floor_y == c][:20], seed=0)
+              for c in (0, 1)}
+    records = reporting.quality_curve_records({label: images}, _stored(
+        curves=curves, floor_curves=floors, feature_extractor={label: "toy features"}))
     frame = pd.DataFrame(records)
     assert set(frame["section"]) == {"quality_curve"} and len(frame) == 6
     points = frame[frame["generator"] == "dcgan"].set_index(["class", "step"])

@@ -156,7 +156,12 @@ def test_status_counts_every_step_current(runs):
     assert any(line.startswith("02_attacks") and "3 steps: 3 current" in line for line in lines), done.stdout
     assert any(line.startswith("03_defenses") and "4 steps: 0 current, 0 stale, 0 damaged, 4 missing" in line
                for line in lines), done.stdout
-    assert any(line.startswith("04_synthetic_images") and "no step table yet" in line for line in lines), done.stdout
+    # chapter 4 on one data set: the feature check, 3 generators x 2 classes, the DC-GAN replacement, the quality
+    # step; chapter 5: the sites, FedAvg every epoch, centralised, local-only at each site
+    assert any(line.startswith("04_synthetic_images") and "9 steps: 0 current, 0 stale, 0 damaged, 9 missing" in line
+               for line in lines), done.stdout
+    assert any(line.startswith("05_federated") and "5 steps: 0 current, 0 stale, 0 damaged, 5 missing" in line
+               for line in lines), done.stdout
 
 
 # The store on its own: atomic replacement, locks, comparisons, bad input.
@@ -185,6 +190,30 @@ def test_a_replaced_step_keeps_none_of_its_old_files_and_a_current_one_is_never_
     assert not hit and result.record["value"] == 2.0 and len(CALLS) == 2
     assert sorted(p.name for p in held.folder(_step()).iterdir()) == [store.ARRAYS, store.RECORD, store.MARKER]
     assert not [p for p in (tmp_path / "store").rglob(".*")]
+
+
+def summing_recipe(upstream: dict[str, StepResult], offset: float) -> StepResult:
+    return StepResult({"sum": sum(result.record["value"] for result in upstream.values()) + offset})
+
+
+def test_a_step_reading_stored_results_computes_them_first_and_goes_stale_with_them(tmp_path, monkeypatch):
+    monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path / "cache"))
+    held = Store(tmp_path / "store")
+
+    def downstream(value: float) -> Step:
+        ups = [_step(value, step_id="99_test/up/a"), _step(2.0, step_id="99_test/up/b")]
+        return Step("99_test/down", {"offset": 0.5}, ("metrics",), summing_recipe, {"offset": 0.5}, after=ups)
+
+    CALLS.clear()
+    result, hit = held.get(downstream(1.0))
+    assert not hit and result.record["sum"] == 3.5 and len(CALLS) == 2
+    assert held.state(_step(1.0, step_id="99_test/up/a"))[0] == "current"
+    assert held.get(downstream(1.0))[1] and len(CALLS) == 2  # current: its upstream results are not even loaded
+    state, why = held.state(downstream(4.0))  # an upstream step's settings changed: both are stale
+    assert state == "stale" and why.startswith("after ") and held.state(_step(4.0, step_id="99_test/up/a"))[0] == "stale"
+    assert held.get(downstream(4.0))[0].record["sum"] == 6.5 and len(CALLS) == 3  # only the changed upstream step
+    with pytest.raises(store.StoreError, match="99_test/down reads the stored results of 99_test/up/a, 99_test/up/b"):
+        downstream(4.0).compute()
 
 
 def test_two_runs_needing_one_step_compute_it_once(tmp_path, monkeypatch):

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from medsec_utils import data, profiles, synthetic_eval
+from medsec_utils import data, generative, profiles, synthetic_eval
 from medsec_utils.models import build_classifier
 
 CPU = torch.device("cpu")
@@ -32,11 +32,13 @@ def settings():
 
 def test_feature_spaces_share_one_network_unless_each_data_set_brings_its_classifier():
     classifiers = {"a": build_classifier(1, "test_resnet"), "b": build_classifier(1, "test_resnet")}
-    shared = synthetic_eval.feature_spaces("random_vgg16", classifiers, seed=3)
+    shared = synthetic_eval.feature_spaces("random_vgg16", ["a", "b"], seed=3)
     assert shared["a"][0] is shared["b"][0] and "seed 3" in shared["a"][1]
-    own = synthetic_eval.feature_spaces("classifier", classifiers)
+    own = synthetic_eval.feature_spaces("classifier", ["a", "b"], classifiers)
     assert own["a"][0].classifier is classifiers["a"] and own["b"][0].classifier is classifiers["b"]
     assert own["a"][1].startswith("penultimate features")
+    with pytest.raises(ValueError, match="feature_space 'classifier' needs the chapter-1 classifier of c"):
+        synthetic_eval.feature_spaces("classifier", ["a", "c"], classifiers)
 
 
 def test_feature_check_compares_the_chosen_space_with_the_classifiers_and_is_reproducible(ct, settings):
@@ -52,36 +54,42 @@ def test_feature_check_compares_the_chosen_space_with_the_classifiers_and_is_rep
     again = synthetic_eval.feature_check(sets, train, test, {LABEL: (MeanPool(), "mean pool")}, classifiers,
                                          settings, **kwargs)
     assert [r["fid"] for r in again[LABEL, "mean pool"]] == [r["fid"] for r in rows]
-    own = synthetic_eval.feature_spaces("classifier", classifiers)
+    own = synthetic_eval.feature_spaces("classifier", [LABEL], classifiers)
     assert len(synthetic_eval.feature_check(sets, train, test, own, classifiers, settings, **kwargs)) == 1
 
 
-def test_generators_train_once_per_class_then_come_from_the_cache_and_sample_both_classes(
-        ct, settings, tmp_path, monkeypatch, capsys):
+def _dcgans(images, settings):
+    """Both classes' DC-GANs of ``images``, as chapter 4's class steps get them."""
+    return {c: generative.generator_for("dcgan", images, c, settings, seed=0, device=CPU, progress=False)
+            for c in (0, 1)}
+
+
+def test_generators_train_once_per_class_then_come_from_the_cache_and_sample_8_bit_images(ct, settings, tmp_path,
+                                                                                         monkeypatch):
     monkeypatch.setenv("MEDSEC_CACHE", str(tmp_path))
-    sets = ct[0]
-    trained, histories, curves = synthetic_eval.train_generators(sets, ["dcgan"], settings, seed=0, device=CPU)
-    assert f"{LABEL} dcgan: trained now" in capsys.readouterr().out
-    assert list(trained) == [(LABEL, "dcgan")] and set(trained[LABEL, "dcgan"]) == {0, 1}
-    assert set(histories) == set(curves) == {(LABEL, "dcgan", 0), (LABEL, "dcgan", 1)}
-    spent = sum(epoch["seconds"] for c in (0, 1) for epoch in histories[LABEL, "dcgan", c])
+    found = _dcgans(ct[0][LABEL], settings)
+    assert not any(f.hit for f in found.values()) and all(f.hit for f in _dcgans(ct[0][LABEL], settings).values())
+    histories = {(LABEL, "dcgan", c): f.history for c, f in found.items()}
+    spent = sum(epoch["seconds"] for history in histories.values() for epoch in history)
     assert spent > 0 and synthetic_eval.training_seconds(histories, LABEL, "dcgan") == pytest.approx(spent)
     assert synthetic_eval.training_seconds(histories, LABEL, synthetic_eval.FLOOR) is None
-    synthetic_eval.train_generators(sets, ["dcgan"], settings, seed=0, device=CPU)
-    assert f"{LABEL} dcgan: from the artefact cache" in capsys.readouterr().out
-    samples, seconds = synthetic_eval.sample_generators(trained, 3, seed=0, device=CPU, ddim_steps=2)
-    x, y = samples[LABEL, "dcgan"]
-    assert x.shape == (6, 1, 16, 16) and y.tolist() == [0, 0, 0, 1, 1, 1] and seconds[LABEL, "dcgan"] > 0
-    again, _ = synthetic_eval.sample_generators(trained, 3, seed=0, device=CPU, ddim_steps=2)
-    assert torch.equal(again[LABEL, "dcgan"][0], x)
+    x, y = generative.sample_labelled({c: f.model for c, f in found.items()}, {0: 3, 1: 3}, seed=0, device=CPU)
+    assert x.shape == (6, 1, 16, 16) and y.tolist() == [0, 0, 0, 1, 1, 1]
+    assert torch.equal(generative.from_uint8(generative.to_uint8(x)), x)  # 8-bit levels: stored as uint8 losslessly
+    assert len(torch.unique(x)) > 2
+    again, _ = generative.sample_labelled({c: f.model for c, f in found.items()}, {0: 3, 1: 3}, seed=0, device=CPU)
+    assert torch.equal(again, x)
 
 
 def test_curve_features_judge_each_snapshot_and_the_trained_generator_on_as_many_images(ct, tmp_path, monkeypatch):
     monkeypatch.setenv("MEDSEC_CACHE", str(tmp_path))
     sets = ct[0]
     settings = profiles.resolve_profile("smoke", image_size=16, gan_steps=4)  # one step per epoch: 4 epochs
-    trained, histories, curves = synthetic_eval.train_generators(sets, ["dcgan"], settings, seed=0, device=CPU)
-    samples, _ = synthetic_eval.sample_generators(trained, 5, seed=0, device=CPU, ddim_steps=2)
+    found = _dcgans(sets[LABEL], settings)
+    histories = {(LABEL, "dcgan", c): f.history for c, f in found.items()}
+    curves = {(LABEL, "dcgan", c): f.curve for c, f in found.items()}
+    samples = {(LABEL, "dcgan"): generative.sample_labelled({c: f.model for c, f in found.items()}, {0: 5, 1: 5},
+                                                            seed=0, device=CPU)}
     spaces = {LABEL: (MeanPool(), "mean pool")}
     found = synthetic_eval.curve_features(sets, spaces, curves, histories, samples, settings, per_class=3, seed=0,
                                           device=CPU)

@@ -12,15 +12,16 @@ model weights and scalar metrics cross the wire: the client mod ``weights_only``
 from .client_app import make_client_app, site_images, weights_only
 from .engines import run_on_loopback, simulate
 from .server_app import RecordingFedAvg, RoundStore, make_server_app, run_in_process
-from .study import (ONE_PER_SITE, Design, Federation, baseline_for, feature_spaces, federation_for,
-                    plan_federations, run_study, site_heterogeneity, store_fids)
+from .study import (ONE_PER_SITE, Design, Federation, StudyRun, baseline_for, evaluate_run, feature_spaces,
+                    federation_for, plan_federations, site_gap, store_fids, study_config, study_runs)
 from .task import (DCGAN_KEYS, DEFAULTS, NETWORKS, PREFIXES, SITES, SPLITS, WEIGHT_KEY, PayloadError, Sites,
                    build_dcgan, check_payload, federation_config, load_arrays, payload_bytes, profile_settings,
                    run_config, shared_networks, split_sites, to_arrays, train_locally)
 
-__all__ = ["DCGAN_KEYS", "DEFAULTS", "NETWORKS", "ONE_PER_SITE", "PREFIXES", "SITES", "SPLITS", "WEIGHT_KEY", "Design",
-           "Federation", "PayloadError", "RecordingFedAvg", "RoundStore", "Sites", "baseline_for", "build_dcgan",
-           "check_payload", "feature_spaces", "federation_config", "federation_for", "load_arrays",
+__all__ = ["DCGAN_KEYS", "DEFAULTS", "NETWORKS", "ONE_PER_SITE", "PREFIXES", "SITES", "SPLITS", "WEIGHT_KEY",
+           "Design", "Federation", "PayloadError", "RecordingFedAvg", "RoundStore", "Sites", "baseline_for",
+           "build_dcgan", "check_payload", "feature_spaces", "federation_config", "federation_for", "load_arrays",
            "make_client_app", "make_server_app", "payload_bytes", "plan_federations", "profile_settings",
-           "run_config", "run_in_process", "run_on_loopback", "run_study", "shared_networks", "simulate",
-           "site_heterogeneity", "site_images", "split_sites", "store_fids", "to_arrays", "train_locally"]
+           "run_config", "run_in_process", "run_on_loopback", "shared_networks", "simulate", "site_gap",
+           "site_images", "split_sites", "store_fids", "study_config", "study_runs", "StudyRun", "evaluate_run",
+           "to_arrays", "train_locally"]

@@ -227,59 +227,72 @@ def store_fids(store: RoundStore, config: Mapping[str, Any], encoder: nn.Module,
     return cache.memoised("federation_fids", parts, rows)[0]
 
 
-def site_heterogeneity(federations: Sequence[Federation], design: Design, spaces: Mapping[str, FeatureSpace],
-                       device: torch.device) -> list[dict[str, Any]]:
-    """How different each federation's sites are: the FID between their real training images (raw and
-    relative to the features' spread), with each site's image count and pathology share."""
-    rows = []
-    for federation in federations:
-        encoder, _ = spaces[federation.sets[0].spec]
-        first, second = (metrics.image_features(encoder, x, device, size=design.settings.image_size)
-                         for x in federation.sites.x)
-        between = metrics.fid_kid(first, second, seed=design.seed)
-        rows.append({"federation": federation, "site_fid": between["fid"], "site_fid_relative": between["fid_relative"],
-                     "images": [len(y) for y in federation.sites.y],
-                     "pathology_shares": [round(float(y.float().mean()), 3) for y in federation.sites.y]})
-    return rows
+def site_gap(federation: Federation, design: Design, space: FeatureSpace, device: torch.device) -> dict[str, Any]:
+    """How different a federation's sites are: the FID between their real training images (raw and relative to
+    the features' spread), with each site's image count and pathology share."""
+    encoder, _ = space
+    first, second = (metrics.image_features(encoder, x, device, size=design.settings.image_size)
+                     for x in federation.sites.x)
+    between = metrics.fid_kid(first, second, seed=design.seed)
+    return {"federation": federation, "site_fid": between["fid"], "site_fid_relative": between["fid_relative"],
+            "images": [len(y) for y in federation.sites.y],
+            "pathology_shares": [round(float(y.float().mean()), 3) for y in federation.sites.y]}
 
 
-def run_study(federations: Sequence[Federation], design: Design, spaces: Mapping[str, FeatureSpace],
-              device: torch.device, *, verbose: bool = False) -> list[dict[str, Any]]:
-    """Every federation at every aggregation period, then its baselines (centralised once per data and size,
-    local-only at each site), each for ``fl_epochs`` local epochs, with the FID of every stored model against
-    the federation's real test images (resized to its size, then embedded at the profile's ``image_size``).
+@dataclass(frozen=True)
+class StudyRun:
+    """One run of the study on a federation: FedAvg at one aggregation period (``period``), or a baseline for
+    as many local epochs (``site`` None: centralised on the pooled ``sites``; else local-only at that site)."""
 
-    Rows: ``federation``, ``run`` ("FedAvg", "centralised", "local only, site 0" ...), ``config`` (its run
-    config, ``split`` as the chapter names it), ``fids`` (:func:`store_fids`), ``rounds``, ``feature_extractor``.
+    name: str
+    split: str
+    sites: Sites
+    period: int | None = None
+    site: int | None = None
+
+
+def study_runs(federation: Federation, design: Design) -> list[StudyRun]:
+    """The federation at every aggregation period, then its baselines: centralised once per data and size (with
+    the federation that holds ``centralised``), local-only at each site."""
+    runs = [StudyRun("FedAvg", federation.split, federation.sites, period=period) for period in design.periods]
+    if federation.centralised:
+        runs.append(StudyRun("centralised", "pooled", federation.centralised))
+    return runs + [StudyRun(f"local only, site {site}", federation.split, federation.sites, site=site)
+                   for site in range(SITES)]
+
+
+def study_config(federation: Federation, run: StudyRun, design: Design) -> dict[str, Any]:
+    """The run config of one study run: FedAvg for ``fl_epochs // period`` rounds, a baseline for ``fl_epochs``
+    epochs of one."""
+    epochs = design.settings.fl_epochs
+    if run.name == "FedAvg":
+        return design.config(federation, local_epochs=run.period, rounds=epochs // run.period)
+    return design.config(federation, local_epochs=1, rounds=epochs)
+
+
+def evaluate_run(federation: Federation, run: StudyRun, design: Design, space: FeatureSpace, device: torch.device,
+                 *, verbose: bool = False) -> dict[str, Any]:
+    """One study run (from the artefact cache, or trained now) with the FID of every stored model against the
+    federation's real test images (resized to its size, then embedded at the profile's ``image_size``).
+
+    Returns:
+        ``federation``, ``run`` ("FedAvg", "centralised", "local only, site 0" ...), ``config`` (its run config,
+        ``split`` as the chapter names it), ``fids`` (:func:`store_fids`), ``rounds``, ``feature_extractor``.
     """
-    settings, results, tests = design.settings, [], {}
-    for federation in federations:
-        encoder, extractor = spaces[federation.sets[0].spec]
-        for images in federation.sets:
-            if images.spec not in tests:
-                tests[images.spec] = images.tensors("test", settings.max_eval_images, design.seed)[0]
-        size = federation.image_size
-        test_x = F.interpolate(torch.cat([tests[images.spec] for images in federation.sets]), size=(size, size),
-                               mode="area")
-        real = metrics.image_features(encoder, test_x, device, size=settings.image_size)
-        fid_args = dict(encoder=encoder, real_features=real, n=settings.fl_fid_images, device=device,
-                        seed=design.seed, encoder_size=settings.image_size)
-
-        def result(run: str, config: dict[str, Any], split: str, store: RoundStore, **only: str) -> dict[str, Any]:
-            return {"federation": federation, "run": run, "config": {**config, "split": split},
-                    "fids": store_fids(store, config, **fid_args, **only), "rounds": store.rounds(),
-                    "feature_extractor": extractor}
-
-        for period in design.periods:
-            config = design.config(federation, local_epochs=period, rounds=settings.fl_epochs // period)
-            store, hit = federation_for(config, federation.sites, verbose=verbose)
-            print(f"{federation.name}, {federation.split}, {size} px, every {period} epoch(s): {config['rounds']} "
-                  f"rounds {'from the artefact cache' if hit else 'on Flower now'}")
-            results.append(result("FedAvg", config, federation.split, store))
-        alone = design.config(federation, local_epochs=1, rounds=settings.fl_epochs)
-        baselines = [(None, "centralised", "pooled", federation.centralised)] if federation.centralised else []
-        baselines += [(site, f"local only, site {site}", federation.split, federation.sites) for site in range(SITES)]
-        for site, run, split, sites in baselines:
-            store, _ = baseline_for(alone, sites, site, device)
-            results.append(result(run, alone, split, store, only="server"))
-    return results
+    settings, size = design.settings, federation.image_size
+    encoder, extractor = space
+    tests = [images.tensors("test", settings.max_eval_images, design.seed)[0] for images in federation.sets]
+    test_x = F.interpolate(torch.cat(tests), size=(size, size), mode="area")
+    real = metrics.image_features(encoder, test_x, device, size=settings.image_size)
+    config = study_config(federation, run, design)
+    if run.name == "FedAvg":
+        store, hit = federation_for(config, run.sites, verbose=verbose)
+        print(f"{federation.name}, {federation.split}, {size} px, every {run.period} epoch(s): {config['rounds']} "
+              f"rounds {'from the artefact cache' if hit else 'on Flower now'}")
+    else:
+        store, _ = baseline_for(config, run.sites, run.site, device)
+    fids = store_fids(store, config, encoder=encoder, real_features=real, n=settings.fl_fid_images, device=device,
+                      seed=design.seed, encoder_size=settings.image_size,
+                      only=None if run.name == "FedAvg" else "server")
+    return {"federation": federation, "run": run.name, "config": {**config, "split": run.split}, "fids": fids,
+            "rounds": store.rounds(), "feature_extractor": extractor}

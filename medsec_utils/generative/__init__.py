@@ -26,14 +26,15 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import diffusers
+import numpy as np
 import torch
 from torch import nn
 
 from .. import cache, distributed
 from ..data import READER_MODULES, ImageSet
 from ._loop import BATCH_NORM_BATCHES, CURVE_POINTS, WeightAverage, curve_epochs
-from ._plumbing import (GENERATORS, GeneratorKind, epochs_for, latent, register_generator, to_image_range,
-                        to_model_range)
+from ._plumbing import (GENERATORS, GeneratorKind, epochs_for, from_uint8, latent, register_generator,
+                        to_image_range, to_model_range, to_uint8)
 from .augment import AUGMENTS, diff_augment
 from . import dcgan, progan, ddpm  # isort: skip  (each registers its kind: this is the table's order)
 from .dcgan import DCGANDiscriminator, DCGANGenerator, train_dcgan
@@ -43,11 +44,11 @@ from .progan import (DRIFT, GP_WEIGHT, EqualizedConv2d, MinibatchStdDev, PixelNo
 
 __all__ = ["AUGMENTS", "BATCH_NORM_BATCHES", "build_generative", "curve_epochs", "CURVE_POINTS",
            "DCGANDiscriminator", "DCGANGenerator", "DDPM_TIMESTEPS", "diff_augment", "DRIFT", "epochs_for",
-           "EqualizedConv2d", "generator_for", "GeneratorKind", "GENERATORS", "GP_WEIGHT", "latent",
-           "load_generator", "make_ddpm", "MinibatchStdDev", "PixelNorm", "ProGANDiscriminator",
-           "ProGANGenerator", "register_generator", "sample", "sample_labelled", "to_image_range",
-           "to_model_range", "train_dcgan", "train_ddpm", "train_progan", "TrainedGenerator",
-           "WeightAverage"]
+           "EqualizedConv2d", "from_half_state", "from_uint8", "generator_for", "generator_parts", "GeneratorKind",
+           "GENERATORS", "half_state", "GP_WEIGHT", "latent", "load_generator", "make_ddpm", "MinibatchStdDev",
+           "PixelNorm", "ProGANDiscriminator", "ProGANGenerator", "register_generator", "sample", "sample_labelled",
+           "to_image_range", "to_model_range", "to_uint8", "train_dcgan", "train_ddpm", "train_progan",
+           "TrainedGenerator", "WeightAverage"]
 
 
 def _kind(kind: str) -> GeneratorKind:
@@ -69,7 +70,9 @@ def build_generative(kind: str, channels: int, size: int,
 @torch.no_grad()
 def sample(model: nn.Module, n: int, *, seed: int, device: torch.device, batch_size: int = 64, ddim_steps: int = 50,
            progress: bool = False) -> torch.Tensor:
-    """``n`` images in [0, 1] (CPU float) from a trained generator; the same seed gives the same images.
+    """``n`` images in [0, 1] (CPU float) from a trained generator; the same seed gives the same images. They are
+    rounded to the 256 grey levels of the real images (8-bit PNGs), as a saved synthetic image would be, so they
+    are stored as uint8 without loss and judged like the real ones.
 
     The sampler is the one of the kind whose model class is nearest ``model``'s: GANs map seeded latents;
     a DDPM U-Net denoises seeded noise in ``ddim_steps`` stochastic steps (DDIM with eta = 1).
@@ -84,8 +87,9 @@ def sample(model: nn.Module, n: int, *, seed: int, device: torch.device, batch_s
     model.eval().to(device)
     if not n:
         return torch.zeros(0)
-    return to_image_range(kind.sample(model, n, torch.Generator().manual_seed(seed), device=device,
-                                      batch_size=batch_size, ddim_steps=ddim_steps, progress=progress))
+    images = to_image_range(kind.sample(model, n, torch.Generator().manual_seed(seed), device=device,
+                                        batch_size=batch_size, ddim_steps=ddim_steps, progress=progress))
+    return from_uint8(to_uint8(images))
 
 
 def sample_labelled(models: Mapping[int, nn.Module], counts: Mapping[int, int], *, seed: int, device: torch.device,
@@ -120,6 +124,23 @@ def load_generator(kind: str, channels: int, size: int, settings: Mapping[str, A
     return model.to(device).eval()
 
 
+def half_state(model: nn.Module) -> dict[str, np.ndarray]:
+    """``model``'s state dict as numpy arrays, floating ones rounded to float16: the small form the results store
+    keeps of a trained generator, so later steps sample from it without training it again."""
+    return {key: value.detach().cpu().half().numpy() if value.is_floating_point() else value.detach().cpu().numpy()
+            for key, value in model.state_dict().items()}
+
+
+def from_half_state(kind: str, channels: int, size: int, settings: Mapping[str, Any], state: Mapping[str, np.ndarray],
+                    device: torch.device) -> nn.Module:
+    """A ``kind`` generator with the weights of :func:`half_state` (float16 values, computed in float32), in eval
+    mode."""
+    model, _ = _kind(kind).build(channels, size, settings)
+    model.load_state_dict({key: torch.from_numpy(value).float() if value.dtype == np.float16
+                           else torch.from_numpy(value) for key, value in state.items()})
+    return model.to(device).eval()
+
+
 def generator_for(kind: str, images: ImageSet, label: int, settings: Mapping[str, Any], *, seed: int,
                   device: torch.device, progress: bool = True, nproc: int = 1) -> TrainedGenerator:
     """The ``kind`` generator of class ``label`` (0 Normal, 1 Pathology) of ``images``' training split:
@@ -131,16 +152,23 @@ def generator_for(kind: str, images: ImageSet, label: int, settings: Mapping[str
     Raises:
         ValueError: unknown kind, or no training image of that class.
     """
-    entry = _kind(kind)
-    parts = {"kind": kind, "data": images.checksum, "size": images.size, "channels": images.channels,
-             "label": label, "seed": seed, "settings": {key: settings[key] for key in entry.settings_keys},
-             "code": cache.code_fingerprint("generative", *READER_MODULES), "diffusers": diffusers.__version__}
+    parts = generator_parts(kind, images, label, settings, seed=seed)
     folder, hit = cache.cached("generator", parts, lambda folder: distributed.run(
         nproc, train_generator_into, folder, kind, images, label, settings, seed=seed, device=device,
         progress=progress))
     curve = sorted((int(path.stem.removeprefix("step_")), path) for path in (folder / "curve").glob("step_*.pt"))
     model = load_generator(kind, images.channels, images.size, settings, folder / "generator.pt", device)
     return TrainedGenerator(model, json.loads((folder / "history.json").read_text()), hit, curve)
+
+
+def generator_parts(kind: str, images: ImageSet, label: int, settings: Mapping[str, Any], *,
+                    seed: int) -> dict[str, Any]:
+    """The artefact-cache key parts of :func:`generator_for`'s generator, without building or training it (the
+    results store keys steps on them)."""
+    entry = _kind(kind)
+    return {"kind": kind, "data": images.checksum, "size": images.size, "channels": images.channels,
+            "label": label, "seed": seed, "settings": {key: settings[key] for key in entry.settings_keys},
+            "code": cache.code_fingerprint("generative", *READER_MODULES), "diffusers": diffusers.__version__}
 
 
 def train_generator_into(folder: Path, kind: str, images: ImageSet, label: int, settings: Mapping[str, Any], *,

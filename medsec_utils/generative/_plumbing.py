@@ -79,6 +79,16 @@ def to_image_range(x: torch.Tensor) -> torch.Tensor:
     return ((x + 1) / 2).clamp(0, 1)
 
 
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Images in [0, 1] -> the nearest of 256 levels, as uint8 (how a PNG keeps them)."""
+    return (x * 255).round().clamp(0, 255).to(torch.uint8)
+
+
+def from_uint8(x: torch.Tensor) -> torch.Tensor:
+    """uint8 images -> float in [0, 1]; exact inverse of :func:`to_uint8` on its results."""
+    return x.float() / 255
+
+
 def levels(size: int) -> int:
     """Doublings from 4 px to ``size``; raises unless ``size`` is a power of two >= 8."""
     if size < 8 or size & (size - 1):

@@ -117,17 +117,24 @@ def open_chapter(chapter: str, *, profile: str, dataset: str | Iterable[str], se
     return opened
 
 
+SIZE_SETTINGS = {"04_synthetic_images": "generator_size"}  # a chapter whose notebook opens at another size setting
+
+
 def open_from_params(chapter: str, params: dict[str, Any]) -> Chapter:
     """:func:`open_chapter` as chapter ``chapter``'s notebook opens it with ``params`` (its parameters as papermill
     gives them): parameters that are profile settings override the profile, the rest are recorded. What
     ``compendium.py`` uses to list and compute a chapter's steps outside its notebook."""
     known = profiles.resolve_profile(params.get("profile", "smoke"))
     own = ("profile", "dataset", "seed", "output_dir", "device", "nproc", "weights")
+    size_setting = SIZE_SETTINGS.get(chapter, "image_size")
+    overrides = {k: v for k, v in params.items() if k in known and k not in own}
+    if size_setting != "image_size":  # the notebook's image_size parameter sets its size setting
+        overrides[size_setting] = overrides.pop("image_size", None)
     return open_chapter(chapter, profile=params.get("profile", "smoke"), dataset=params["dataset"],
                         seed=params.get("seed", 0), output_dir=params["output_dir"], device=params.get("device"),
-                        weights=params.get("weights"), nproc=params.get("nproc", 1),
-                        overrides={k: v for k, v in params.items() if k in known and k not in own},
-                        params={k: v for k, v in params.items() if k not in known and k not in own})
+                        weights=params.get("weights"), nproc=params.get("nproc", 1), overrides=overrides,
+                        params={k: v for k, v in params.items() if k not in known and k not in own},
+                        size_setting=size_setting)
 
 
 def _show_markdown(text: str) -> None:

@@ -11,6 +11,7 @@ import pandas as pd
 import seaborn as sns
 
 from ..data import ImageSet
+from ..store import Step, StepResult
 from .common import dataset_fields, labelled, phantom_banner, verdict
 
 if TYPE_CHECKING:
@@ -65,7 +66,7 @@ def design_notice(design: Design) -> str:
 
 
 def sites_table(gaps: Sequence[dict[str, Any]]) -> pd.DataFrame:
-    """Per federation and site (rows of ``federated.site_heterogeneity``): its images and pathology share,
+    """Per federation and site (rows of ``federated.site_gap``): its images and pathology share,
     beside the FID between the two sites, raw and relative to the features' spread."""
     rows = [{"data": gap["federation"].name, "split": gap["federation"].split, "px": gap["federation"].image_size,
              "site": site, "images": images, "pathology share": share, "FID between the sites": gap["site_fid"],
@@ -74,9 +75,20 @@ def sites_table(gaps: Sequence[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index(["data", "split", "px", "site"])
 
 
+def from_steps(steps: Sequence[Step], results: dict[str, StepResult]) -> tuple[list[dict[str, Any]],
+                                                                              list[dict[str, Any]]]:
+    """Chapter 5's stored results as ``(gaps, runs)``: each federation's ``federated.site_gap`` row and each study
+    run's ``federated.evaluate_run`` row, in the order of its steps (``medsec_utils.steps.federated``)."""
+    gaps, runs = [], []
+    for step in steps:
+        row = {"federation": step.inputs["federation"], **results[step.id].record}
+        (runs if "run" in step.inputs else gaps).append(row)
+    return gaps, runs
+
+
 def chapter_records(gaps: Sequence[dict[str, Any]], results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``metrics.json`` records of the chapter: each federation's heterogeneity (``federated.site_heterogeneity``),
-    then the FIDs of every run and each FedAvg run's communication (``federated.run_study``)."""
+    """``metrics.json`` records of the chapter: each federation's heterogeneity (``federated.site_gap``), then the
+    FIDs of every run and each FedAvg run's communication (``federated.evaluate_run``)."""
     records = []
     for gap in gaps:
         federation = gap["federation"]

@@ -5,6 +5,7 @@ quality, reader study, replacement experiment and memorisation audit, from the r
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,10 @@ from .. import metrics, paper
 from ..data import ImageSet
 from ..reader_study.readers import MACHINE_READER, SIMULATED_READERS, Demonstration
 from ..reader_study.scoring import roc_points
-from ..synthetic_eval import CLASSES, FLOOR, HELDOUT, Space, quality_targets, steps_to_reach, training_seconds
+from ..steps import step_name
+from ..steps.synthetic_images import CLASS_STEPS, FEATURE_CHECK, QUALITY, REPLACEMENT, stored_samples
+from ..store import StepResult
+from ..synthetic_eval import FLOOR, quality_targets, steps_to_reach, training_seconds
 from .common import CLASS_NAMES, ci_cell, dataset_fields, labelled, phantom_banner, show_image, verdict
 
 Records = list[dict[str, Any]]
@@ -34,6 +38,65 @@ DROP = "drop real -> synthetic (pp)"
 CLASS_QUALITY_COLUMNS = ["precision", "recall", "diversity", "machine_reader_accuracy", "n_samples", "n_real"]
 CURVE_MEASURES = {"precision": "precision", "recall": "recall", "diversity": "diversity",
                   "machine_reader_accuracy": "machine reader accuracy"}
+
+
+@dataclass
+class Stored:
+    """Chapter 4's stored results (:mod:`medsec_utils.steps.synthetic_images`) in the shapes its records and figures
+    take, keyed by data set label, generator kind and class (0 Normal, 1 Pathology) as the notebook keys them."""
+
+    checks: dict[tuple[str, str], list[dict[str, Any]]]  # (label, feature space): degradation rows
+    histories: dict[tuple[str, str, int], list[dict[str, Any]]]
+    samples: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]]  # images in [0, 1] and labels
+    seconds_per_image: dict[tuple[str, str], float]
+    curves: dict[tuple[str, str, int], list[dict[str, Any]]]  # points: step, trained and class figures
+    quality: dict[tuple[str, str], dict[str, Any]]  # the floor first, then each generator
+    class_quality: dict[tuple[str, str, int], dict[str, Any]]
+    floor_curves: dict[tuple[str, int], dict[str, Any]]
+    audits: dict[tuple[str, str, str], dict[str, Any]]  # (label, kind, "features" | "pixels")
+    replacement: list[dict[str, Any]]  # as replacement.run_experiment gives them
+    feature_extractor: dict[str, str]
+    n_real: dict[str, int]
+
+
+def from_steps(sets: Mapping[str, ImageSet], results: Mapping[str, StepResult], generators: list[str]) -> Stored:
+    """:class:`Stored` from chapter 4's step results (``Chapter.results``) for ``generators``."""
+    found = Stored({}, {}, {}, {}, {}, {}, {}, {}, {}, [], {}, {})
+    for label, images in sets.items():
+        root = f"04_synthetic_images/{step_name(images)}"
+        check = results[f"{root}/{FEATURE_CHECK}"].record
+        found.checks.update({(label, about): rows for about, rows in zip(check["spaces"], check["rows"])})
+        for kind in generators:
+            found.samples[label, kind] = stored_samples(results, step_name(images), kind)
+            parts = [results[f"{root}/{kind}/{name}"].record for name in CLASS_STEPS.values()]
+            for c, part in zip(CLASS_STEPS, parts):
+                found.histories[label, kind, c], found.curves[label, kind, c] = part["history"], part["curve"]
+            counts = [len(found.samples[label, kind][1][found.samples[label, kind][1] == c]) for c in CLASS_STEPS]
+            found.seconds_per_image[label, kind] = sum(p["seconds_per_image"] * n for p, n in zip(parts, counts)) / sum(
+                counts)
+            if f"{root}/{kind}/{REPLACEMENT}_synthetic" in results:
+                for stored in [results[f"{root}/{REPLACEMENT}_real"], *(
+                        results[f"{root}/{kind}/{REPLACEMENT}_{set_name}"] for set_name in ("synthetic", "mixed"))]:
+                    found.replacement += [{"dataset": label, "generator": kind, **row,
+                                           "p_pathology": stored.arrays[f"p/{row['model']}"]}
+                                          for row in stored.record["rows"]]
+        quality = results[f"{root}/{QUALITY}"]
+        found.feature_extractor[label], found.n_real[label] = quality.record["feature_extractor"], quality.record[
+            "n_real"]
+        for kind in (FLOOR, *generators):
+            found.quality[label, kind] = quality.record["quality"][kind]
+        for row in quality.record["class_quality"]:
+            found.class_quality[label, row["generator"], row["class"]] = {
+                k: v for k, v in row.items() if k not in ("generator", "class")}
+        for row in quality.record["floor_curve"]:
+            found.floor_curves[label, row["class"]] = {k: v for k, v in row.items() if k != "class"}
+        for kind in generators:
+            for where in ("features", "pixels"):
+                prefix = f"audit/{kind}/{where}/"
+                found.audits[label, kind, where] = {**quality.record["audits"][f"{kind}/{where}"], **{
+                    name.removeprefix(prefix): array for name, array in quality.arrays.items()
+                    if name.startswith(prefix)}}
+    return found
 
 
 def section(records: Records, name: str) -> pd.DataFrame:
@@ -104,6 +167,14 @@ def plot_memorisation(audits: dict[tuple[str, str, str], dict[str, Any]]) -> plt
     phantom_banner(fig, [key[0] for key in keys], y=1.04)
     fig.tight_layout()
     return fig
+
+
+def closest_pairs(stored: Stored, train: Mapping[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[
+        tuple[str, str], tuple[torch.Tensor, torch.Tensor, dict[str, Any]]]:
+    """What :func:`plot_closest_pairs` draws: per data set and generator, its images, the training images and
+    their pixel-space audit."""
+    return {(label, kind): (x, train[label][0], stored.audits[label, kind, "pixels"])
+            for (label, kind), (x, _) in stored.samples.items()}
 
 
 def plot_closest_pairs(pairs: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor, dict[str, Any]]],
@@ -246,73 +317,42 @@ def plot_feature_check(rows: list[dict[str, Any]]) -> plt.Figure:
     return grid.figure
 
 
-def quality_record(images: ImageSet, generator: str, real: torch.Tensor, fake: torch.Tensor, feature_extractor: str,
-                   seed: int, **extra: Any) -> dict[str, Any]:
-    """One ``metrics.json`` record of image quality: FID, KID, precision and recall of the feature vectors
-    ``fake`` against the held-out ``real`` ones, with the sample counts and the feature space named."""
-    return {**dataset_fields(images), "section": "quality", "generator": generator,
-            **metrics.fid_kid(real, fake, seed=seed), **metrics.precision_recall(real, fake),
-            "n_samples": len(fake), "feature_extractor": feature_extractor, **extra}
+def quality_record(images: ImageSet, generator: str, figures: Mapping[str, Any], feature_extractor: str,
+                   **extra: Any) -> dict[str, Any]:
+    """One ``metrics.json`` record of image quality: the FID, KID, precision and recall of
+    ``synthetic_eval.quality_figures`` with the sample counts and the feature space named."""
+    return {**dataset_fields(images), "section": "quality", "generator": generator, **figures,
+            "feature_extractor": feature_extractor, **extra}
 
 
-def quality_records(sets: Mapping[str, ImageSet], features: Mapping[tuple[str, str], torch.Tensor],
-                    spaces: Mapping[str, Space], seconds_per_image: Mapping[tuple[str, str], float],
-                    histories: Mapping[tuple[str, str, int], list[dict[str, Any]]], *, seed: int) -> Records:
-    """A :func:`quality_record` of the floor and of each generator against the held-out test images, from
-    ``synthetic_eval.quality_features``, with the seconds each generator took to train and per image."""
-    return [quality_record(sets[label], kind, features[label, HELDOUT], fake, spaces[label][1], seed,
-                           n_real=len(features[label, HELDOUT]), seconds_per_image=seconds_per_image.get((label, kind)),
-                           train_seconds=training_seconds(histories, label, kind))
-            for (label, kind), fake in features.items() if kind != HELDOUT]
+def quality_records(sets: Mapping[str, ImageSet], stored: Stored) -> Records:
+    """A :func:`quality_record` of the floor and of each generator against the held-out test images, with the
+    seconds each generator took to train and per image."""
+    return [quality_record(sets[label], kind, figures, stored.feature_extractor[label], n_real=stored.n_real[label],
+                           seconds_per_image=stored.seconds_per_image.get((label, kind)),
+                           train_seconds=training_seconds(stored.histories, label, kind))
+            for (label, kind), figures in stored.quality.items()]
 
 
-def class_quality_records(sets: Mapping[str, ImageSet], features: Mapping[tuple[str, str], torch.Tensor],
-                          labels: Mapping[tuple[str, str], torch.Tensor], spaces: Mapping[str, Space], *,
-                          seed: int) -> Records:
-    """Per data set, generator (and floor) and class: precision and recall, :func:`metrics.diversity` and the
-    machine reader's accuracy (:func:`metrics.real_vs_synthetic_accuracy`) against the held-out real images of
-    that class, so a class whose samples collapse shows as a number."""
-    records = []
-    for (label, kind), fake in features.items():
-        if kind == HELDOUT:
-            continue
-        for c in CLASSES:
-            real_c = features[label, HELDOUT][labels[label, HELDOUT] == c]
-            records.append({**dataset_fields(sets[label]), "section": "class_quality", "generator": kind,
-                            "class": CLASS_NAMES[c], **_class_figures(real_c, fake[labels[label, kind] == c], seed),
-                            "feature_extractor": spaces[label][1]})
-    return records
+def class_quality_records(sets: Mapping[str, ImageSet], stored: Stored) -> Records:
+    """Per data set, generator (and floor) and class: ``synthetic_eval.class_figures`` against the held-out real
+    images of that class, so a class whose samples collapse shows as a number."""
+    return [{**dataset_fields(sets[label]), "section": "class_quality", "generator": kind, "class": CLASS_NAMES[c],
+             **figures, "feature_extractor": stored.feature_extractor[label]}
+            for (label, kind, c), figures in stored.class_quality.items()]
 
 
-def quality_curve_records(sets: Mapping[str, ImageSet],
-                          curves: Mapping[tuple[str, str, int], list[tuple[int, torch.Tensor]]],
-                          features: Mapping[tuple[str, str], torch.Tensor],
-                          labels: Mapping[tuple[str, str], torch.Tensor], spaces: Mapping[str, Space], *,
-                          seed: int) -> Records:
-    """The figures of :func:`class_quality_records` at every point of each generator's training curve
-    (``synthetic_eval.curve_features``, ``trained`` marks the last point), and, as ``step`` None, those of as
-    many real training images of the class (the floor at this sample size)."""
-    records, judged_on = [], {}
-    for (label, kind, c), points in curves.items():
-        real_c = features[label, HELDOUT][labels[label, HELDOUT] == c]
-        records += [{**dataset_fields(sets[label]), "section": "quality_curve", "generator": kind,
-                     "class": CLASS_NAMES[c], "step": step, "trained": i == len(points) - 1,
-                     **_class_figures(real_c, fake_c, seed), "feature_extractor": spaces[label][1]}
-                    for i, (step, fake_c) in enumerate(points)]
-        judged_on[label, c] = len(points[-1][1])
-    for (label, c), n in judged_on.items():
-        real_c = features[label, HELDOUT][labels[label, HELDOUT] == c]
-        floor_c = features[label, FLOOR][labels[label, FLOOR] == c][:n]
-        records.append({**dataset_fields(sets[label]), "section": "quality_curve", "generator": FLOOR,
-                        "class": CLASS_NAMES[c], "step": None, "trained": None, **_class_figures(real_c, floor_c, seed),
-                        "feature_extractor": spaces[label][1]})
-    return records
-
-
-def _class_figures(real: torch.Tensor, fake: torch.Tensor, seed: int) -> dict[str, Any]:
-    return {**metrics.precision_recall(real, fake), "diversity": metrics.diversity(real, fake),
-            "machine_reader_accuracy": metrics.real_vs_synthetic_accuracy(real, fake, seed=seed),
-            "n_samples": len(fake), "n_real": len(real)}
+def quality_curve_records(sets: Mapping[str, ImageSet], stored: Stored) -> Records:
+    """The figures of :func:`class_quality_records` at every point of each generator's training curve (``trained``
+    marks the last point), and, as ``step`` None, those of as many real training images of the class (the floor
+    at this sample size)."""
+    records = [{**dataset_fields(sets[label]), "section": "quality_curve", "generator": kind,
+                "class": CLASS_NAMES[c], **point, "feature_extractor": stored.feature_extractor[label]}
+               for (label, kind, c), points in stored.curves.items() for point in points]
+    return records + [{**dataset_fields(sets[label]), "section": "quality_curve", "generator": FLOOR,
+                       "class": CLASS_NAMES[c], "step": None, "trained": None, **figures,
+                       "feature_extractor": stored.feature_extractor[label]}
+                      for (label, c), figures in stored.floor_curves.items()]
 
 
 def plot_quality_curves(records: Records) -> plt.Figure:

@@ -156,13 +156,15 @@ def chapter_status(steps: list[Step], store: Store, estimator: Estimator) -> dic
 
 def verify_step(step: Step, store: Store) -> tuple[str, list[str]]:
     """Recompute a stored step from scratch (an empty artefact cache of its own, so its model is trained again)
-    and compare with the stored result (:func:`medsec_utils.store.compare`)."""
+    and compare with the stored result (:func:`medsec_utils.store.compare`). A step that reads other steps'
+    results (``Step.after``) reads their stored ones: each step is verified on its own."""
     state, why = store.state(step)
     if state != "current":
         return f"not verified: {state}{' (' + why + ')' if why else ''}", []
     stored = store.load(step)
+    upstream = {before.id: store.get(before)[0] for before in step.after}
     with tempfile.TemporaryDirectory(prefix="medsec-verify-") as scratch, _cache_at(Path(scratch)):
-        fresh = step.compute()
+        fresh = step.compute(upstream)
     return compare(stored, fresh)
 
 
