@@ -61,15 +61,28 @@ def train_recorder(folder: Path, *, device: torch.device, progress: bool) -> Non
 
 
 def train_generators(folder: Path, settings: dict, *, device: torch.device, progress: bool) -> None:
-    """One epoch of each generator on 16 grey 16 px images; every process saves the weights each ends with."""
+    """One epoch of each generator on 16 grey 16 px images; every process saves the weights each ends with and,
+    per generator, the image indices of each batch its share held (what ``distributed.shard`` gave it)."""
     written = _log_writes(folder)
     images = torch.rand(16, 1, 16, 16, generator=torch.Generator().manual_seed(0))
-    weights = {}
-    for kind, entry in generative.GENERATORS.items():
-        torch.manual_seed(0)
-        generator, discriminator = generative.build_generative(kind, 1, 16, settings)
-        entry.train(generator, discriminator, images, settings, epochs=1, batch_size=4, seed=0, device=device,
-                    progress=progress, checkpoint=folder / kind / "checkpoint.pt")
-        weights[kind] = generator.state_dict()
-    torch.save({"world": distributed.world_size(), "written": written, "weights": weights},
+    weights, seen = {}, {}
+    shard = distributed.shard
+
+    def recorded(index: torch.Tensor) -> torch.Tensor:
+        share = shard(index)
+        batches.append(share.tolist())
+        return share
+
+    distributed.shard = recorded  # restored below: with one process this runs in the caller's own process
+    try:
+        for kind, entry in generative.GENERATORS.items():
+            torch.manual_seed(0)
+            batches = seen[kind] = []
+            generator, discriminator = generative.build_generative(kind, 1, 16, settings)
+            entry.train(generator, discriminator, images, settings, epochs=1, batch_size=4, seed=0, device=device,
+                        progress=progress, checkpoint=folder / kind / "checkpoint.pt")
+            weights[kind] = generator.state_dict()
+    finally:
+        distributed.shard = shard
+    torch.save({"world": distributed.world_size(), "written": written, "weights": weights, "seen": seen},
                folder / f"rank{distributed.rank()}.pt")

@@ -55,8 +55,21 @@ def test_two_processes_train_a_classifier_as_one_does_on_the_global_batch(tmp_pa
 
 
 def test_two_processes_train_each_generator_to_the_same_weights_and_rank_0_alone_writes(tmp_path):
+    (tmp_path / "one").mkdir()
+    distributed.run(1, train_generators, tmp_path / "one", SETTINGS, device=CPU, progress=False)
     distributed.run(2, train_generators, tmp_path, SETTINGS, device=CPU, progress=False)
-    first, second = _ranks(tmp_path, 2)
+    (alone,), (first, second) = _ranks(tmp_path / "one", 1), _ranks(tmp_path, 2)
+    per_epoch = 16 // 4  # batches of 4 of the 16 images
+    for kind, batches in alone["seen"].items():  # each batch shared out in disjoint halves, every image once an epoch
+        shares = list(zip(first["seen"][kind], second["seen"][kind]))
+        assert len(batches) == len(shares) > 0 and len(shares) % per_epoch == 0, kind
+        assert all(len(mine) == len(theirs) == 2 for mine, theirs in shares), kind
+        for start in range(0, len(shares), per_epoch):
+            assert sorted(i for pair in shares[start:start + per_epoch] for share in pair for i in share) == list(
+                range(16)), f"{kind}: epoch from batch {start}"
+        # the first shuffle comes before any noise is drawn, so it is one process's (later ones are not: on one
+        # process the noise comes from the shuffling generator, on several from a generator per rank)
+        assert [sorted(m + t) for m, t in shares[:per_epoch]] == [sorted(b) for b in batches[:per_epoch]], kind
     assert set(first["weights"]) == set(generative.GENERATORS)
     for kind, weights in first["weights"].items():
         torch.manual_seed(0)

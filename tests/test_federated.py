@@ -8,9 +8,8 @@ import psutil
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
-from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
-from medsec_utils import data, federated, profiles
+from medsec_utils import data, federated, generative, metrics, profiles
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -47,16 +46,6 @@ def test_a_deployment_run_config_takes_its_dcgan_sizes_from_its_profile_unless_i
     config = federated.run_config({"profile": "smoke", "image_size": 0, "gan_width": 8})
     assert config["image_size"] == SETTINGS.image_size and config["batch_size"] == SETTINGS.batch_size
     assert config["gan_width"] == 8 and config["dataset"] == federated.DEFAULTS["dataset"]
-
-
-def test_fedavg_of_two_known_weight_sets_is_their_sample_weighted_mean():
-    a = {"generator.w": torch.tensor([1.0, 2.0]), "generator.b": torch.tensor([[0.0]])}
-    b = {"generator.w": torch.tensor([5.0, -2.0]), "generator.b": torch.tensor([[4.0]])}
-    replies = [RecordDict({"arrays": ArrayRecord(state), "metrics": MetricRecord({federated.WEIGHT_KEY: n})})
-               for state, n in ((a, 1), (b, 3))]
-    mean = aggregate_arrayrecords(replies, federated.WEIGHT_KEY).to_torch_state_dict()
-    assert torch.allclose(mean["generator.w"], torch.tensor([4.0, -1.0]))
-    assert torch.allclose(mean["generator.b"], torch.tensor([[3.0]]))
 
 
 def test_iid_split_deals_equal_disjoint_halves_and_dirichlet_skews_the_classes():
@@ -178,6 +167,20 @@ def test_flower_rounds_equal_the_same_rounds_in_process(simulated, tmp_path):
         assert torch.allclose(flower[key].double(), ours[key].double(), atol=1e-4), key
 
 
+def test_each_stored_server_model_is_the_image_weighted_mean_of_that_rounds_site_uploads(simulated):
+    """Our strategy on Flower, as it ran: FedAvg weights each site by its image count (the Dirichlet split makes
+    the two counts differ, so a plain mean would fail)."""
+    _, sites, store, _ = simulated
+    n = [len(y) for y in sites.y]
+    assert n[0] != n[1]
+    for server_round in (1, 2):
+        models = store.models(server_round)
+        assert set(models["server"]) == set(models["site 0"]) == set(models["site 1"])
+        for key, value in models["server"].items():
+            expected = (n[0] * models["site 0"][key].double() + n[1] * models["site 1"][key].double()) / sum(n)
+            torch.testing.assert_close(value.double(), expected, rtol=1e-5, atol=1e-6, msg=key)
+
+
 def test_fid_per_round_covers_the_server_and_both_sites(simulated):
     config, _, store, _ = simulated
     encoder = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(4), torch.nn.Flatten())
@@ -186,7 +189,14 @@ def test_fid_per_round_covers_the_server_and_both_sites(simulated):
     rows = federated.store_fids(store, config, encoder, real, n=16, device=CPU, progress=False)
     assert {(r["round"], r["model"]) for r in rows} == {(0, "server")} | {
         (r, who) for r in (1, 2) for who in ("server", "site 0", "site 1")}
-    assert all(r["fid"] >= 0 for r in rows)
+    scored = {(r["round"], r["model"]): r["fid"] for r in rows}
+    assert len(set(scored.values())) == len(scored)  # each model scored on its own samples, not the server's
+    generator, _ = federated.build_dcgan(config)  # one model scored independently: its weights, 16 seeded samples
+    prefix = federated.PREFIXES[0]
+    generator.load_state_dict({k[len(prefix):]: v for k, v in store.models(2)["site 1"].items()
+                               if k.startswith(prefix)})
+    fake = metrics.image_features(encoder, generative.sample(generator, 16, seed=0, device=CPU), CPU, keep=False)
+    assert scored[2, "site 1"] == pytest.approx(metrics.fid_kid(real, fake, seed=0)["fid"], rel=1e-9)
     with pytest.MonkeyPatch.context() as patch:  # an unchanged rerun samples nothing again
         patch.setattr(federated.study.generative, "sample", lambda *a, **k: pytest.fail("sampled again"))
         assert federated.store_fids(store, config, encoder, real, n=16, device=CPU, progress=False) == rows

@@ -274,17 +274,22 @@ def test_each_generator_trains_and_samples_reproducibly_in_the_image_range(kind)
     assert generative.sample(generator, 0, seed=1, device=CPU).numel() == 0
 
 
-def test_ddpm_trains_under_mixed_precision_with_float32_weights_and_low_precision_activations():
-    """The gpu profile's autocast in DDPM training, here bfloat16 on the CPU: the U-Net's convolutions run in low
-    precision, its weights, loss and moving average stay float32, and training still lowers the loss."""
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device: the float16 + GradScaler branch runs on a GPU machine"))])
+def test_ddpm_trains_under_mixed_precision_with_float32_weights_and_low_precision_activations(device):
+    """The gpu profile's autocast in DDPM training (bfloat16 on the CPU, float16 with gradient scaling on CUDA):
+    the U-Net's convolutions run in low precision, its weights, loss and moving average stay float32, and training
+    still lowers the loss."""
+    device = torch.device(device)
     images, seen = _images(32, 1, 16), []
     torch.manual_seed(0)
     unet, _ = generative.build_generative("ddpm", 1, 16, SETTINGS)
     unet.conv_in.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
     history = generative.GENERATORS["ddpm"].train(unet, None, images, {**SETTINGS, "mixed_precision": True},
-                                                  epochs=6, batch_size=8, seed=0, device=CPU, progress=False,
+                                                  epochs=6, batch_size=8, seed=0, device=device, progress=False,
                                                   checkpoint=None)
-    assert torch.bfloat16 in seen and all(p.dtype == torch.float32 for p in unet.parameters())
+    low = torch.float16 if device.type == "cuda" else torch.bfloat16
+    assert low in seen and all(p.dtype == torch.float32 for p in unet.parameters())
     losses = [record["loss"] for record in history]
     assert all(math.isfinite(loss) for loss in losses) and losses[-1] < losses[0]
 

@@ -156,9 +156,10 @@ def test_status_counts_every_step_current(runs):
     assert any(line.startswith("02_attacks") and "3 steps: 3 current" in line for line in lines), done.stdout
     assert any(line.startswith("03_defenses") and "4 steps: 0 current, 0 stale, 0 damaged, 4 missing" in line
                for line in lines), done.stdout
-    # chapter 4 on one data set: the feature check, 3 generators x 2 classes, the DC-GAN replacement, the quality
-    # step; chapter 5: the sites, FedAvg every epoch, centralised, local-only at each site
-    assert any(line.startswith("04_synthetic_images") and "9 steps: 0 current, 0 stale, 0 damaged, 9 missing" in line
+    # chapter 4 on one data set: the feature check, the real training set, 3 generators x 2 classes, the DC-GAN's
+    # synthetic and mixed training sets, the quality step; chapter 5: the sites, FedAvg every epoch, centralised,
+    # local-only at each site
+    assert any(line.startswith("04_synthetic_images") and "11 steps: 0 current, 0 stale, 0 damaged, 11 missing" in line
                for line in lines), done.stdout
     assert any(line.startswith("05_federated") and "5 steps: 0 current, 0 stale, 0 damaged, 5 missing" in line
                for line in lines), done.stdout

@@ -67,16 +67,25 @@ def test_training_learns_an_easy_task():
     assert after["auc"] >= 0.95 and after["accuracy"] >= max(0.8, before + 0.2)
 
 
-def test_mixed_precision_learns_the_easy_task_with_float32_weights_and_low_precision_activations():
-    """The gpu profile's autocast, here with bfloat16 on the CPU: same recipe, same result, weights stay float32."""
+ON_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: the float16 + GradScaler branch "
+                             "runs on a GPU machine")
+DEVICES = ["cpu", pytest.param("cuda", marks=ON_CUDA)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_mixed_precision_learns_the_easy_task_with_float32_weights_and_low_precision_activations(device):
+    """The gpu profile's autocast: bfloat16 on the CPU, float16 with gradient scaling on CUDA. Same recipe, same
+    result, weights stay float32."""
+    device = torch.device(device)
     model = _tiny_cnn()
     seen = []
     model[0].register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
     train, val = _easy_task(seed=0), _easy_task(seed=1)
     training.train_classifier(model, train, val, epochs=15, batch_size=16, lr=0.01, weight_decay=0.0, seed=0,
-                              device=CPU, progress=False, mixed_precision=True)
-    assert torch.bfloat16 in seen and all(p.dtype == torch.float32 for p in model.parameters())
-    after = training.evaluate(model, val, CPU)
+                              device=device, progress=False, mixed_precision=True)
+    low = torch.float16 if device.type == "cuda" else torch.bfloat16
+    assert low in seen and all(p.dtype == torch.float32 for p in model.parameters())
+    after = training.evaluate(model, val, device)
     assert after["auc"] >= 0.95 and after["accuracy"] >= 0.8
 
 
