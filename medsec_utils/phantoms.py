@@ -15,8 +15,8 @@ them say nothing about clinical performance. Labels are 0 = Normal and 1 = Patho
 
 Each image depends only on ``(modality, seed, size, index)``, so a shorter set is a prefix of a longer
 one. Geometry is drawn in normalised coordinates (-1 to 1 across the image), so a phantom looks the same
-at every size. Images come in patients of one to three images that share anatomy, label and severity,
-like repeat studies. The models of the three modalities are in ``_phantom_models``, the drawing helpers
+at every size. Images come in patients of one to three images that share anatomy (histology: the stain and
+tissue grade of one slide, in other fields of view), label and severity, like repeat studies. The models of the three modalities are in ``_phantom_models``, the drawing helpers
 they share in ``_phantom_geometry``.
 """
 

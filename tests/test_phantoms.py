@@ -100,12 +100,30 @@ def test_labels_are_balanced_and_per_patient(sets: dict[str, PhantomSet], modali
         assert len(set(made.labels[indices].tolist())) == 1, "one label per patient"
 
 
+# A patient's repeat images are more alike than two patients' images of the same class, in what a patient keeps
+# from study to study: the anatomy (pixel correlation) of an X-ray or CT, the stain (mean colour) of a histology
+# slide, whose fields of view differ. Share of (same patient, two patients) comparisons the same patient wins;
+# measured at seed 3, 32 px: chest X-ray 0.75, CT 0.99, histology 0.92 (0.5: no patient in the images).
+ALIKE = {"chest_xray": ("correlation", 0.7), "ct": ("correlation", 0.9), "histology": ("stain", 0.85)}
+
+
 @pytest.mark.parametrize("modality", MODALITIES)
-def test_repeat_images_differ_but_share_anatomy(sets: dict[str, PhantomSet], modality: str) -> None:
+def test_repeat_images_differ_but_share_their_patient(sets: dict[str, PhantomSet], modality: str) -> None:
     made = sets[modality]
-    repeats = [indices for indices in _grouped(made.patient_ids).values() if len(indices) > 1]
-    for first, second in (indices[:2] for indices in repeats[:10]):
-        assert not np.array_equal(made.images[first], made.images[second])
+    repeats = [indices[:2] for indices in _grouped(made.patient_ids).values() if len(indices) > 1]
+    assert len(repeats) >= 30 and not any(np.array_equal(made.images[a], made.images[b]) for a, b in repeats)
+    pixels = made.images.reshape(len(made.images), -1).astype(float)
+    if ALIKE[modality][0] == "correlation":
+        z = (pixels - pixels.mean(1, keepdims=True)) / pixels.std(1, keepdims=True)
+        alike = lambda a, b: float((z[a] * z[b]).mean())  # noqa: E731
+    else:
+        colour = made.images.reshape(len(made.images), -1, 3).astype(float).mean(1)
+        alike = lambda a, b: -float(np.linalg.norm(colour[a] - colour[b]))  # noqa: E731
+    others = [(a, b) for a in range(len(pixels)) for b in range(a + 1, len(pixels))
+              if made.patient_ids[a] != made.patient_ids[b] and made.labels[a] == made.labels[b]]
+    same = np.array([alike(a, b) for a, b in repeats])
+    other = np.array([alike(a, b) for a, b in others])
+    assert (same[:, None] > other[None, :]).mean() >= ALIKE[modality][1]
 
 
 @pytest.mark.parametrize(
