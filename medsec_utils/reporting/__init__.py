@@ -10,8 +10,9 @@ page's provenance covers the code that page used.
 
 from .chapter import Chapter, open_chapter
 from .common import (CLASS_NAMES, PHANTOM_NOTICE, ci_cell, data_label, data_notice, dataset_fields, kinds_table,
-                     labelled, phantom_verdict_notice, results_table, step_provenance, verdict)
+                     labelled, phantom_verdict_notice, results_table, self_check, step_provenance, verdict)
 from .provenance import Run
 
 __all__ = ["CLASS_NAMES", "PHANTOM_NOTICE", "Chapter", "Run", "ci_cell", "data_label", "data_notice", "dataset_fields",
-           "kinds_table", "labelled", "open_chapter", "phantom_verdict_notice", "results_table", "step_provenance", "verdict"]
+           "kinds_table", "labelled", "open_chapter", "phantom_verdict_notice", "results_table", "self_check", "step_provenance",
+           "verdict"]

@@ -14,7 +14,7 @@ from .. import metrics
 from ..attacks import ATTACKS, AttackOutcome, attack_parameters, budgeted_attacks
 from ..data import ImageSet
 from ..store import Step, StepResult
-from .common import CLASS_NAMES, data_label, dataset_fields, labelled, phantom_banner, results_table, show_image
+from .common import CLASS_NAMES, data_label, dataset_fields, labelled, phantom_banner, results_table, show_image, within
 
 Budgeted = tuple[str, str, float | None]  # (data set label, attack, budget or None)
 
@@ -265,3 +265,13 @@ def undefended_percent(rows: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
 
 def _budget(attack: str, epsilon: float) -> float | None:
     return epsilon if ATTACKS[attack].budgeted else None
+
+
+def invariants(records: list[dict[str, Any]]) -> dict[str, bool]:
+    """Chapter 2's self-check: robust accuracy inside its interval and never above clean accuracy (an attack only
+    moves images the model got right), flips no more than the attacked images."""
+    return {"robust accuracy inside its interval in [0, 1]": all(
+                within(r["robust_accuracy"], *r["robust_accuracy_ci"]) for r in records),
+            "robust accuracy at most clean": all(r["robust_accuracy"] <= r["clean_accuracy"] for r in records),
+            "flips at most the attacked images": all(0 <= r["n_flipped"] <= r["n_attacked"] <= r["n"]
+                                                     for r in records)}

@@ -13,7 +13,7 @@ from .. import paper
 from ..data import ImageSet
 from ..store import StepResult
 from ..steps import step_name
-from .common import data_label, dataset_fields, labelled, phantom_banner
+from .common import data_label, dataset_fields, labelled, phantom_banner, within
 
 if TYPE_CHECKING:
     from .chapter import Chapter
@@ -156,3 +156,13 @@ def beside_pneumoniamnist(records: list[dict[str, Any]], settings: dict[str, Any
            "accuracy": frame["test_accuracy"].mean(), "auc": frame["test_auc"].mean(), "seeds": len(frame),
            "accuracy sd": frame["test_accuracy"].std(ddof=1), "auc sd": frame["test_auc"].std(ddof=1)}
     return pd.concat([published, pd.DataFrame([row])], ignore_index=True).set_index("source").round(3)
+
+
+def invariants(records: list[dict[str, Any]]) -> dict[str, bool]:
+    """Chapter 1's self-check: every classifier's test accuracy, balanced accuracy and AUC inside their 95 %
+    intervals within [0, 1], on every test image."""
+    return {"accuracy, balanced accuracy and AUC inside their intervals in [0, 1]": all(
+                within(r[f"test_{m}"], *r[f"test_{m}_ci"]) for r in records for m in ("accuracy", "balanced_accuracy",
+                                                                                       "auc")),
+            "the confusion matrix counts every test image": all(
+                sum(map(sum, r["test_confusion_matrix"])) == r["n_test"] for r in records)}

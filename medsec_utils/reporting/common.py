@@ -8,6 +8,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 import pandas as pd
 import torch
+from IPython.display import Markdown
 
 from ..data import ImageSet
 
@@ -113,3 +114,18 @@ def show_image(ax: plt.Axes, image: torch.Tensor, title: str) -> None:
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(title, fontsize=7)
+
+
+def self_check(checks: Mapping[str, bool]) -> Markdown:
+    """A chapter's self-check: invariants its results must satisfy in every profile (accuracy within [0, 1],
+    an estimate inside its interval, robust accuracy at most clean ...), named. One line when all hold; an
+    ``AssertionError`` naming each one that does not, so a page run under nbval fails when its science breaks."""
+    failed = [name for name, ok in checks.items() if not ok]
+    if failed:
+        raise AssertionError(f"self-check failed ({len(failed)} of {len(checks)}): " + "; ".join(failed))
+    return Markdown(f"**Self-check:** all {len(checks)} invariants hold ({'; '.join(checks)}).")
+
+
+def within(value: float, low: float, high: float) -> bool:
+    """``low <= value <= high`` inside [0, 1]: an estimate of a share within its interval (NaN fails)."""
+    return 0.0 <= low <= value <= high <= 1.0

@@ -15,7 +15,7 @@ from .. import metrics
 from ..data import ImageSet
 from ..steps.defenses import BARE, DETECTOR_AWARE, THREAT_MODELS, score_cell
 from ..store import Step, StepResult
-from .common import ci_cell, data_label, dataset_fields, labelled, phantom_banner, verdict
+from .common import ci_cell, data_label, dataset_fields, labelled, phantom_banner, verdict, within
 
 
 def defense_record(images: ImageSet, model: nn.Module, defense: str, attack: str, threat_model: str,
@@ -278,3 +278,16 @@ def at_matched_budgets(budget_records: list[dict[str, Any]], study: pd.DataFrame
         return matches
     keep = pd.MultiIndex.from_frame(matches[matches["matched"]][["dataset", "epsilon_255"]])
     return cells[pd.MultiIndex.from_frame(cells[["dataset", "epsilon_255"]]).isin(keep)].reset_index(drop=True)
+
+
+def invariants(records: list[dict[str, Any]], cells: dict[str, pd.DataFrame]) -> dict[str, bool]:
+    """Chapter 3's self-check: every cell's accuracy inside its interval, counts within the images, and every cell
+    of the study's Table 1 that this run made judged with a verdict, under each threat model."""
+    made = {t: len(frame) for t, frame in cells.items()}
+    return {"accuracy inside its interval in [0, 1]": all(within(r["accuracy"], r["ci_low"], r["ci_high"])
+                                                          for r in records),
+            "correct and changed images within the images": all(
+                0 <= r["n_correct"] <= r["n"] and 0 <= r["n_adversarial"] <= r["n"] for r in records),
+            "every Table 1 cell made has a verdict": all(
+                made[t] > 0 and set(frame["verdict"]) <= set(VERDICTS) for t, frame in cells.items())
+            and len(set(made.values())) == 1}

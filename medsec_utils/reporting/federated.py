@@ -287,3 +287,14 @@ def _homogeneity_verdict(table: pd.DataFrame) -> dict[str, str]:
     outcome = "not reproduced" if rho <= 0 else "reproduced" if p < 0.05 else "inconclusive (p >= 0.05)"
     return {"finding": finding, "verdict": outcome,
             "evidence": f"Spearman rho {rho:.2f} (p = {p:.2g}) over {len(usable)} federations, heterogeneity as {x}"}
+
+
+def invariants(records: list[dict[str, Any]], fl_epochs: int) -> dict[str, bool]:
+    """Chapter 5's self-check: FIDs not negative, every FedAvg run as many rounds as its period gives for
+    ``fl_epochs`` local epochs, every site holding images."""
+    fids = [r for r in records if r["section"] == "federated"]
+    return {"FID not negative": all(r["fid"] >= -1e-9 for r in fids),
+            "each FedAvg run its rounds": all(r["rounds"] == fl_epochs // r["local_epochs"]
+                                              for r in records if r["section"] == "communication"),
+            "every site holds images": all(r["n_site_0"] > 0 and r["n_site_1"] > 0
+                                           for r in records if r["section"] == "heterogeneity")}

@@ -24,7 +24,7 @@ from ..steps import step_name
 from ..steps.synthetic_images import CLASS_STEPS, FEATURE_CHECK, QUALITY, REPLACEMENT, stored_samples
 from ..store import StepResult
 from ..synthetic_eval import FLOOR, quality_targets, steps_to_reach, training_seconds
-from .common import CLASS_NAMES, ci_cell, dataset_fields, labelled, phantom_banner, show_image, verdict
+from .common import CLASS_NAMES, ci_cell, dataset_fields, labelled, phantom_banner, show_image, verdict, within
 
 Records = list[dict[str, Any]]
 QUALITY_COLUMNS = ["fid", "fid_relative", "kid", "kid_std", "precision", "recall", "n_samples", "n_real",
@@ -518,3 +518,18 @@ def audit_record(images: ImageSet, generator: str, space: str, audit: dict[str, 
             "median_synthetic_distance": float(np.median(audit["synthetic_distance"])),
             "median_heldout_distance": float(np.median(audit["heldout_distance"])),
             **{key: audit[key] for key in ("n_synthetic", "n_heldout", "n_train")}}
+
+
+def invariants(records: Records) -> dict[str, bool]:
+    """Chapter 4's self-check: FID not negative (KID, an unbiased estimate, may dip below 0 near the floor),
+    precision and recall in [0, 1], replacement accuracies inside their intervals, near-copies within the audited
+    images."""
+    by = {name: section(records, name) for name in ("quality", "class_quality", "replacement", "audit")}
+    shares = ["precision", "recall"]
+    return {"FID not negative": bool((by["quality"]["fid"] >= -1e-9).all()),
+            "precision and recall in [0, 1]": all(((frame[shares] >= 0) & (frame[shares] <= 1)).all().all()
+                                                  for frame in (by["quality"], by["class_quality"])),
+            "replacement accuracy inside its interval in [0, 1]": all(
+                within(r.accuracy, r.ci_low, r.ci_high) for r in by["replacement"].itertuples()),
+            "near-copies within the audited images": all(
+                0 <= r.n_near_copies <= r.n_synthetic for r in by["audit"].itertuples())}
