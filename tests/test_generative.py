@@ -274,6 +274,24 @@ def test_each_generator_trains_and_samples_reproducibly_in_the_image_range(kind)
     assert generative.sample(generator, 0, seed=1, device=CPU).numel() == 0
 
 
+@pytest.mark.parametrize(("kind", "steps"), [("dcgan", 600), ("progan", 60)])
+def test_a_gan_learns_what_its_images_look_like(kind, steps):
+    """Trained on bright, nearly uniform images (mean 0.85), a GAN's samples move from its untrained mid-grey to their
+    brightness: more than weights changing, the losses push the right way (a generator loss of the wrong sign
+    fails). The DDPM's part of this is its falling denoising loss, below."""
+    settings = {**SETTINGS, "gan_steps": steps, "progan_steps_per_level": steps, "gan_augment": "translation,cutout",
+                "progan_augment": "", "batch_size": 16}
+    images = (0.85 + 0.03 * torch.randn(64, 1, 16, 16, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    torch.manual_seed(0)
+    generator, discriminator = generative.build_generative(kind, 1, 16, settings)
+    untrained = float(generative.sample(generator, 32, seed=1, device=CPU).mean())
+    entry = generative.GENERATORS[kind]
+    entry.train(generator, discriminator, images, settings, epochs=generative.epochs_for(steps, 64, 16),
+                batch_size=16, seed=0, device=CPU, progress=False, checkpoint=None)
+    trained = float(generative.sample(generator, 32, seed=1, device=CPU).mean())
+    assert abs(untrained - 0.85) > 0.3 and abs(trained - 0.85) < 0.05, (untrained, trained)
+
+
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason="no CUDA device: the float16 + GradScaler branch runs on a GPU machine"))])
 def test_ddpm_trains_under_mixed_precision_with_float32_weights_and_low_precision_activations(device):
