@@ -1,6 +1,7 @@
 """The artefact cache: keys, completeness markers, atomic writes, fingerprints."""
 
 import copy
+import hashlib
 import json
 
 import numpy as np
@@ -106,3 +107,80 @@ def test_fingerprints_tell_models_and_folders_apart_by_content(tmp_path):
     assert cache.folder_fingerprint(folder) == cache.folder_fingerprint(copied)  # marker or files: same content
     (copied / "w.pt").write_bytes(b"other")
     assert cache.folder_fingerprint(folder) != cache.folder_fingerprint(copied)
+
+
+# Killing the survivors of a mutation run (benchmarks/mutation_scores.md): what a mutant changed, a test now sees.
+
+def test_the_cache_lives_in_the_users_cache_folder_unless_medsec_cache_names_one(tmp_path, monkeypatch):
+    monkeypatch.delenv(cache.CACHE_ENV, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert cache.cache_root() == tmp_path / ".cache" / "medsec"
+    monkeypatch.setenv(cache.CACHE_ENV, "~/elsewhere")
+    assert cache.cache_root() == tmp_path / "elsewhere"
+
+
+def test_a_key_takes_values_json_cannot_hold_by_their_text(tmp_path):
+    assert cache.artefact_key({"weights": tmp_path / "w.pt"}) == cache.artefact_key({"weights": str(tmp_path / "w.pt")})
+
+
+def test_module_names_and_fingerprints_cover_exactly_the_named_modules():
+    assert cache.module_name(cache.PACKAGE_DIR / "reporting" / "federated.py") == "reporting.federated"
+    assert cache.module_name(cache.PACKAGE_DIR / "federated" / "__init__.py") == "federated"
+    assert list(cache.code_fingerprint("metrics")) == ["metrics"]
+    generative = cache.code_fingerprint("generative")
+    assert {"generative", "generative.dcgan", "generative._loop"} <= set(generative)
+    assert all(name == "generative" or name.startswith("generative.") for name in generative)
+    assert set(cache.code_fingerprint()) > set(generative) | {"metrics"}
+    digest = cache.code_fingerprint("metrics")["metrics"]
+    assert digest == hashlib.sha256((cache.PACKAGE_DIR / "metrics.py").read_bytes()).hexdigest()[:12]
+    assert cache.module_digests(["metrics", "no_such_module"]) == {"metrics": digest, "no_such_module": None}
+    with pytest.raises(KeyError, match="no medsec_utils module nowhere"):
+        cache.code_fingerprint("nowhere")
+
+
+def test_fingerprints_tell_names_classes_and_file_bytes_apart(tmp_path):
+    a, b = torch.zeros(2), torch.ones(2)
+    assert cache.tensor_fingerprint({"x": a}) != cache.tensor_fingerprint({"y": a}) != cache.tensor_fingerprint(a)
+    assert cache.tensor_fingerprint(a) != cache.tensor_fingerprint(b)
+    assert cache.module_fingerprint(torch.nn.ReLU()) != cache.module_fingerprint(torch.nn.ReLU6())
+    first, second = tmp_path / "a.bin", tmp_path / "b.bin"
+    first.write_bytes(b"weights")
+    second.write_bytes(b"weights")
+    assert cache.file_fingerprint(first) == cache.file_fingerprint(second) == cache._sha256(first)[:20]
+    second.write_bytes(b"weightz")
+    assert cache.file_fingerprint(first) != cache.file_fingerprint(second)
+
+
+def test_is_cached_answers_without_producing_and_discard_removes_a_file_once(tmp_path):
+    parts = {"x": 1}
+    assert not cache.is_cached("thing", parts, root=tmp_path)
+    cache.cached("thing", parts, lambda folder: (folder / "out.txt").write_text("made"), root=tmp_path)
+    assert cache.is_cached("thing", parts, root=tmp_path) and not cache.is_cached("thing", {"x": 2}, root=tmp_path)
+    target = tmp_path / "gone.txt"
+    target.write_text("x")
+    cache.discard(target)
+    cache.discard(target)  # a second discard of a missing file is no error
+    assert not target.exists()
+
+
+def test_atomic_writes_leave_the_content_readable_by_all_and_no_temporary_file(tmp_path):
+    folder = tmp_path / "a" / "b"  # folders made as needed
+    cache.write_json_atomic(folder / "record.json", {"b": [1, 2]})
+    cache.write_text_atomic(folder / "note.txt", "text")
+    assert json.loads((folder / "record.json").read_text()) == {"b": [1, 2]}
+    assert (folder / "note.txt").read_text() == "text"
+    assert sorted(p.name for p in folder.iterdir()) == ["note.txt", "record.json"]
+    assert {(p.stat().st_mode & 0o777) for p in folder.iterdir()} == {0o644}  # shared artefacts, not mkstemp's 0600
+    with pytest.raises((AttributeError, TypeError), match="pickle"):
+        cache.torch_save_atomic(lambda: 0, folder / "bad.pt")  # a failed write leaves nothing behind
+    assert sorted(p.name for p in folder.iterdir()) == ["note.txt", "record.json"]
+
+
+def test_memoised_values_are_kept_per_kind_and_parts_with_how_long_they_took(tmp_path):
+    first, _ = cache.memoised("sums", {"n": 1}, lambda: 1, root=tmp_path)
+    second, hit = cache.memoised("sums", {"n": 2}, lambda: 2, root=tmp_path)
+    assert (first, second, hit) == (1, 2, False)
+    markers = [json.loads(p.read_text()) for p in (tmp_path / "sums").glob(f"*/{cache.MARKER}")]
+    assert len(markers) == 2 and all(m["kind"] == "sums" and 0 <= m["seconds"] < 1 for m in markers)
+    cache.write_json_atomic(tmp_path / "paths.json", {"weights": tmp_path / "w.pt"})
+    assert json.loads((tmp_path / "paths.json").read_text()) == {"weights": str(tmp_path / "w.pt")}
