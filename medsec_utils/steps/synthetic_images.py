@@ -34,8 +34,9 @@ Need = tuple[str, dict[str, Any], dict[str, float]]
 
 
 def steps(sets: list[ImageSet], settings: dict[str, Any], params: dict[str, Any], device: torch.device) -> list[Step]:
-    """Per data set: the feature check; for each kind of ``params["generators"]`` its two class steps and, for a
-    replacement generator, its replacement step; the quality step last."""
+    """Per data set: the feature check; the replacement experiment's real training set; for each kind of
+    ``params["generators"]`` its two class steps and, for a replacement generator, its synthetic and mixed training
+    sets right after them; the quality step last."""
     seed, weights = params["seed"], params.get("weights")
     made = []
     for images in sets:
