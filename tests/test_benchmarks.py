@@ -91,3 +91,17 @@ def test_bench_classifier_seeds_prints_each_seed_and_the_spread_of_both_ways_to_
     for row in summary:
         accuracy_mean, accuracy_sd = float(row[3]), float(row[4])
         assert 0 <= accuracy_mean <= 1 and 0 <= accuracy_sd <= 1, row
+
+
+def test_bench_dp_prints_a_step_time_and_ratio_per_mode():
+    """The plain step is the unit (ratio 1.0) and every Opacus mode asked for gets a positive time and ratio."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_dp.py"), "--size", "16", "--batch", "2",
+                          "--modes", "functorch"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = {line.rsplit(None, 2)[0]: [float(v) for v in line.split()[-2:]] for line in run.stdout.splitlines()
+            if line.startswith(("plain SGD", "DP-SGD"))}
+    assert set(rows) == {"plain SGD", "DP-SGD, functorch"}
+    assert rows["plain SGD"][1] == 1.0
+    seconds, ratio = rows["DP-SGD, functorch"]
+    assert seconds > 0 and ratio > 1  # per-image gradients, clipping and noise cost more than a plain step

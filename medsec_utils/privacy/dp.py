@@ -1,0 +1,162 @@
+"""Differentially private training (DP-SGD, Abadi et al., ACM CCS 2016) with Opacus, the yardstick the privacy
+chapter holds synthetic images against.
+
+DP-SGD clips each image's gradient to ``max_grad_norm`` and adds Gaussian noise to their sum; Opacus picks the
+noise multiplier that spends exactly the budget (epsilon, delta) over the run's steps with Poisson-sampled batches,
+by its Renyi-DP accountant (Mironov 2017; Mironov, Talwar & Zhang 2019). Batch norm mixes the images of a batch,
+so no per-image gradient exists: :func:`dp_compatible` swaps every batch norm of a timm model for a group norm
+with the same activation, and says which it swapped.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from timm.layers.norm_act import BatchNormAct2d, GroupNormAct
+from torch import nn
+from tqdm import tqdm
+
+MAX_GROUPS = 32  # group norm groups: the largest divisor of the channels up to this (Wu & He 2018 use 32)
+GRAD_SAMPLE_MODE = "functorch"  # per-image gradients by torch.func.vmap: see benchmarks/bench_dp.py
+
+
+@dataclass(frozen=True)
+class PrivacySpent:
+    """The guarantee a DP-SGD run has: ``(epsilon, delta)`` after ``steps`` steps of Poisson-sampled batches at
+    ``sample_rate`` with ``noise_multiplier`` and per-image clipping at ``max_grad_norm``; ``opacus`` its version."""
+
+    epsilon: float
+    delta: float
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    max_grad_norm: float
+    opacus: str
+
+
+def check_privacy_budget(epsilon: float, delta: float, n_train: int) -> None:
+    """Refuse a budget no training should start with, in one line naming the parameter and what is accepted:
+    epsilon must be a positive finite number, delta in (0, 1) and below 1 / n (a larger delta allows publishing
+    whole training images outright with that probability)."""
+    if not (isinstance(epsilon, (int, float)) and math.isfinite(epsilon) and epsilon > 0):
+        raise ValueError(f"epsilon {epsilon!r}: give a positive finite privacy budget (for example 1, 3 or 8)")
+    if not (isinstance(delta, (int, float)) and 0 < delta < 1):
+        raise ValueError(f"delta {delta!r}: give a probability in (0, 1), below 1 / n = 1 / {n_train}")
+    if delta >= 1 / n_train:
+        raise ValueError(f"delta {delta:g}: must be below 1 / n = {1 / n_train:.2g} for {n_train} training images "
+                         f"(for example {10 ** math.floor(math.log10(1 / n_train) - 1):g})")
+
+
+def dp_compatible(model: nn.Module) -> tuple[nn.Module, list[str]]:
+    """``model`` with every batch norm replaced by a group norm of the same channels, affine weights and activation
+    (timm's ``BatchNormAct2d`` by ``GroupNormAct``) and every in-place activation made out-of-place, in place; and
+    what was changed, in words.
+
+    Raises:
+        ValueError: a layer Opacus still cannot compute per-image gradients for, named.
+    """
+    from opacus.validators import ModuleValidator
+
+    replaced: dict[str, int] = {}
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, nn.BatchNorm2d):
+                setattr(module, child_name, _group_norm_like(child))
+                kind = type(child).__name__
+                replaced[kind] = replaced.get(kind, 0) + 1
+    in_place = [m for m in model.modules() if getattr(m, "inplace", False) is True]
+    for module in in_place:  # Opacus' backward hooks forbid changing a hooked layer's output in place
+        module.inplace = False
+    errors = ModuleValidator.validate(model, strict=False)
+    if errors:
+        raise ValueError(f"{type(model).__name__}: Opacus cannot train {errors[0]}; replace that layer")
+    changes = [f"{count} {kind} -> GroupNorm (up to {MAX_GROUPS} groups, same affine weights and activation)"
+               for kind, count in replaced.items()]
+    if in_place:
+        changes.append(f"{len(in_place)} in-place activations made out-of-place (Opacus' hooks need their outputs)")
+    return model, changes
+
+
+def _group_norm_like(norm: nn.BatchNorm2d) -> nn.Module:
+    channels = norm.num_features
+    groups = math.gcd(channels, MAX_GROUPS)
+    if isinstance(norm, BatchNormAct2d):
+        made = GroupNormAct(channels, num_groups=groups, eps=norm.eps, affine=norm.affine, apply_act=False)
+        made.act, made.drop = norm.act, norm.drop
+    else:
+        made = nn.GroupNorm(groups, channels, eps=norm.eps, affine=norm.affine)
+    if norm.affine:
+        made.weight.data.copy_(norm.weight.data)
+        made.bias.data.copy_(norm.bias.data)
+    return made
+
+
+def train_dp_classifier(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], *, epsilon: float, delta: float,
+                        epochs: int, batch_size: int, lr: float, max_grad_norm: float, seed: int, device: torch.device,
+                        progress: bool = True) -> tuple[list[dict[str, float]], PrivacySpent]:
+    """Train ``model`` (made :func:`dp_compatible` first) with DP-SGD to the budget ``(epsilon, delta)`` over
+    ``epochs``: Poisson-sampled batches of ``batch_size`` images on average, per-image clipping, SGD with momentum
+    0.9, cross-entropy. Returns one record per epoch and the guarantee spent (from Opacus' accountant).
+
+    Raises:
+        ValueError: a budget :func:`check_privacy_budget` refuses, before anything is trained.
+    """
+    import opacus
+    from opacus import PrivacyEngine
+
+    x, y = train
+    check_privacy_budget(epsilon, delta, len(x))
+    torch.manual_seed(seed)
+    model = model.to(device).to(memory_format=torch.contiguous_format).train()
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=batch_size, shuffle=True,
+                                         generator=torch.Generator().manual_seed(seed))
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    engine = PrivacyEngine(accountant="rdp", secure_mode=False)
+    private, optimizer, loader = engine.make_private_with_epsilon(
+        module=model, optimizer=optimizer, data_loader=loader, target_epsilon=epsilon, target_delta=delta,
+        epochs=epochs, max_grad_norm=max_grad_norm, grad_sample_mode=GRAD_SAMPLE_MODE, noise_generator=torch.Generator(device).manual_seed(seed))
+    history, steps = [], 0
+    bar = tqdm(total=epochs * len(loader), desc=f"DP-SGD eps={epsilon:g}", disable=not progress, mininterval=5,
+               unit="batch")
+    for epoch in range(epochs):
+        started, losses = time.perf_counter(), []
+        for images, labels in loader:
+            optimizer.zero_grad(set_to_none=True)
+            if len(images):  # Poisson sampling can draw an empty batch; Opacus still takes (and accounts) the step
+                loss = F.cross_entropy(private(images.to(device)), labels.to(device))
+                loss.backward()
+                losses.append(loss.item())
+            optimizer.step()
+            steps += 1
+            bar.update()
+        history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else float("nan"),
+                        "epsilon": engine.get_epsilon(delta), "seconds": time.perf_counter() - started})
+    bar.close()
+    spent = PrivacySpent(epsilon=engine.get_epsilon(delta), delta=delta, noise_multiplier=optimizer.noise_multiplier,
+                         sample_rate=1 / len(loader), steps=steps, max_grad_norm=max_grad_norm,
+                         opacus=opacus.__version__)
+    private.remove_hooks()  # leave ``model`` a plain module again (its weights were trained in place)
+    return history, spent
+
+
+def privacy_spent(noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> float:
+    """Epsilon of ``steps`` Poisson-sampled Gaussian steps by Opacus' RDP accountant (what :func:`train_dp_classifier`
+    reports), for a plan or a check without training."""
+    from opacus.accountants import RDPAccountant
+
+    accountant = RDPAccountant()
+    accountant.history = [(noise_multiplier, sample_rate, steps)]
+    return float(accountant.get_epsilon(delta))
+
+
+def describe(spent: PrivacySpent) -> dict[str, Any]:
+    """The guarantee as a flat record for tables and the run record."""
+    return {"epsilon": spent.epsilon, "delta": spent.delta, "noise_multiplier": spent.noise_multiplier,
+            "sample_rate": spent.sample_rate, "steps": spent.steps, "max_grad_norm": spent.max_grad_norm,
+            "opacus": spent.opacus}
