@@ -47,6 +47,13 @@ def _register(name: str, target: str, observes: str) -> Callable[[Callable[..., 
     return add
 
 
+@torch.no_grad()
+def model_logits(model: torch.nn.Module, x: torch.Tensor, device: torch.device, batch_size: int = 128) -> torch.Tensor:
+    """``model``'s logits on images ``x`` in [0, 1] (eval mode, on the CPU), all an output-observing attack reads."""
+    model.to(device).eval()
+    return torch.cat([model(x[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)])
+
+
 def true_class_confidence(logits: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
     """Carlini et al.'s logit-scaled confidence log(p_y / (1 - p_y)) = z_y - logsumexp(z_other), computed from
     the logits so that it stays finite where p_y rounds to 1."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,10 @@ from torch import nn
 from tqdm import tqdm
 
 MAX_GROUPS = 32  # group norm groups: the largest divisor of the channels up to this (Wu & He 2018 use 32)
+QUIET = ("Secure RNG turned off", "Optimal order is the largest alpha", "Full backward hook is firing")  # Opacus'
+# notices: the noise is seeded on purpose (secure_mode would make a run unrepeatable); the RDP orders reach 63, and a
+# larger one would tighten, never loosen, the epsilon reported; the hook fires on the first layer's output as designed
+DP_STEP_COST = 4.8  # a DP-SGD image costs this many plain training images (benchmarks/bench_dp.py, functorch)
 GRAD_SAMPLE_MODE = "functorch"  # per-image gradients by torch.func.vmap: see benchmarks/bench_dp.py
 
 
@@ -117,13 +122,26 @@ def train_dp_classifier(model: nn.Module, train: tuple[torch.Tensor, torch.Tenso
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=batch_size, shuffle=True,
                                          generator=torch.Generator().manual_seed(seed))
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-    engine = PrivacyEngine(accountant="rdp", secure_mode=False)
-    private, optimizer, loader = engine.make_private_with_epsilon(
-        module=model, optimizer=optimizer, data_loader=loader, target_epsilon=epsilon, target_delta=delta,
-        epochs=epochs, max_grad_norm=max_grad_norm, grad_sample_mode=GRAD_SAMPLE_MODE, noise_generator=torch.Generator(device).manual_seed(seed))
-    history, steps = [], 0
-    bar = tqdm(total=epochs * len(loader), desc=f"DP-SGD eps={epsilon:g}", disable=not progress, mininterval=5,
-               unit="batch")
+    engine = PrivacyEngine(accountant="rdp", secure_mode=False)  # seeded noise: a research run must rerun alike
+    with warnings.catch_warnings():
+        for known in QUIET:
+            warnings.filterwarnings("ignore", message=known)
+        private, optimizer, loader = engine.make_private_with_epsilon(
+            module=model, optimizer=optimizer, data_loader=loader, target_epsilon=epsilon, target_delta=delta,
+            epochs=epochs, max_grad_norm=max_grad_norm, grad_sample_mode=GRAD_SAMPLE_MODE,
+            noise_generator=torch.Generator(device).manual_seed(seed))
+        history = _train(private, optimizer, loader, engine, epochs, delta, device, progress, f"DP-SGD eps={epsilon:g}")
+        spent = PrivacySpent(epsilon=engine.get_epsilon(delta), delta=delta,
+                             noise_multiplier=optimizer.noise_multiplier, sample_rate=1 / len(loader),
+                             steps=len(loader) * epochs, max_grad_norm=max_grad_norm, opacus=opacus.__version__)
+    private.remove_hooks()  # leave ``model`` a plain module again (its weights were trained in place)
+    return history, spent
+
+
+def _train(private: nn.Module, optimizer: Any, loader: Any, engine: Any, epochs: int, delta: float,
+           device: torch.device, progress: bool, desc: str) -> list[dict[str, float]]:
+    history = []
+    bar = tqdm(total=epochs * len(loader), desc=desc, disable=not progress, mininterval=5, unit="batch")
     for epoch in range(epochs):
         started, losses = time.perf_counter(), []
         for images, labels in loader:
@@ -133,16 +151,11 @@ def train_dp_classifier(model: nn.Module, train: tuple[torch.Tensor, torch.Tenso
                 loss.backward()
                 losses.append(loss.item())
             optimizer.step()
-            steps += 1
             bar.update()
         history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else float("nan"),
                         "epsilon": engine.get_epsilon(delta), "seconds": time.perf_counter() - started})
     bar.close()
-    spent = PrivacySpent(epsilon=engine.get_epsilon(delta), delta=delta, noise_multiplier=optimizer.noise_multiplier,
-                         sample_rate=1 / len(loader), steps=steps, max_grad_norm=max_grad_norm,
-                         opacus=opacus.__version__)
-    private.remove_hooks()  # leave ``model`` a plain module again (its weights were trained in place)
-    return history, spent
+    return history
 
 
 def privacy_spent(noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> float:

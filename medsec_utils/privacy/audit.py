@@ -1,0 +1,123 @@
+"""The classifier audit of one data set: every output attack on every model, from the models' logits alone.
+
+Each of the ``K`` membership models is attacked in turn with the other ``K - 1`` as its shadow models, and the
+scores of all targets are pooled before they are judged (Carlini et al.'s protocol): ``K`` times the images, each
+scored by a model that did and by one that did not train on it. The pooled scores are not independent across
+targets, so their bootstrap intervals are somewhat narrow. A DP model trained on model 0's half is attacked with
+models 1 to ``K - 1`` as shadows; they were trained without DP, unlike the target, so LiRA's reference is the
+attacker's best guess, not a copy of the target's training. Where a patient has several images, membership is
+also judged per patient, on the mean score of their images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from .attacks import MEMBERSHIP_ATTACKS
+from .membership import FPR_POINTS, AttackReport, evaluate_scores
+
+OUTPUT_ATTACKS = ("loss", "lira_offline", "lira_online")
+
+
+def audit(logits: torch.Tensor, private: Mapping[float, torch.Tensor], labels: torch.Tensor, inside: np.ndarray,
+          patients: np.ndarray, *, n_boot: int, seed: int) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
+    """Records (one per target, attack and unit; and LiRA against the number of shadow models) and the ROC of each
+    image-level attack as arrays ``roc/<target>/<attack>/fpr`` and ``.../tpr``.
+
+    Args:
+        logits: ``(K, n, classes)``, the membership models' logits on the ``n`` training images.
+        private: the DP models' logits by epsilon, each trained on model 0's half.
+        labels, patients: of the ``n`` images; ``inside``: bool ``(K, n)``, who trained on what.
+    """
+    count = len(logits)
+    records: list[dict[str, Any]] = []
+    arrays: dict[str, np.ndarray] = {}
+    several = len(np.unique(patients)) < len(patients)
+    targets = {"classifier": [(k, logits[k], [j for j in range(count) if j != k]) for k in range(count)]}
+    targets.update({f"DP eps={e:g}": [(0, z, list(range(1, count)))] for e, z in private.items()})
+    for target, runs in targets.items():
+        for attack in OUTPUT_ATTACKS:
+            members, outsiders, member_patients, outsider_patients = [], [], [], []
+            for k, target_logits, shadows in runs:
+                scores = _scores(attack, target_logits, labels, logits[shadows], inside[shadows])
+                members.append(scores[inside[k]])
+                outsiders.append(scores[~inside[k]])
+                member_patients.append(_by_patient(scores, patients, inside[k]))
+                outsider_patients.append(_by_patient(scores, patients, ~inside[k]))
+            report = evaluate_scores(attack, np.concatenate(members), np.concatenate(outsiders), n_boot=n_boot,
+                                     seed=seed)
+            records.append(_record(report, target, "image"))
+            arrays[f"roc/{target}/{attack}/fpr"], arrays[f"roc/{target}/{attack}/tpr"] = report.roc_fpr, report.roc_tpr
+            if several:
+                records.append(_patient_record(attack, target, np.concatenate(member_patients),
+                                               np.concatenate(outsider_patients), n_boot, seed))
+    records += shadow_curve(logits, labels, inside, n_boot=n_boot, seed=seed)
+    return records, arrays
+
+
+def shadow_curve(logits: torch.Tensor, labels: torch.Tensor, inside: np.ndarray, *, n_boot: int,
+                 seed: int) -> list[dict[str, Any]]:
+    """LiRA on the pooled membership models with ``m`` = 1 to ``K - 1`` shadow models (target ``k``'s next ``m``
+    models in turn), judged on the images that have what the variant needs among them (offline: a shadow model
+    that left the image out; online: one of each); the record says how many that is."""
+    count, made = len(logits), []
+    for online in (False, True):
+        for m in range(1, count):
+            members, outsiders = [], []
+            for k in range(count):
+                shadows = [(k + step) % count for step in range(1, m + 1)]
+                usable = (~inside[shadows]).any(0) & (inside[shadows].any(0) if online else True)
+                if not usable.any():
+                    continue
+                scores = MEMBERSHIP_ATTACKS["lira"].score(logits[k][usable], labels[usable],
+                                                          logits[shadows][:, usable], inside[shadows][:, usable],
+                                                          online=online)
+                members.append(scores[inside[k][usable]])
+                outsiders.append(scores[~inside[k][usable]])
+            judged = sum(map(len, members)) + sum(map(len, outsiders))
+            if not members or not judged:
+                continue
+            try:
+                report = evaluate_scores("lira", np.concatenate(members), np.concatenate(outsiders), n_boot=n_boot,
+                                         seed=seed, fprs=_resolvable(sum(map(len, outsiders))))
+            except ValueError:
+                continue  # too few usable images at this number of shadow models
+            made.append({**_record(report, "classifier", "image"), "attack": "lira_online" if online else
+                         "lira_offline", "shadows": m, "judged": judged})
+    return made
+
+
+def _patient_record(attack: str, target: str, members: np.ndarray, outsiders: np.ndarray, n_boot: int,
+                    seed: int) -> dict[str, Any]:
+    try:
+        report = evaluate_scores(attack, members, outsiders, n_boot=n_boot, seed=seed,
+                                 fprs=_resolvable(len(outsiders)))
+    except ValueError as refused:  # too few patients: said in the record, not dropped silently
+        return {"target": target, "unit": "patient", "attack": attack, "members": len(members),
+                "nonmembers": len(outsiders), "refused": str(refused)}
+    return _record(report, target, "patient")
+
+
+def _scores(attack: str, logits: torch.Tensor, labels: torch.Tensor, shadow_logits: torch.Tensor,
+            shadow_in: np.ndarray) -> np.ndarray:
+    if attack == "loss":
+        return MEMBERSHIP_ATTACKS["loss"].score(logits, labels)
+    return MEMBERSHIP_ATTACKS["lira"].score(logits, labels, shadow_logits, shadow_in, online=attack == "lira_online")
+
+
+def _by_patient(scores: np.ndarray, patients: np.ndarray, chosen: np.ndarray) -> np.ndarray:
+    names, which = np.unique(patients[chosen], return_inverse=True)
+    return np.bincount(which, weights=scores[chosen], minlength=len(names)) / np.bincount(which, minlength=len(names))
+
+
+def _resolvable(n_outsiders: int) -> tuple[float, ...]:
+    """The FPR points a count of non-members can judge (1 % needs 100): fewer patients than images."""
+    return tuple(f for f in FPR_POINTS if n_outsiders * f >= 1 - 1e-9) or (max(FPR_POINTS),)
+
+
+def _record(report: AttackReport, target: str, unit: str) -> dict[str, Any]:
+    return {"target": target, "unit": unit, **report.record()}

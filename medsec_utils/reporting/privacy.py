@@ -1,0 +1,169 @@
+"""Chapter 6 (``06_privacy``): tables, figures and verdicts of the membership audit and the DP-SGD yardstick."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from ..privacy.membership import FPR_POINTS
+from ..store import StepResult
+from ..steps import step_name
+from .common import ci_cell, data_label, phantom_banner, within
+
+if TYPE_CHECKING:
+    from .chapter import Chapter
+
+ATTACK_NAMES = {"loss": "loss threshold (Yeom et al.)", "lira_offline": "LiRA offline", "lira_online": "LiRA online"}
+
+
+def _tpr_name(fpr: float) -> str:
+    return f"tpr@{fpr:.1%}".replace(".0%", "%")
+
+
+def from_steps(chapter: Chapter, results: dict[str, StepResult]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The attack records of every data set (with ``dataset``), and one record per model: its kind (membership
+    model or DP at a budget), test accuracy with its interval and, for DP, the guarantee spent."""
+    attacks, models = [], []
+    for images in chapter.sets:
+        prefix, name = f"06_privacy/{step_name(images)}", data_label(images)
+        attacks += [{"dataset": name, **r} for r in results[f"{prefix}/attacks"].record["records"]]
+        for step_id, result in results.items():
+            if step_id.startswith(prefix + "/") and not step_id.endswith("/attacks"):
+                report, privacy = result.record["report"], result.record.get("privacy")
+                models.append({"dataset": name, "model": step_id.rsplit("/", 1)[1],
+                               "epsilon": privacy["epsilon"] if privacy else None,
+                               "accuracy": report["accuracy"], "accuracy_ci": report["accuracy_ci"],
+                               "auc": report["auc"], "auc_ci": report["auc_ci"], "privacy": privacy,
+                               "changes": result.record.get("changes", [])})
+    return attacks, models
+
+
+def _cell(record: dict[str, Any], name: str) -> str:
+    if name not in record or pd.isna(record.get(name)):
+        return "-"
+    text = ci_cell(record[name], record[f"{name}_low"], record[f"{name}_high"])
+    return text if record.get(f"{name}_resolved", True) else f"{text} (0 FP: too few non-members)"
+
+
+def attack_table(attacks: list[dict[str, Any]], unit: str = "image") -> pd.DataFrame:
+    """Per data set, target model and attack: AUC and TPR at each FPR with 95 % intervals, at ``unit`` level."""
+    rows = []
+    for r in attacks:
+        if r["unit"] != unit or "shadows" in r:
+            continue
+        row = {"dataset": r["dataset"], "target": r["target"], "attack": ATTACK_NAMES[r["attack"]],
+               "members / non-members": f"{r['members']} / {r['nonmembers']}"}
+        if "refused" in r:
+            row["AUC"] = f"not judged: {r['refused']}"
+        else:
+            row["AUC"] = _cell(r, "auc")
+            row.update({f"TPR at {f:.1%} FPR": _cell(r, _tpr_name(f)) for f in FPR_POINTS})
+        rows.append(row)
+    return pd.DataFrame(rows).set_index(["dataset", "target", "attack"])
+
+
+def budget_table(attacks: list[dict[str, Any]], models: list[dict[str, Any]]) -> pd.DataFrame:
+    """Privacy budget against utility and attack success, per data set: the membership models (no DP, mean
+    accuracy) and each DP model: test accuracy and the strongest attack's AUC and TPR at 1 % FPR."""
+    rows = []
+    for name in dict.fromkeys(m["dataset"] for m in models):
+        plain = [m for m in models if m["dataset"] == name and m["privacy"] is None]
+        rows.append({"dataset": name, "epsilon": "none (no DP)",
+                     "test accuracy": f"{np.mean([m['accuracy'] for m in plain]):.3f} (mean of {len(plain)})",
+                     **_strongest(attacks, name, "classifier")})
+        for m in sorted((m for m in models if m["dataset"] == name and m["privacy"]), key=lambda m: m["epsilon"]):
+            target = f"DP eps={float(m['model'].removeprefix('dp_eps')):g}"
+            rows.append({"dataset": name, "epsilon": f"{m['epsilon']:.2f} (delta {m['privacy']['delta']:g})",
+                         "test accuracy": ci_cell(m["accuracy"], *m["accuracy_ci"]),
+                         **_strongest(attacks, name, target)})
+    return pd.DataFrame(rows).set_index(["dataset", "epsilon"])
+
+
+def _strongest(attacks: list[dict[str, Any]], dataset: str, target: str) -> dict[str, str]:
+    chosen = [r for r in attacks if r["dataset"] == dataset and r["target"] == target and r["unit"] == "image"
+              and "shadows" not in r and "refused" not in r]
+    best = max(chosen, key=lambda r: (r["tpr@1%"], r["auc"]))
+    return {"strongest attack": ATTACK_NAMES[best["attack"]], "its AUC": _cell(best, "auc"),
+            "its TPR at 1% FPR": _cell(best, "tpr@1%")}
+
+
+def what_an_attacker_learns(attacks: list[dict[str, Any]]) -> pd.DataFrame:
+    """Per data set and target model, in words, from the intervals: an attack *identifies members* when its TPR
+    at 1 % FPR has a lower bound above 1 % (more members than the false positives it pays for); it *tells
+    members apart on average* when only its AUC's lower bound is above 0.5; otherwise nothing beyond chance."""
+    rows = []
+    for (dataset, target), group in pd.DataFrame(
+            [r for r in attacks if r["unit"] == "image" and "shadows" not in r]).groupby(["dataset", "target"],
+                                                                                         sort=False):
+        found = group[group["tpr@1%_low"] > 0.01]
+        average = group[group["auc_low"] > 0.5]
+        if len(found):
+            best = found.loc[found["tpr@1%"].idxmax()]
+            words = (f"identifies members: {ATTACK_NAMES[best['attack']]} finds {best['tpr@1%']:.1%} of them at 1 % "
+                     f"false positives (interval from {best['tpr@1%_low']:.1%})")
+        elif len(average):
+            best = average.loc[average["auc"].idxmax()]
+            words = (f"tells members apart on average only: {ATTACK_NAMES[best['attack']]} AUC {best['auc']:.3f} "
+                     f"(interval from {best['auc_low']:.3f}), no member identified at 1 % false positives")
+        else:
+            words = "nothing beyond chance: every attack's intervals contain chance"
+        rows.append({"dataset": dataset, "target": target, "what an attacker learns": words})
+    return pd.DataFrame(rows).set_index(["dataset", "target"])
+
+
+def plot_rocs(chapter: Chapter, results: dict[str, StepResult]) -> plt.Figure:
+    """Each data set's membership ROCs on log-log axes (Carlini et al.'s view), membership models and DP models,
+    with chance as the diagonal."""
+    fig, axes = plt.subplots(1, len(chapter.sets), figsize=(4 * len(chapter.sets), 3.8), squeeze=False)
+    for ax, images in zip(axes[0], chapter.sets):
+        arrays = results[f"06_privacy/{step_name(images)}/attacks"].arrays
+        for key in sorted(k for k in arrays if k.endswith("/fpr")):
+            _, target, attack, _ = key.split("/")
+            if target != "classifier" and attack != "lira_offline":
+                continue  # the DP models with one attack, to keep the panel readable
+            ax.plot(np.maximum(arrays[key], 1e-4), np.maximum(arrays[key[:-3] + "tpr"], 1e-4), linewidth=1,
+                    label=f"{target}: {ATTACK_NAMES[attack]}", linestyle="-" if target == "classifier" else "--")
+        ax.plot([1e-4, 1], [1e-4, 1], color="grey", linestyle=":", linewidth=1)
+        ax.set(xscale="log", yscale="log", xlim=(1e-3, 1), ylim=(1e-3, 1), title=data_label(images),
+               xlabel="false-positive rate", ylabel="true-positive rate")
+        ax.legend(fontsize=6, loc="lower right")
+    phantom_banner(fig, [data_label(images) for images in chapter.sets])
+    fig.tight_layout()
+    return fig
+
+
+def plot_shadow_curve(attacks: list[dict[str, Any]]) -> plt.Figure:
+    """LiRA's AUC and TPR at 1 % FPR against the number of shadow models, per data set and variant."""
+    frame = pd.DataFrame([r for r in attacks if "shadows" in r])
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
+    for (dataset, attack), group in frame.groupby(["dataset", "attack"], sort=False):
+        for ax, column in zip(axes, ("auc", "tpr@1%")):
+            ax.errorbar(group["shadows"], group[column], yerr=[group[column] - group[f"{column}_low"],
+                        group[f"{column}_high"] - group[column]], marker="o", capsize=3,
+                        label=f"{dataset}: {ATTACK_NAMES[attack]}")
+    for ax, title in zip(axes, ("AUC", "TPR at 1 % FPR")):
+        ax.set(xlabel="shadow models", title=title)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    axes[0].legend(fontsize=6)
+    fig.tight_layout()
+    return fig
+
+
+def invariants(attacks: list[dict[str, Any]], models: list[dict[str, Any]], settings: dict[str, Any]) -> dict[str, bool]:
+    """Chapter 6's self-check."""
+    judged = [r for r in attacks if "refused" not in r]
+    dp = [m for m in models if m["privacy"]]
+    return {
+        "AUC and TPR inside their intervals in [0, 1]": all(
+            within(r["auc"], r["auc_low"], r["auc_high"]) and within(r["tpr@1%"], r["tpr@1%_low"], r["tpr@1%_high"])
+            for r in judged),
+        "TPR at 0.1 % FPR at most TPR at 1 %": all(r.get("tpr@0.1%", 0) <= r["tpr@1%"] for r in judged),
+        "every DP model within its budget": all(m["privacy"]["epsilon"] <= m["model_epsilon"] + 1e-9 for m in (
+            {**m, "model_epsilon": float(m["model"].removeprefix("dp_eps"))} for m in dp)),
+        "every DP budget of the profile trained": len(dp) == len(settings["dp_epsilons"]) * len(
+            {m["dataset"] for m in models}),
+        "test accuracy inside its interval in [0, 1]": all(within(m["accuracy"], *m["accuracy_ci"]) for m in models),
+    }
