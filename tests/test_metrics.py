@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from medsec_utils import metrics
+from medsec_utils import cache, metrics
+
+
+@pytest.fixture(autouse=True)
+def fresh_cache(tmp_path, monkeypatch):
+    """Each test computes what it asks for: a result memoised by an earlier test (or by an earlier mutant of a
+    mutation run, whose code digest is the same file) cannot stand in for it."""
+    monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path / "cache"))
 
 
 def test_wilson_interval_matches_textbook_value():
@@ -30,6 +37,130 @@ def test_binary_report_hand_example():
     assert report["auc"] == pytest.approx(22 / 24)
     low, high = report["auc_ci"]
     assert low <= report["auc"] <= high and high - low > 0
+
+
+def test_binary_report_passes_threshold_resamples_and_seed_to_every_figure():
+    y = np.array([0, 0, 0, 1, 1])
+    p = np.array([0.1, 0.6, 0.4, 0.7, 0.2])
+    report = metrics.binary_report(y, p, threshold=0.65, n_boot=50, seed=3)
+    pred = np.array([0, 0, 0, 1, 0])
+    assert report["n"] == 5 and report["accuracy"] == 0.8 and report["confusion_matrix"] == [[3, 0], [1, 1]]
+    assert report["sensitivity"] == 0.5 and report["specificity"] == 1.0 and report["balanced_accuracy"] == 0.75
+    assert report["auc"] == pytest.approx(4 / 6)
+    assert report["accuracy_ci"] == metrics.wilson_interval(4, 5)
+    assert report["balanced_accuracy_ci"] == metrics.bootstrap_interval(
+        metrics.balanced_accuracy_score, y, pred, n_boot=50, seed=3)
+    assert report["auc_ci"] == metrics.bootstrap_interval(metrics.roc_auc_score, y, p, n_boot=50, seed=3)
+    rng = np.random.default_rng(0)
+    y, p = rng.integers(0, 2, 60), rng.random(60)
+    report = metrics.binary_report(y, p, n_boot=40, seed=3)
+    for key, metric, score in (("auc_ci", metrics.roc_auc_score, p),
+                               ("balanced_accuracy_ci", metrics.balanced_accuracy_score, (p >= 0.5).astype(int))):
+        assert report[key] == metrics.bootstrap_interval(metric, y, score, n_boot=40, seed=3)
+        assert report[key] != metrics.bootstrap_interval(metric, y, score, n_boot=40, seed=0)
+        assert report[key] != metrics.bootstrap_interval(metric, y, score, n_boot=1000, seed=3)
+    y, p = np.array([0, 0, 0, 1, 1]), np.array([0.1, 0.6, 0.4, 0.7, 0.2])
+    at_half = metrics.binary_report(y, p, n_boot=50, seed=3)
+    assert at_half["confusion_matrix"] == [[2, 1], [1, 1]] and at_half["accuracy"] == 0.6
+    assert metrics.binary_report(y, np.full(5, 0.5), n_boot=10)["confusion_matrix"] == [[0, 3], [0, 2]]  # >= threshold
+
+
+def test_binary_report_on_one_class_gives_what_it_can_and_nan_for_the_rest():
+    report = metrics.binary_report(np.zeros(4), np.array([0.2, 0.7, 0.1, 0.3]), n_boot=10)
+    assert report["accuracy"] == 0.75 and report["specificity"] == 0.75 and report["sensitivity"] == 0.0
+    for key in ("balanced_accuracy", "auc"):
+        assert np.isnan(report[key]) and all(np.isnan(report[f"{key}_ci"]))
+
+
+def test_bootstrap_interval_resamples_within_each_class_at_the_level_asked():
+    y = np.array([0] * 3 + [1] * 7)
+    seen = []
+
+    def share_of_ones(labels, score):
+        seen.append(int(labels.sum()))
+        return float(score.mean())
+
+    score = np.arange(10.0)
+    low, high = metrics.bootstrap_interval(share_of_ones, y, score, n_boot=200, seed=5)
+    assert set(seen) == {7} and len(seen) == 200  # every resample keeps the seven Pathology cases
+    narrow = metrics.bootstrap_interval(share_of_ones, y, score, n_boot=200, seed=5, level=0.5)
+    assert low < narrow[0] < narrow[1] < high
+    assert (low, high) == metrics.bootstrap_interval(share_of_ones, y, score, n_boot=200, seed=5)
+
+
+def test_roc_points_are_sklearns_curve():
+    fpr, tpr = metrics.roc_points(np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8]))
+    assert fpr.tolist() == [0.0, 0.0, 0.5, 0.5, 1.0] and tpr.tolist() == [0.0, 0.5, 0.5, 1.0, 1.0]
+
+
+def test_perturbation_sizes_are_exact_on_a_one_pixel_change():
+    clean = torch.zeros(2, 1, 16, 16)
+    adversarial = clean.clone()
+    adversarial[1, 0, 3, 4] = 0.5
+    sizes = metrics.perturbation_sizes(clean, adversarial)
+    assert sizes["linf"].tolist() == [0.0, 0.5] and sizes["l2"].tolist() == [0.0, 0.5]
+    assert sizes["psnr"][0] == np.inf and sizes["psnr"][1] == pytest.approx(10 * np.log10(256 / 0.25))
+    assert sizes["ssim"][0] == pytest.approx(1.0) and sizes["ssim"][1] < 0.99
+    two_pixels = adversarial.clone()
+    two_pixels[1, 0, 9, 9] = -0.5
+    assert metrics.perturbation_sizes(clean, two_pixels)["l2"][1] == pytest.approx(np.sqrt(0.5))
+    empty = metrics.perturbation_sizes(clean[:0], clean[:0])
+    assert sorted(empty) == ["l2", "linf", "psnr", "ssim"] and all(len(v) == 0 for v in empty.values())
+
+
+def test_nearest_neighbours_in_chunks_are_the_brute_force_ones():
+    queries, references = _features(7, 10), _features(9, 11)
+    distances, indices = metrics.nearest_neighbours(queries, references, chunk=3)
+    full = torch.cdist(queries, references)
+    assert torch.equal(indices, full.argmin(1)) and torch.allclose(distances, full.min(1).values)
+
+
+def test_the_memorisation_audit_counts_and_shares_on_a_hand_example():
+    train = torch.tensor([[0.0, 0.0], [10.0, 0.0]])
+    heldout = torch.tensor([[0.0, 2.0], [10.0, 3.0], [0.0, 4.0]])  # nearest-training distances 2, 3, 4
+    synthetic = torch.tensor([[0.0, 1.0], [10.0, 2.5], [5.0, 0.0], [0.0, 0.5]])  # 1, 2.5, 5, 0.5
+    audit = metrics.memorisation_audit(train, heldout, synthetic)
+    assert audit["threshold"] == 2.0 and audit["near_copy"].tolist() == [True, False, False, True]
+    assert audit["near_copy_share"] == 0.5 and audit["closer_than_median_share"] == 0.75  # below 3: 1, 2.5, 0.5
+    assert audit["synthetic_distance"].tolist() == [1.0, 2.5, 5.0, 0.5]
+    assert audit["nearest_train"].tolist() == [0, 1, 0, 0] and audit["heldout_distance"].tolist() == [2.0, 3.0, 4.0]
+    assert (audit["n_synthetic"], audit["n_heldout"], audit["n_train"]) == (4, 3, 2)
+
+
+class _MeanPool(torch.nn.Module):
+    """A fixed encoder: per channel, the image mean and the mean of its left half."""
+
+    identity = "mean-pool test encoder"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x.mean((2, 3)), x[..., : x.shape[-1] // 2].mean((2, 3))], 1)
+
+
+def test_degradation_fids_are_the_fids_of_each_degraded_copy_and_each_sentinel_against_the_reference():
+    g = torch.Generator().manual_seed(0)
+    reference, heldout = torch.rand(12, 1, 8, 8, generator=g), torch.rand(10, 1, 8, 8, generator=g)
+    noise = torch.rand(6, 1, 8, 8, generator=g)
+    encoder, cpu = _MeanPool(), torch.device("cpu")
+    rows = metrics.degradation_fids(encoder, reference, heldout, cpu, sentinels={"noise": noise}, seed=2, size=16)
+    levels = [(kind, level) for kind, values in metrics.DEGRADATIONS.items() for level in values]
+    assert [(r["degradation"], r["level"], r["sentinel"]) for r in rows] == [(*d, None) for d in levels] + [
+        (None, None, "noise")]
+    ref = metrics.image_features(encoder, reference, cpu, size=16)
+    for r, x in zip(rows, [metrics.degrade(heldout, kind, level, 2) for kind, level in levels] + [noise]):
+        expected = metrics.fid_kid(ref, metrics.image_features(encoder, x, cpu, size=16), seed=2)
+        assert (r["fid"], r["fid_relative"]) == (expected["fid"], expected["fid_relative"])
+        assert (r["n_real"], r["n_fake"]) == (12, len(x))
+    assert rows[0]["fid"] != metrics.degradation_fids(encoder, reference, heldout, cpu, seed=2)[0]["fid"]  # size
+
+
+def test_image_features_resize_then_embed_in_batches():
+    x = torch.rand(5, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    encoder, cpu = _MeanPool(), torch.device("cpu")
+    features = metrics.image_features(encoder, x, cpu, batch_size=2, size=4)
+    resized = torch.nn.functional.interpolate(x, size=(4, 4), mode="bilinear", align_corners=False).clamp(0, 1)
+    assert features.dtype == torch.float64 and torch.allclose(features, encoder(resized).double())
+    assert torch.allclose(metrics.image_features(encoder, x, cpu, keep=False), encoder(x).double())
+    assert metrics.image_features(encoder, x[:0], cpu, keep=False).shape == (0, 0)
 
 
 def test_bootstrap_interval_narrows_with_more_data():
