@@ -53,3 +53,46 @@ def test_a_split_or_budget_that_cannot_work_is_refused_before_any_model_is_train
     with pytest.raises(ValueError, match=message):
         chapter.steps()
     assert not (tmp_path / "store").exists()
+
+
+def _records():
+    attack = {"dataset": "ct", "target": "classifier", "unit": "image", "attack": "loss", "members": 200,
+              "nonmembers": 200, "auc": 0.6, "auc_low": 0.55, "auc_high": 0.65, "tpr@0.1%": 0.01,
+              "tpr@0.1%_low": 0.0, "tpr@0.1%_high": 0.05, "tpr@1%": 0.05, "tpr@1%_low": 0.02, "tpr@1%_high": 0.09}
+    refused = {"dataset": "ct", "target": "DP eps=1", "unit": "patient", "attack": "loss", "members": 40,
+               "nonmembers": 40, "refused": "non-members: 40 images cannot resolve a TPR at 1.0% FPR"}
+    model = {"dataset": "ct", "model": "model0", "privacy": None, "accuracy": 0.7, "accuracy_ci": (0.6, 0.8)}
+    private = {"dataset": "ct", "model": "dp_eps1", "privacy": {"epsilon": 0.99, "delta": 1e-5}, "accuracy": 0.6,
+               "accuracy_ci": (0.5, 0.7)}
+    return [attack, refused], [model, private]
+
+
+def test_chapter_6_self_check_names_each_broken_invariant():
+    from medsec_utils.reporting import privacy
+
+    settings = {"dp_epsilons": [1]}
+    attacks, models = _records()
+    assert all(privacy.invariants(attacks, models, settings).values())
+    broken = {
+        "AUC and TPR inside their intervals in [0, 1]": lambda a, m: a[0].update(auc=0.7),
+        "TPR at 0.1 % FPR at most TPR at 1 %": lambda a, m: a[0].update({"tpr@0.1%": 0.06}),
+        "every DP model within its budget": lambda a, m: m[1]["privacy"].update(epsilon=1.2),
+        "every DP budget of the profile trained": lambda a, m: m.pop(),
+        "test accuracy inside its interval in [0, 1]": lambda a, m: m[0].update(accuracy_ci=(0.75, 0.8)),
+    }
+    for name, breaking in broken.items():
+        attacks, models = _records()
+        breaking(attacks, models)
+        assert [n for n, ok in privacy.invariants(attacks, models, settings).items() if not ok] == [name], name
+
+
+def test_what_an_attacker_learns_follows_the_intervals():
+    from medsec_utils.reporting import privacy
+
+    attacks, _ = _records()
+    words = privacy.what_an_attacker_learns(attacks).iloc[0, 0]
+    assert words.startswith("identifies members: loss threshold (Yeom et al.) finds 5.0% of them")
+    attacks[0]["tpr@1%_low"] = 0.005
+    assert privacy.what_an_attacker_learns(attacks).iloc[0, 0].startswith("tells members apart on average only")
+    attacks[0]["auc_low"] = 0.49
+    assert privacy.what_an_attacker_learns(attacks).iloc[0, 0].startswith("nothing beyond chance")
