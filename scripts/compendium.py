@@ -418,8 +418,13 @@ def print_status(out: Path) -> int:
 
     for notebook in sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")):
         params = run_params(notebook, profile, out / notebook.stem, datasets, extra)
-        opened = open_steps(notebook, params)
         page = out / notebook.stem / INPUTS
+        try:
+            opened = open_steps(notebook, params)
+        except ValueError as refused:  # this chapter cannot run on the run's data: say why, go on with the others
+            print(f"{notebook.stem:22s} cannot list its steps on this run's data: {refused}")
+            everything_current = False
+            continue
         if opened is None:
             current = page.is_file() and unchanged_run(page.parent, chapter_inputs(notebook, params)) is not None
             left = 0.0 if current else estimates.get(notebook.stem, 0.0)
@@ -455,7 +460,11 @@ def verify_steps(out: Path, wanted: list[str], sample: int, seed: int) -> int:
     profile, datasets, extra = read_run(out)
     found = []
     for notebook in sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")):
-        opened = open_steps(notebook, run_params(notebook, profile, out / notebook.stem, datasets, extra))
+        try:
+            opened = open_steps(notebook, run_params(notebook, profile, out / notebook.stem, datasets, extra))
+        except ValueError as refused:
+            print(f"{notebook.stem}: skipped, cannot list its steps on this run's data: {refused}", file=sys.stderr)
+            continue
         if opened is not None:
             found += [(opened[0].store, step) for step in opened[1]]
     if sample:

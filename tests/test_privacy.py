@@ -14,7 +14,7 @@ from torch import nn
 
 from medsec_utils.privacy import MEMBERSHIP_ATTACKS, check_membership_split, evaluate_scores, tpr_at_fpr
 from medsec_utils.privacy import dp
-from medsec_utils.privacy.attacks import true_class_confidence
+from medsec_utils.privacy.attacks import balanced_shadows, true_class_confidence
 
 N = 200  # members and non-members each: enough to resolve a TPR at 1 % FPR
 
@@ -108,6 +108,36 @@ def test_lira_finds_the_members_of_a_memorising_model_and_not_of_an_unrelated_on
             assert report.tpr[0.01] > 0.5, report.tpr
         else:
             assert report.tpr[0.01] < 0.08 and 0.4 < report.auc < 0.6, (report.tpr, report.auc)
+
+
+@pytest.mark.parametrize("online", [False, True])
+def test_lira_on_as_many_in_as_out_shadow_models_finds_nothing_where_there_is_nothing(split, online):
+    """Four models with no membership signal (each its own confidence per class, as untrained models that each
+    predict one class, and noise), each the others' target in turn. An image then has 1 IN and 2 OUT shadow models
+    when it is a member, 2 and 1 when not: unbalanced, LiRA reads the count as signal; balanced, it finds nothing."""
+    pool_y = torch.cat([split["member_labels"], split["outsider_labels"]])
+    rng = np.random.default_rng(3)
+    inside = np.argsort(rng.random((4, 2 * N)), axis=0) < 2
+    logits = torch.from_numpy(rng.normal(0, 3, (4, 1, 2)) + rng.normal(0, 0.1, (4, 2 * N, 2)))
+    reports = {}
+    for balanced in (True, False):
+        members, outsiders = [], []
+        for k in range(4):
+            others = [j for j in range(4) if j != k]
+            used = balanced_shadows(inside[others], 1, k) if balanced else None
+            scores = MEMBERSHIP_ATTACKS["lira"].score(logits[k], pool_y, logits[others], inside[others],
+                                                      online=online, used=used)
+            members.append(scores[inside[k]])
+            outsiders.append(scores[~inside[k]])
+        reports[balanced] = evaluate_scores("lira", np.concatenate(members), np.concatenate(outsiders), n_boot=100)
+    assert reports[True].auc_ci[0] < 0.5 < reports[True].auc_ci[1] and reports[True].tpr[0.01] < 0.03
+    assert reports[False].advantage > reports[True].advantage + 0.05, (reports[False].advantage, reports[True].advantage)
+
+
+def test_balanced_shadows_take_as_many_in_as_out_models_per_image():
+    shadow_in = np.array([[1, 1, 0, 1], [0, 1, 1, 1], [1, 0, 0, 1]], bool)
+    used = balanced_shadows(shadow_in, 1, seed=0)
+    assert (used & shadow_in).sum(0).tolist() == [1, 1, 1, 0] and (used & ~shadow_in).sum(0).tolist() == [1, 1, 1, 0]
 
 
 def test_lira_refuses_images_that_every_shadow_model_trained_on(split):

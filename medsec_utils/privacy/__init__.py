@@ -7,7 +7,8 @@ training as the yardstick.
   and the checks a member/non-member split must pass before anything is trained.
 - :mod:`.attacks`: the attacks, one entry each in ``MEMBERSHIP_ATTACKS`` (loss threshold, LiRA, GAN-Leaks,
   DDPM denoising error); each turns what the attacker observes into one score per image, higher for members.
-- :mod:`.dp`: DP-SGD with Opacus and its privacy accounting.
+- :mod:`.dp`: DP-SGD with Opacus and its privacy accounting; :mod:`.outputs`: the logits attackers read;
+  :mod:`.audit`: every output attack on the stored models of one data set.
 """
 
 from .attacks import MEMBERSHIP_ATTACKS, MembershipAttack

@@ -1,8 +1,9 @@
 """The classifier audit of one data set: every output attack on every model, from the models' logits alone.
 
-Each of the ``K`` membership models is attacked in turn with the other ``K - 1`` as its shadow models, and the
-scores of all targets are pooled before they are judged (Carlini et al.'s protocol): ``K`` times the images, each
-scored by a model that did and by one that did not train on it. The pooled scores are not independent across
+Each of the ``K`` membership models is attacked in turn with the others as its shadow models, and the scores of
+all targets are pooled before they are judged (Carlini et al.'s protocol): ``K`` times the images, each scored by
+a model that did and by one that did not train on it. Every image rests on ``K / 2 - 1`` shadow models that
+trained on it and as many that did not (:func:`.attacks.balanced_shadows`; unequal counts bias LiRA). The pooled scores are not independent across
 targets, so their bootstrap intervals are somewhat narrow. A DP model trained on model 0's half is attacked with
 models 1 to ``K - 1`` as shadows; they were trained without DP, unlike the target, so LiRA's reference is the
 attacker's best guess, not a copy of the target's training. Where a patient has several images, membership is
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .attacks import MEMBERSHIP_ATTACKS
+from .attacks import MEMBERSHIP_ATTACKS, balanced_shadows
 from .membership import FPR_POINTS, AttackReport, evaluate_scores
 
 OUTPUT_ATTACKS = ("loss", "lira_offline", "lira_online")
@@ -43,7 +44,8 @@ def audit(logits: torch.Tensor, private: Mapping[float, torch.Tensor], labels: t
         for attack in OUTPUT_ATTACKS:
             members, outsiders, member_patients, outsider_patients = [], [], [], []
             for k, target_logits, shadows in runs:
-                scores = _scores(attack, target_logits, labels, logits[shadows], inside[shadows])
+                used = balanced_shadows(inside[shadows], count // 2 - 1, seed + k)
+                scores = _scores(attack, target_logits, labels, logits[shadows], inside[shadows], used)
                 members.append(scores[inside[k]])
                 outsiders.append(scores[~inside[k]])
                 member_patients.append(_by_patient(scores, patients, inside[k]))
@@ -61,33 +63,23 @@ def audit(logits: torch.Tensor, private: Mapping[float, torch.Tensor], labels: t
 
 def shadow_curve(logits: torch.Tensor, labels: torch.Tensor, inside: np.ndarray, *, n_boot: int,
                  seed: int) -> list[dict[str, Any]]:
-    """LiRA on the pooled membership models with ``m`` = 1 to ``K - 1`` shadow models (target ``k``'s next ``m``
-    models in turn), judged on the images that have what the variant needs among them (offline: a shadow model
-    that left the image out; online: one of each); the record says how many that is."""
+    """LiRA on the pooled membership models with ``r`` = 1 to ``K / 2 - 1`` shadow models on each side (``r`` that
+    trained on an image and ``r`` that did not, for every image): how its figures move with the shadow models."""
     count, made = len(logits), []
     for online in (False, True):
-        for m in range(1, count):
+        for per_side in range(1, count // 2):
             members, outsiders = [], []
             for k in range(count):
-                shadows = [(k + step) % count for step in range(1, m + 1)]
-                usable = (~inside[shadows]).any(0) & (inside[shadows].any(0) if online else True)
-                if not usable.any():
-                    continue
-                scores = MEMBERSHIP_ATTACKS["lira"].score(logits[k][usable], labels[usable],
-                                                          logits[shadows][:, usable], inside[shadows][:, usable],
-                                                          online=online)
-                members.append(scores[inside[k][usable]])
-                outsiders.append(scores[~inside[k][usable]])
-            judged = sum(map(len, members)) + sum(map(len, outsiders))
-            if not members or not judged:
-                continue
-            try:
-                report = evaluate_scores("lira", np.concatenate(members), np.concatenate(outsiders), n_boot=n_boot,
-                                         seed=seed, fprs=_resolvable(sum(map(len, outsiders))))
-            except ValueError:
-                continue  # too few usable images at this number of shadow models
+                shadows = [j for j in range(count) if j != k]
+                used = balanced_shadows(inside[shadows], per_side, seed + k)
+                scores = MEMBERSHIP_ATTACKS["lira"].score(logits[k], labels, logits[shadows], inside[shadows],
+                                                          online=online, used=used)
+                members.append(scores[inside[k]])
+                outsiders.append(scores[~inside[k]])
+            report = evaluate_scores("lira", np.concatenate(members), np.concatenate(outsiders), n_boot=n_boot,
+                                     seed=seed)
             made.append({**_record(report, "classifier", "image"), "attack": "lira_online" if online else
-                         "lira_offline", "shadows": m, "judged": judged})
+                         "lira_offline", "shadows": 2 * per_side})
     return made
 
 
@@ -103,10 +95,11 @@ def _patient_record(attack: str, target: str, members: np.ndarray, outsiders: np
 
 
 def _scores(attack: str, logits: torch.Tensor, labels: torch.Tensor, shadow_logits: torch.Tensor,
-            shadow_in: np.ndarray) -> np.ndarray:
+            shadow_in: np.ndarray, used: np.ndarray) -> np.ndarray:
     if attack == "loss":
         return MEMBERSHIP_ATTACKS["loss"].score(logits, labels)
-    return MEMBERSHIP_ATTACKS["lira"].score(logits, labels, shadow_logits, shadow_in, online=attack == "lira_online")
+    return MEMBERSHIP_ATTACKS["lira"].score(logits, labels, shadow_logits, shadow_in, online=attack == "lira_online",
+                                            used=used)
 
 
 def _by_patient(scores: np.ndarray, patients: np.ndarray, chosen: np.ndarray) -> np.ndarray:

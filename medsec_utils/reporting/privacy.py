@@ -62,6 +62,9 @@ def attack_table(attacks: list[dict[str, Any]], unit: str = "image") -> pd.DataF
             row["AUC"] = _cell(r, "auc")
             row.update({f"TPR at {f:.1%} FPR": _cell(r, _tpr_name(f)) for f in FPR_POINTS})
         rows.append(row)
+    if not rows:
+        return pd.DataFrame({"note": [f"no {unit}-level figures: no data set here has patients with several images, "
+                                      "so per patient is per image"]})
     return pd.DataFrame(rows).set_index(["dataset", "target", "attack"])
 
 

@@ -10,6 +10,7 @@ have its members. Every model stores its logits on the whole training split, whi
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import numpy as np
@@ -18,8 +19,8 @@ import torch
 from .. import training
 from ..data import ImageSet
 from ..models import build_classifier
-from ..privacy import attacks as membership_attacks
 from ..privacy import dp
+from ..privacy.outputs import model_logits
 from ..privacy.audit import audit
 from ..store import CORE_PACKAGES, Step, StepResult
 from ._plumbing import data_modules, step_name
@@ -28,7 +29,7 @@ MODEL_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "max_train_images", 
 DP_KEYS = ("dp_epochs", "dp_delta", "dp_lr", "dp_max_grad_norm", "batch_size", "max_train_images",
            "max_eval_images", "bootstrap")
 MIN_NONMEMBERS = 100  # a model's other half must resolve a TPR at 1 % FPR (its DP twins are judged alone)
-PRIVACY_MODULES = ("models", "training", "metrics", "privacy.membership", "privacy.attacks")
+PRIVACY_MODULES = ("models", "training", "metrics", "privacy.outputs")  # what a model step's logits depend on
 
 
 def steps(sets: list[ImageSet], settings: dict[str, Any], params: dict[str, Any], device: torch.device) -> list[Step]:
@@ -72,17 +73,25 @@ def steps(sets: list[ImageSet], settings: dict[str, Any], params: dict[str, Any]
 
 def membership(images: ImageSet, settings: dict[str, Any], seed: int) -> np.ndarray:
     """Bool ``(privacy_models, training images)``: which model trains on which image. Each patient is in exactly
-    half of the models, with all their images. Raises ValueError, before anything is trained, for an odd or too
+    half of the models, with all their images: patients, largest first (in random order within a size), take the
+    ways of choosing half of the models in turn (in a random order), so every model gets about half of the images
+    and no two models train on the same half. Raises ValueError, before anything is trained, for an odd or too
     small number of models, or a training split that leaves a model fewer than ``MIN_NONMEMBERS`` non-members."""
     count = settings["privacy_models"]
     if count < 4 or count % 2:
         raise ValueError(f"privacy_models {count}: give an even number of at least 4 (each image in half of them, "
                          "every target with shadow models that did and did not train on each image)")
     pool = images.indices("train", settings["max_train_images"], seed)
-    patients = images.patient_ids[pool]
-    unique, which = np.unique(patients, return_inverse=True)
+    unique, which, sizes = np.unique(images.patient_ids[pool], return_inverse=True, return_counts=True)
     rng = np.random.default_rng(seed)
-    inside = (np.argsort(rng.random((count, len(unique))), axis=0) < count // 2)[:, which]
+    halves = list(itertools.combinations(range(count), count // 2))
+    order = rng.permutation(len(halves))
+    shuffled = rng.permutation(len(unique))
+    largest_first = shuffled[np.argsort(-sizes[shuffled], kind="stable")]
+    by_patient = np.zeros((count, len(unique)), bool)
+    for rank, patient in enumerate(largest_first):  # every half in turn: each model gets its share of images
+        by_patient[list(halves[order[rank % len(halves)]]), patient] = True
+    inside = by_patient[:, which]
     fewest = int((~inside).sum(1).min())
     if fewest < MIN_NONMEMBERS:
         raise ValueError(f"{images.spec}: {len(pool)} training images leave a model only {fewest} non-members; "
@@ -130,7 +139,7 @@ def dp_model_result(images: ImageSet, settings: dict[str, Any], seed: int, devic
 def _model_result(model: torch.nn.Module, images: ImageSet, settings: dict[str, Any], seed: int,
                   device: torch.device, pool: torch.Tensor, record: dict[str, Any]) -> StepResult:
     report, _ = training.test_report(model, images, settings, seed=seed, device=device)
-    logits = membership_attacks.model_logits(model, pool, device)
+    logits = model_logits(model, pool, device)
     return StepResult({**record, "report": report}, {"logits": logits.numpy().astype(np.float32)})
 
 
