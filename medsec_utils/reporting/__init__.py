@@ -4,8 +4,8 @@
 every module the run imported), ``common`` (what all chapters share: data set labels, the phantom banner,
 interval cells, the verdict rule), ``chapter`` (``open_chapter``, every notebook's opening) and one module per
 chapter, named after its notebook: ``classifiers``, ``attacks``, ``defenses``, ``synthetic_images``,
-``federated``. No code here runs a model; the chapter modules are imported by their notebook only, so a
-page's provenance covers the code that page used.
+``federated``, ``privacy``. No code here runs a model; the chapter modules are imported by their notebook only,
+so a page's provenance covers the code that page used.
 """
 
 from .chapter import Chapter, open_chapter
