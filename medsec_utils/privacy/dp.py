@@ -10,10 +10,10 @@ with the same activation, and says which it swapped.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import warnings
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -31,7 +31,7 @@ DP_STEP_COST = 4.8  # a DP-SGD image costs this many plain training images (benc
 GRAD_SAMPLE_MODE = "functorch"  # per-image gradients by torch.func.vmap: see benchmarks/bench_dp.py
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class PrivacySpent:
     """The guarantee a DP-SGD run has: ``(epsilon, delta)`` after ``steps`` steps of Poisson-sampled batches at
     ``sample_rate`` with ``noise_multiplier`` and per-image clipping at ``max_grad_norm``; ``opacus`` its version."""
@@ -170,6 +170,4 @@ def privacy_spent(noise_multiplier: float, sample_rate: float, steps: int, delta
 
 def describe(spent: PrivacySpent) -> dict[str, Any]:
     """The guarantee as a flat record for tables and the run record."""
-    return {"epsilon": spent.epsilon, "delta": spent.delta, "noise_multiplier": spent.noise_multiplier,
-            "sample_rate": spent.sample_rate, "steps": spent.steps, "max_grad_norm": spent.max_grad_norm,
-            "opacus": spent.opacus}
+    return dataclasses.asdict(spent)

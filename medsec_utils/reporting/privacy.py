@@ -164,8 +164,8 @@ def invariants(attacks: list[dict[str, Any]], models: list[dict[str, Any]], sett
             within(r["auc"], r["auc_low"], r["auc_high"]) and within(r["tpr@1%"], r["tpr@1%_low"], r["tpr@1%_high"])
             for r in judged),
         "TPR at 0.1 % FPR at most TPR at 1 %": all(r.get("tpr@0.1%", 0) <= r["tpr@1%"] for r in judged),
-        "every DP model within its budget": all(m["privacy"]["epsilon"] <= m["model_epsilon"] + 1e-9 for m in (
-            {**m, "model_epsilon": float(m["model"].removeprefix("dp_eps"))} for m in dp)),
+        "every DP model within its budget": all(
+            m["privacy"]["epsilon"] <= float(m["model"].removeprefix("dp_eps")) + 1e-9 for m in dp),
         "every DP budget of the profile trained": len(dp) == len(settings["dp_epsilons"]) * len(
             {m["dataset"] for m in models}),
         "test accuracy inside its interval in [0, 1]": all(within(m["accuracy"], *m["accuracy_ci"]) for m in models),

@@ -100,16 +100,11 @@ def membership(images: ImageSet, settings: dict[str, Any], seed: int) -> np.ndar
     return inside
 
 
-def _pool(images: ImageSet, settings: dict[str, Any], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    index = torch.as_tensor(images.indices("train", settings["max_train_images"], seed))
-    return images.images[index].float().div_(255.0), images.labels[index]
-
-
 def membership_model_result(images: ImageSet, settings: dict[str, Any], seed: int, device: torch.device,
                             k: int) -> StepResult:
     """Chapter 1's classifier trained on model ``k``'s half of the training split (selected on the val split as
     there): its logits on the whole split and its test report."""
-    x, y = _pool(images, settings, seed)
+    x, y = images.tensors("train", settings["max_train_images"], seed)
     inside = torch.as_tensor(membership(images, settings, seed)[k])
     training.seed_everything(seed + k)
     model = build_classifier(images.channels)
@@ -124,7 +119,7 @@ def dp_model_result(images: ImageSet, settings: dict[str, Any], seed: int, devic
                     epsilon: float) -> StepResult:
     """The classifier trained with DP-SGD to ``(epsilon, dp_delta)`` on model 0's half: logits on the whole
     training split, test report, the guarantee spent and what Opacus needed changed."""
-    x, y = _pool(images, settings, seed)
+    x, y = images.tensors("train", settings["max_train_images"], seed)
     inside = torch.as_tensor(membership(images, settings, seed)[0])
     training.seed_everything(seed)
     model, changes = dp.dp_compatible(build_classifier(images.channels))
