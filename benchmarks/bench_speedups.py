@@ -126,23 +126,38 @@ def fresh_classifier(variant: Variant) -> nn.Module:
     return variant.model(models.build_classifier(1))
 
 
-def training_timers(size: int, batch: int, batches: int) -> dict[str, Timer]:
-    """Per variant, a timer of one ``train_classifier`` epoch over ``batches`` batches; warmed up here."""
+def training_timers(size: int, batch: int, batches: int) -> tuple[dict[str, Timer], set[str]]:
+    """Per variant, a timer of one ``train_classifier`` epoch over ``batches`` batches from the same initial
+    weights every time (warmed up here), and the variants whose training left non-finite weights.
+
+    bf16 autocast training now and then diverges to NaN weights on kernels without native bfloat16 (a CI machine;
+    here under ``ONEDNN_MAX_CPU_ISA=AVX512_CORE ATEN_CPU_CAPABILITY=default``, in some runs of the same seed, not
+    all); the loop's evaluation then refuses the NaN probabilities. Such a variant is still timed, and reported as
+    diverged instead of crashing the table.
+    """
     x = torch.rand(batches * batch, 1, size, size, generator=torch.Generator().manual_seed(0))
     y = torch.arange(len(x)) % 2
-    timers = {}
+    timers, diverged = {}, set()
     for variant in VARIANTS:
         model, xv = fresh_classifier(variant), variant.inputs(x)
+        initial = {k: v.clone() for k, v in model.state_dict().items()}
 
-        def epoch(n: int, model: nn.Module = model, xv: torch.Tensor = xv) -> float:
+        def epoch(n: int, model: nn.Module = model, xv: torch.Tensor = xv, initial: dict = initial,
+                  name: str = variant.name) -> float:
+            model.load_state_dict(initial)
             started = time.perf_counter()
-            training.train_classifier(model, (xv[:n], y[:n]), (xv[:2], y[:2]), epochs=1, batch_size=batch,
-                                      lr=1e-3, weight_decay=1e-4, seed=0, device=CPU, progress=False)
+            try:
+                training.train_classifier(model, (xv[:n], y[:n]), (xv[:2], y[:2]), epochs=1, batch_size=batch,
+                                          lr=1e-3, weight_decay=1e-4, seed=0, device=CPU, progress=False)
+            except ValueError:
+                if all(torch.isfinite(p).all() for p in model.parameters()):
+                    raise
+                diverged.add(name)
             return time.perf_counter() - started
 
         epoch(batch)
         timers[variant.name] = lambda epoch=epoch: epoch(len(x))
-    return timers
+    return timers, diverged
 
 
 def attack_timers(size: int, batch: int) -> tuple[dict[str, Timer], dict[str, float]]:
@@ -288,12 +303,16 @@ def verdict(section: str, variant: str, ratio: float) -> str:
     return "adopt"
 
 
-def section_rows(section: str, best: dict[str, float], images: int) -> list[Row]:
-    """Table rows of one section, ratios against its float32 baseline."""
+def section_rows(section: str, best: dict[str, float], images: int, diverged: set[str] = frozenset()) -> list[Row]:
+    """Table rows of one section, ratios against its float32 baseline; a diverged variant is never adopted."""
     base = best[BASELINE.name]
-    return [Row(section, name, seconds, images, base,
-                "baseline" if name == BASELINE.name else verdict(section, name, base / seconds))
-            for name, seconds in best.items()]
+
+    def says(name: str, seconds: float) -> str:
+        if name in diverged:
+            return "diverged: NaN weights after training, never adopt"
+        return "baseline" if name == BASELINE.name else verdict(section, name, base / seconds)
+
+    return [Row(section, name, seconds, images, base, says(name, seconds)) for name, seconds in best.items()]
 
 
 def compile_rows(result: dict[str, float], batch: int) -> list[Row]:
@@ -339,8 +358,8 @@ def main() -> None:
           f"applied from outside the loop: model and inputs converted (1 channel: channels_last acts through the "
           f"weights), bf16 autocast around the model's forward only (around the whole loop it fails: predict_proba "
           f"cannot turn bfloat16 into NumPy)", flush=True)
-    rows = section_rows("training", interleaved_best(training_timers(args.size, args.batch, batches), args.repeats),
-                        batches * args.batch)
+    timers, diverged = training_timers(args.size, args.batch, batches)
+    rows = section_rows("training", interleaved_best(timers, args.repeats), batches * args.batch, diverged)
     timers, agreement = attack_timers(args.size, args.batch)
     rows += section_rows("attack", interleaved_best(timers, args.repeats), args.batch)
     timers, difference = inference_timers(args.size, args.infer_batch)
