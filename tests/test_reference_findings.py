@@ -7,19 +7,24 @@ from __future__ import annotations
 import copy
 import json
 
+import pandas as pd
 import pytest
 
 from _paths import REPO
 from medsec_utils import paper
-from medsec_utils.reporting import attacks
+from medsec_utils.reporting import attacks, defenses
 
 REFERENCE = REPO / "book" / "reference"
 
 
 def _markdown_outputs(notebook: str) -> list[str]:
+    return _outputs(notebook, "text/markdown")
+
+
+def _outputs(notebook: str, kind: str) -> list[str]:
     cells = json.loads((REFERENCE / notebook).read_text())["cells"]
-    return ["".join(output["data"]["text/markdown"]) for cell in cells for output in cell.get("outputs", [])
-            if "text/markdown" in output.get("data", {})]
+    return ["".join(output["data"][kind]) for cell in cells for output in cell.get("outputs", [])
+            if kind in output.get("data", {})]
 
 
 def _chapter_2() -> tuple[list[dict], float]:
@@ -58,3 +63,45 @@ def test_a_robust_accuracy_moved_across_the_studys_value_changes_its_verdict(ver
     line = next(text for text in _verdicts(edited, epsilon).splitlines()
                 if text.startswith(f"| {row['modality']} | {row['attack']} |"))
     assert line.endswith(f"| {verdict} |")
+
+
+def _chapter_3() -> tuple[list[dict], dict]:
+    """Chapter 3's table cells (without the detector-aware attack, which the page reports apart) and its record."""
+    record = json.loads((REFERENCE / "03_defenses" / "metrics.json").read_text())
+    return [r for r in record["results"] if r["attack"] != "detector_aware_pgd"], record
+
+
+def _table_1(records: list[dict]) -> dict[str, pd.DataFrame]:
+    return {t: defenses.paper_cells(records, t, paper.table1()) for t in defenses.THREAT_MODELS}
+
+
+def test_chapter_3_table_1_verdicts_and_the_studys_claims_are_those_its_committed_records_give():
+    """Every cell of the study's Table 1 on the three data sets under both threat models, counted by verdict, and
+    the study's four claims: recomputed from the committed cells, equal to the record and to the page's tables."""
+    records, record = _chapter_3()
+    study_cells = int(paper.table1().notna().sum().sum())
+    counts = defenses.verdict_counts(_table_1(records))
+    assert int(counts["cells"].sum()) == 2 * study_cells, "every study cell (each data set its modality's), 2 threat models"
+    assert counts.reset_index().to_dict("records") == record["paper_verdicts"]
+    claims = pd.concat([defenses.paper_claims(records, t) for t in defenses.THREAT_MODELS], ignore_index=True)
+    assert claims.to_dict("records") == record["claims"]
+    page = _outputs("03_defenses/03_defenses.ipynb", "text/plain")
+    with pd.option_context("display.max_columns", 20, "display.width", 80, "display.max_colwidth", None):  # the page's
+        assert repr(counts) in page, "the page's verdict counts differ from its committed cells: execute it again"
+        assert repr(claims) in page, "the page's claims differ from its committed cells: execute it again"
+
+
+@pytest.mark.parametrize("verdict", defenses.VERDICTS)
+def test_a_defended_accuracy_moved_across_the_studys_value_changes_its_table_1_verdict(verdict):
+    records, _ = _chapter_3()
+    cell = _table_1(records)["gray-box"].iloc[0]
+    quoted = cell["study (%)"] / 100
+    edited = copy.deepcopy(records)
+    target = next(r for r in edited if r["dataset"] == cell["dataset"] and r["attack"] == cell["attack"]
+                  and r["defense"] == cell["defense"] and r["threat_model"] == "gray-box")
+    target["ci_low"], target["ci_high"] = {"inside our interval": (quoted - 0.01, quoted + 0.01),
+                                           "study above ours": (quoted - 0.05, quoted - 0.01),
+                                           "study below ours": (quoted + 0.01, quoted + 0.05)}[verdict]
+    moved = _table_1(edited)["gray-box"].iloc[0]
+    assert (moved["dataset"], moved["attack"], moved["defense"]) == (cell["dataset"], cell["attack"], cell["defense"])
+    assert moved["verdict"] == verdict
