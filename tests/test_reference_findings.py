@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 from _paths import REPO
-from medsec_utils import paper
-from medsec_utils.reporting import attacks, defenses
+from medsec_utils import paper, profiles
+from medsec_utils.reporting import attacks, classifiers, defenses
 
 REFERENCE = REPO / "book" / "reference"
 
@@ -25,6 +25,25 @@ def _outputs(notebook: str, kind: str) -> list[str]:
     cells = json.loads((REFERENCE / notebook).read_text())["cells"]
     return ["".join(output["data"][kind]) for cell in cells for output in cell.get("outputs", [])
             if kind in output.get("data", {})]
+
+
+def _page_shows(notebook: str, frame: pd.DataFrame, max_colwidth: int | None = None) -> bool:
+    """Whether ``frame`` is one of the page's tables, as the chapter's kernel printed it (chapters 2 to 5 set
+    ``display.max_colwidth`` to None; chapter 1 keeps pandas' 50)."""
+    with pd.option_context("display.max_columns", 20, "display.width", 80, "display.max_colwidth", max_colwidth):
+        return repr(frame) in _outputs(notebook, "text/plain")
+
+
+def test_chapter_1_figures_over_seeds_and_beside_medmnist_are_those_its_committed_records_give():
+    """The spread over 3 seeds on each data set and the PneumoniaMNIST rows beside MedMNIST's published ones."""
+    seed_records = json.loads((REFERENCE / "01_classifiers" / "metrics.json").read_text())["over_seeds"]
+    summary = classifiers.seed_summary(seed_records)
+    assert summary["seeds"].tolist() == [3] * 4, "3 seeds on the three data sets and PneumoniaMNIST"
+    beside = classifiers.beside_pneumoniamnist(seed_records, profiles.resolve_profile("cpu"))
+    assert beside.loc["this book", "seeds"] == 3 and len(beside) > 1
+    for frame in (summary, beside):
+        assert _page_shows("01_classifiers/01_classifiers.ipynb", frame, max_colwidth=50), (
+            "the page's table differs from what its committed records give: execute it again")
 
 
 def _chapter_2() -> tuple[list[dict], float]:
@@ -85,10 +104,9 @@ def test_chapter_3_table_1_verdicts_and_the_studys_claims_are_those_its_committe
     assert counts.reset_index().to_dict("records") == record["paper_verdicts"]
     claims = pd.concat([defenses.paper_claims(records, t) for t in defenses.THREAT_MODELS], ignore_index=True)
     assert claims.to_dict("records") == record["claims"]
-    page = _outputs("03_defenses/03_defenses.ipynb", "text/plain")
-    with pd.option_context("display.max_columns", 20, "display.width", 80, "display.max_colwidth", None):  # the page's
-        assert repr(counts) in page, "the page's verdict counts differ from its committed cells: execute it again"
-        assert repr(claims) in page, "the page's claims differ from its committed cells: execute it again"
+    for frame in (counts, claims):
+        assert _page_shows("03_defenses/03_defenses.ipynb", frame), (
+            "the page's table differs from what its committed cells give: execute it again")
 
 
 @pytest.mark.parametrize("verdict", defenses.VERDICTS)
