@@ -1,17 +1,36 @@
 """Attacks: each kind of the table hurts a trained model, budgets hold, AutoAttack works on two logits, runs
 repeat, and a new kind is one table entry."""
 
+import math
+from types import SimpleNamespace
+
 import pytest
 import torch
 import torchattacks
+import tqdm
 from torchattacks.attack import Attack
 
 from _toy import bright_centre_task, trained_tiny_cnn
-from medsec_utils import attacks, metrics, profiles
+from medsec_utils import attacks, cache, metrics, profiles
 
 CPU = torch.device("cpu")
 SETTINGS = profiles.resolve_profile("smoke", pgd_steps=10, apgd_steps=10, fab_steps=10, square_queries=50,
                                     cw_steps=50, cw_c=100.0, cw_lr=0.05)
+
+
+@pytest.fixture(autouse=True)
+def fresh_cache(tmp_path, monkeypatch):
+    """Each test attacks what it asks for: an outcome memoised by an earlier test (or by an earlier mutant of a
+    mutation run, whose code digest is the same file) cannot stand in for it."""
+    monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def bars(monkeypatch, capsys):
+    """The progress bars a test's attacks print to stderr, without tqdm's monitor thread (a process forked while
+    it holds tqdm's lock, as a mutation tester forks, would hang)."""
+    monkeypatch.setattr(tqdm.tqdm, "monitor_interval", 0)
+    return capsys
 
 
 @pytest.fixture(scope="module")
@@ -232,6 +251,18 @@ def test_a_new_attack_is_one_table_entry(model, test_set, tmp_path, monkeypatch)
 
     x, y = test_set
     eps, settings = 8 / 255, {**SETTINGS, "noise_draws": 3}
+    kind = attacks.ATTACKS["random_sign"]
+    assert (kind.name, kind.build, kind.settings_keys, kind.budgeted, kind.describe) == (
+        "random_sign", random_sign, ("noise_draws",), True, None)
+    assert kind.about == "Random-sign noise of size eps: a toy baseline, no gradient."
+
+    def described(eps, settings):
+        return {"eps": eps, "draws": settings["noise_draws"]}
+
+    attacks.register_attack("random_sign_described", settings_keys=("noise_draws",), budgeted=True, about="",
+                            parameters=described)(random_sign)
+    assert attacks.ATTACKS["random_sign_described"].describe is described
+    assert attacks.attack_parameters("random_sign_described", eps, settings) == {"eps": eps, "draws": 3}
     assert attacks.attack_parameters("random_sign", eps, settings) == {"eps": eps, "noise_draws": 3}
     assert "random_sign" in attacks.budgeted_attacks()
     first, hit = attacks.evaluate_attack_cached(model, "random_sign", x, y, eps=eps, settings=settings, progress=False)
@@ -240,3 +271,111 @@ def test_a_new_attack_is_one_table_entry(model, test_set, tmp_path, monkeypatch)
     assert (hit, hit_again) == (False, True) and torch.equal(first.adversarial, again.adversarial)
     delta = (first.adversarial - x).abs().flatten(1).amax(1)
     assert float(delta.max()) <= eps + 1e-6 and bool((delta[first.attacked] > 0).all())
+
+
+def test_unknown_names_list_the_table_and_a_budget_may_be_anything_in_0_1(model):
+    with pytest.raises(ValueError, match=r"choose from fgsm, pgd, autoattack, cw$"):
+        attacks.make_attack("deepfool", model, 0.01, SETTINGS)
+    attacks.make_attack("fgsm", model, 1.0, SETTINGS)
+    attacks.make_attack("fgsm", model, 0.0, SETTINGS)
+    for eps in (1.5, -0.01):
+        with pytest.raises(ValueError, match=rf"eps={eps} is not in \[0, 1\]"):
+            attacks.make_attack("fgsm", model, eps, SETTINGS)
+        with pytest.raises(ValueError, match=rf"eps={eps} is not in \[0, 1\]"):
+            attacks.attack_parameters("fgsm", eps, SETTINGS)
+
+
+def test_an_attack_without_a_budget_records_none_and_one_with_a_budget_records_it():
+    assert "eps" not in attacks.ATTACKS["cw"].parameters(None, SETTINGS)
+    plain = attacks.AttackKind("plain_cw", attacks.ATTACKS["cw"].build, ("cw_steps",), False, "")
+    assert plain.parameters(None, SETTINGS) == {"cw_steps": 50}
+    assert attacks.AttackKind("plain", plain.build, (), True, "").parameters(0.5, SETTINGS) == {"eps": 0.5}
+
+
+def test_the_defaults_are_seed_0_batches_of_32_and_a_progress_bar(model, test_set, bars):
+    """PGD's random start is drawn per batch, so another default seed or batch size gives other images."""
+    x, y = test_set
+    default = attacks.evaluate_attack(model, "pgd", x, y, eps=2 / 255, settings=SETTINGS)
+    bar = bars.readouterr().err
+    explicit = attacks.evaluate_attack(model, "pgd", x, y, eps=2 / 255, settings=SETTINGS, seed=0, batch_size=32,
+                                       progress=False)
+    assert int(default.attacked.sum()) > 33 and torch.equal(default.adversarial, explicit.adversarial)
+    assert "pgd eps=2/255" in bar and ("batch/s" in bar or "s/batch" in bar)
+    assert bars.readouterr().err == ""
+    torch.manual_seed(0)
+    by_default = attacks.make_attack("autoattack", model, 2 / 255, SETTINGS)
+    assert [part.seed for part in by_default.attacks] == [0, 0, 0]
+
+
+@pytest.mark.parametrize("eps, shown", [(4 / 255, "4/255"), (1 / 3 / 255, "0.33/255"), (None, "none")])
+def test_the_progress_bar_names_the_attack_and_its_budget_in_grey_levels(model, test_set, eps, shown, bars):
+    x, y = test_set
+    name = "fgsm" if eps is not None else "cw"
+    attacks.evaluate_attack(model, name, x[:4], y[:4], eps=eps, settings={**SETTINGS, "cw_steps": 2})
+    assert f"{name} eps={shown}:" in bars.readouterr().err
+
+
+def test_each_batch_is_seeded_with_the_seed_and_its_index(model, test_set):
+    """The documented contract that makes a run repeatable with the same batch size."""
+    x, y = test_set
+    outcome = attacks.evaluate_attack(model, "pgd", x, y, eps=2 / 255, settings=SETTINGS, seed=3, batch_size=16,
+                                      progress=False)
+    todo = torch.nonzero(outcome.attacked).flatten()
+    attack = attacks.make_attack("pgd", model, 2 / 255, SETTINGS, 3)
+    for number, start in enumerate(range(0, len(todo), 16)):
+        index = todo[start:start + 16]
+        torch.manual_seed(3 * 100_003 + number)
+        assert torch.equal(attack(x[index], y[index]), outcome.adversarial[index]), number
+
+
+def test_the_outcome_names_what_ran_and_times_only_the_attack_calls(model, test_set, monkeypatch):
+    """A clock that ticks once per reading: each batch's attack call spans exactly one tick."""
+    x, y = test_set
+    ticks = iter(range(1000, 2000))
+    monkeypatch.setattr(attacks, "time", SimpleNamespace(perf_counter=lambda: float(next(ticks))))
+    outcome = attacks.evaluate_attack(model, "fgsm", x, y, eps=2 / 255, settings=SETTINGS, batch_size=16,
+                                      progress=False)
+    batches = -(-int(outcome.attacked.sum()) // 16)
+    assert outcome.seconds == batches
+    assert (outcome.attack, outcome.epsilon) == ("fgsm", 2 / 255)
+    assert outcome.clean is x and torch.equal(outcome.labels, y)
+
+
+def test_the_cached_outcome_is_the_outcome_of_every_argument(model, test_set, bars):
+    x, y = test_set
+    args = {"eps": 2 / 255, "settings": SETTINGS, "seed": 1, "batch_size": 16}
+    cached, hit = attacks.evaluate_attack_cached(model, "pgd", x, y, progress=False, **args)
+    assert not hit and bars.readouterr().err == ""
+    direct = attacks.evaluate_attack(model, "pgd", x, y, progress=False, **args)
+    for field in ("adversarial", "clean_pred", "adv_pred", "labels"):
+        assert torch.equal(getattr(cached, field), getattr(direct, field)), field
+    assert (cached.attack, cached.epsilon, cached.clean is x) == ("pgd", 2 / 255, True)
+    assert isinstance(cached.seconds, float) and cached.seconds > 0
+    other_image = x.clone()
+    other_image[0, 0, 0, 0] = 1 - other_image[0, 0, 0, 0]
+    changed = {"images": (other_image, y, args), "labels": (x, 1 - y, args), "seed": (x, y, {**args, "seed": 2}),
+               "batch size": (x, y, {**args, "batch_size": 8})}
+    for what, (images, labels, kwargs) in changed.items():
+        assert not attacks.evaluate_attack_cached(model, "pgd", images, labels, progress=False, **kwargs)[1], what
+    attacks.evaluate_attack_cached(model, "pgd", x, y, eps=2 / 255, settings=SETTINGS, seed=0, batch_size=32,
+                                   progress=False)
+    assert attacks.evaluate_attack_cached(model, "pgd", x, y, eps=2 / 255, settings=SETTINGS, progress=False)[1]
+
+
+def test_quantizing_keeps_an_attack_that_moves_whole_grey_levels_and_clean_errors_stay_errors():
+    """FGSM at 2/255 moves every pixel two grey levels: rounding keeps every flip. One image the model already
+    got wrong counts as wrong either way."""
+    x = torch.full((8, 1, 8, 8), 100.0)
+    x.view(8, -1)[:4, :1] += 1
+    x.view(8, -1)[4:, :25] += 1
+    x, y, model = x / 255, torch.tensor([0] * 4 + [1] * 4), _MeanBrightness()
+    y[0] = 1  # a Normal image labelled Pathology: a clean error
+    outcome = attacks.evaluate_attack(model, "fgsm", x, y, eps=2 / 255, settings=SETTINGS, progress=False)
+    assert outcome.clean_accuracy == 7 / 8 and outcome.robust_accuracy == 0.0
+    assert attacks.quantized_accuracy(model, outcome) == 0.0
+
+
+def test_a_class_with_no_correctly_classified_image_has_no_flip_rate():
+    labels, x = torch.zeros(4, dtype=torch.long), torch.zeros(4, 1, 2, 2)
+    outcome = attacks.AttackOutcome("fgsm", 0.01, labels, labels, labels, x, x, seconds=1.0)
+    assert math.isnan(outcome.flip_rate(1)) and outcome.flip_rate(0) == 0.0
