@@ -882,3 +882,50 @@ def test_data_error_is_one_class_wherever_it_is_imported():
     from medsec_utils import _dicom, _io
 
     assert DataError is _io.DataError is _dicom.DataError
+
+
+def test_a_spec_splits_into_its_base_and_options_keeping_plus_and_blank_values():
+    from medsec_utils.data import parse_spec
+
+    assert parse_spec(" scans/ct?patient_regex=^(p\\d+)_a+b&n=40 ") == (
+        "scans/ct", {"patient_regex": "^(p\\d+)_a+b", "n": "40"})
+    assert parse_spec("scans?modality=") == ("scans", {"modality": ""})
+    assert parse_spec("phantom:ct") == ("phantom:ct", {})
+    with pytest.raises(DataError, match=r"^scans\?size=3&foo=1: unknown option\(s\) foo, size; known: modality, "
+                                        r"window, patient_regex, n$"):
+        parse_spec("scans?size=3&foo=1")
+    for empty in ("", "   ", None):
+        with pytest.raises(DataError, match=r"^dataset spec .* is empty; give a folder, manifest\.csv, \.npz, name "
+                                            r"or phantom:MODALITY$"):
+            parse_spec(empty)
+
+
+@pytest.mark.parametrize("name, modality", [
+    ("chest_xray", "chest_xray"), ("pneumoniamnist_64", "chest_xray"), ("ChestXray2017", "chest_xray"),
+    ("CT-slices", "ct"), ("nccd_lung", "ct"), ("LC25000_subset", "histology"), ("he_stained", "histology"),
+    ("my_cxr", "chest_xray"), ("mycxrset", None), ("check", None), ("picture", None), ("ct_and_xray", None),
+    ("scans", None)])
+def test_a_name_says_its_modality_by_whole_short_words_or_longer_words_anywhere(name, modality):
+    """Words of up to 3 letters count only as whole tokens ("he" is not found in "check", "ct" not in
+    "picture"); longer ones anywhere in the name; words of two modalities say nothing."""
+    from medsec_utils.data import modality_from_name
+
+    assert modality_from_name(name) == modality
+
+
+def test_a_ct_window_is_two_numbers_in_hounsfield_units():
+    from medsec_utils.data import _parse_window
+
+    assert _parse_window("-600,1500", "ct?window=-600,1500") == (-600.0, 1500.0)
+    assert _parse_window(" 40 , 400", "s") == (40.0, 400.0)
+    assert _parse_window(None, "s") is None and _parse_window("", "s") is None
+    for bad in ("-600", "1,2,3", "level,width"):
+        with pytest.raises(DataError, match=r"^ct: window must be 'center,width' in HU, e\.g\. window=-600,1500$"):
+            _parse_window(bad, "ct")
+
+
+def test_a_phantom_specs_checksum_is_the_spec_itself():
+    from medsec_utils.data import spec_checksum
+
+    assert spec_checksum("phantom:ct?n=80") == "phantom:ct?n=80"
+    assert spec_checksum("phantom:histology") == "phantom:histology"

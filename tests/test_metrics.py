@@ -1,5 +1,7 @@
 """Metrics and their confidence intervals against hand-computed values."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -63,6 +65,61 @@ def test_binary_report_passes_threshold_resamples_and_seed_to_every_figure():
     at_half = metrics.binary_report(y, p, n_boot=50, seed=3)
     assert at_half["confusion_matrix"] == [[2, 1], [1, 1]] and at_half["accuracy"] == 0.6
     assert metrics.binary_report(y, np.full(5, 0.5), n_boot=10)["confusion_matrix"] == [[0, 3], [0, 2]]  # >= threshold
+
+
+def test_binary_report_defaults_are_threshold_half_1000_resamples_and_seed_0():
+    rng = np.random.default_rng(5)
+    y, p = rng.integers(0, 2, 40), rng.random(40)
+    assert metrics.binary_report(y, p) == metrics.binary_report(y, p, threshold=0.5, n_boot=1000, seed=0)
+
+
+def test_kid_is_torchmetrics_kid_on_the_given_vectors_with_subsets_of_at_most_1000_and_no_warning():
+    """1001 vectors per set: a subset size of 1000 differs from one of all of them."""
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    g = torch.Generator().manual_seed(0)
+    real, fake = torch.randn(1001, 8, generator=g), torch.randn(1001, 8, generator=g) + 0.3
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the buffer warning fid_kid must not let through
+        kid = KernelInceptionDistance(feature=metrics._Precomputed(8), subsets=7, subset_size=1000)
+    kid.update(real.double(), real=True)
+    kid.update(fake.double(), real=False)
+    torch.manual_seed(3)
+    mean, std = kid.compute()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        scores = metrics.fid_kid(real, fake, seed=3, subsets=7)
+    assert (scores["kid"], scores["kid_std"]) == (float(mean), float(std))
+    assert (scores["n_real"], scores["n_fake"]) == (1001, 1001)
+    default = metrics.fid_kid(real[:50], fake[:40])
+    assert default == metrics.fid_kid(real[:50], fake[:40], seed=0, subsets=100)
+    with pytest.raises(ValueError, match="FID needs at least 2 feature vectors per set; got 1 real and 40 fake"):
+        metrics.fid_kid(real[:1], fake[:40])
+
+
+def test_memoised_features_and_degradation_fids_are_keyed_by_size_seed_and_sentinels(monkeypatch):
+    g = torch.Generator().manual_seed(0)
+    reference, heldout, noise = (torch.rand(n, 1, 8, 8, generator=g) for n in (12, 10, 6))
+    encoder, cpu = _MeanPool(), torch.device("cpu")
+    metrics.image_features(encoder, reference, cpu, size=16)
+    rows = metrics.degradation_fids(encoder, reference, heldout, cpu, sentinels={"noise": noise}, seed=2, size=16)
+
+    def computed_again(*args, **kwargs):
+        raise AssertionError("computed again")
+
+    monkeypatch.setattr(metrics, "_embed", computed_again)
+    monkeypatch.setattr(metrics, "fid_kid", computed_again)
+    assert torch.equal(metrics.image_features(encoder, reference, cpu, size=16),
+                       metrics.image_features(encoder, reference.clone(), cpu, size=16))
+    assert metrics.degradation_fids(encoder, reference, heldout, cpu, sentinels={"noise": noise}, seed=2,
+                                    size=16) == rows
+    changed = {"size": dict(size=8), "seed": dict(seed=3), "sentinels": dict(sentinels={"other": noise})}
+    for what, change in changed.items():
+        with pytest.raises(AssertionError, match="computed again"):
+            metrics.degradation_fids(encoder, reference, heldout, cpu, **{"sentinels": {"noise": noise}, "seed": 2,
+                                                                         "size": 16, **change})
+    with pytest.raises(AssertionError, match="computed again"):
+        metrics.image_features(encoder, reference, cpu, size=8)
 
 
 def test_binary_report_on_one_class_gives_what_it_can_and_nan_for_the_rest():
@@ -266,6 +323,11 @@ def test_classifier_features_are_what_the_last_layer_of_the_classifier_sees():
     assert features.shape == (3, 512) and features.dtype == torch.float64
     head = classifier.backbone.get_classifier()
     torch.testing.assert_close(head(features.float()), classifier(x), rtol=1e-4, atol=1e-4)
+    encoder = metrics.ClassifierFeatures(classifier)
+    assert encoder.num_features == 512
+    assert encoder.identity == {"space": "classifier", "weights": cache.tensor_fingerprint(classifier.state_dict())}
+    assert metrics.feature_space("classifier", classifier=classifier)[1] == (
+        "penultimate features (512-d) of the chapter-1 classifier")
 
 
 def test_inception_features_load_a_local_weights_file_and_never_download(tmp_path, monkeypatch):
@@ -285,8 +347,15 @@ def test_inception_features_load_a_local_weights_file_and_never_download(tmp_pat
     encoder = metrics.InceptionFeatures(tmp_path / "weights.pth")
     grey = torch.rand(2, 1, 32, 32)
     features = metrics.image_features(encoder, grey, torch.device("cpu"))
-    assert features.shape == (2, 2048)
+    assert features.shape == (2, 2048) and encoder.num_features == 2048
     torch.testing.assert_close(features, metrics.image_features(encoder, grey.expand(-1, 3, -1, -1), torch.device("cpu")))
+    as_8_bit = ((grey * 1.4).clamp(0, 1) * 255).round() / 255  # what the network sees: clamped, whole grey levels
+    torch.testing.assert_close(metrics.image_features(encoder, grey * 1.4, torch.device("cpu")),
+                               metrics.image_features(encoder, as_8_bit, torch.device("cpu")))
+    assert not torch.allclose(features, metrics.image_features(encoder, grey * 1.4, torch.device("cpu")))
+    assert encoder.identity == {"space": "inception", "weights": cache.file_fingerprint(tmp_path / "weights.pth")}
+    assert metrics.feature_space("inception", inception_weights=tmp_path / "weights.pth")[1] == (
+        "Inception-v3 pool (2048-d, standard FID)")
 
 
 def test_random_vgg_features_are_seeded_and_treat_grey_as_rgb():
@@ -300,6 +369,26 @@ def test_random_vgg_features_are_seeded_and_treat_grey_as_rgb():
     state = torch.random.get_rng_state()
     metrics.RandomVGGFeatures(5)
     assert torch.equal(state, torch.random.get_rng_state()), "building the network must not move the global RNG"
+
+
+def test_random_vgg_features_are_fc2_of_a_seeded_vgg16_on_imagenet_normalised_images():
+    """An independent computation: torchvision's VGG-16 seeded alike, ImageNet statistics, the classifier's first
+    five layers (fc1, ReLU, dropout, fc2, ReLU), eval mode."""
+    import torchvision
+
+    torch.manual_seed(4)
+    vgg = torchvision.models.vgg16(weights=None).eval()
+    x = torch.rand(2, 3, 32, 32)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        expected = vgg.classifier[:5](vgg.avgpool(vgg.features((x - mean) / std)).flatten(1))
+    encoder = metrics.RandomVGGFeatures(4)
+    features = metrics.image_features(encoder, x, torch.device("cpu"))
+    torch.testing.assert_close(features.float(), expected)
+    assert encoder.num_features == expected.shape[1] == 4096
+    assert encoder.identity == {"space": "random_vgg16", "seed": 4, "torch": torch.__version__,
+                                "torchvision": torchvision.__version__}
 
 
 def test_image_features_are_computed_once_per_encoder_and_images(tmp_path, monkeypatch):
@@ -319,7 +408,8 @@ def test_image_features_are_computed_once_per_encoder_and_images(tmp_path, monke
 
 def test_feature_space_names_its_space_and_says_what_is_missing():
     encoder, described = metrics.feature_space("random_vgg16", seed=3)
-    assert isinstance(encoder, metrics.RandomVGGFeatures) and encoder.seed == 3 and "seed 3" in described
+    assert isinstance(encoder, metrics.RandomVGGFeatures) and encoder.seed == 3
+    assert described == "random-init VGG-16 fc2 (4096-d, seed 3; Naeem et al. 2020)"
     with pytest.raises(ValueError, match="needs the chapter-1 classifier"):
         metrics.feature_space("classifier")
     with pytest.raises(ValueError, match="needs inception_weights"):
