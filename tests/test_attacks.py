@@ -379,3 +379,20 @@ def test_a_class_with_no_correctly_classified_image_has_no_flip_rate():
     labels, x = torch.zeros(4, dtype=torch.long), torch.zeros(4, 1, 2, 2)
     outcome = attacks.AttackOutcome("fgsm", 0.01, labels, labels, labels, x, x, seconds=1.0)
     assert math.isnan(outcome.flip_rate(1)) and outcome.flip_rate(0) == 0.0
+
+
+def test_an_outcome_written_before_a_kill_is_read_back_not_attacked_again(model, test_set, tmp_path, monkeypatch):
+    """A run killed after ``outcome.pt`` was written but before the entry's marker: the next run finds the
+    outcome whole (written atomically) in the entry's folder under the kind ``attack``, and attacks nothing."""
+    x, y = test_set
+    first, _ = attacks.evaluate_attack_cached(model, "fgsm", x, y, eps=2 / 255, settings=SETTINGS, progress=False)
+    (folder,) = [path.parent for path in (tmp_path / "cache" / "attack").glob(f"*/{cache.MARKER}")]
+    (folder / cache.MARKER).unlink()
+
+    def attacked_again(*args, **kwargs):
+        raise AssertionError("attacked again although outcome.pt was whole")
+
+    monkeypatch.setattr(attacks, "evaluate_attack", attacked_again)
+    again, hit = attacks.evaluate_attack_cached(model, "fgsm", x, y, eps=2 / 255, settings=SETTINGS,
+                                                progress=False)
+    assert not hit and torch.equal(again.adversarial, first.adversarial) and again.seconds == first.seconds
