@@ -924,8 +924,16 @@ def test_a_ct_window_is_two_numbers_in_hounsfield_units():
             _parse_window(bad, "ct")
 
 
-def test_a_phantom_specs_checksum_is_the_spec_itself():
+def test_a_specs_checksum_is_the_loaded_sets_and_a_phantoms_is_the_spec_itself(tmp_path):
     from medsec_utils.data import spec_checksum
 
+    folder = _bmp_set(tmp_path / "cxr_sum")
+    assert spec_checksum(str(folder)) == load(folder, size=32).checksum
+    assert spec_checksum(f"{folder}?modality=chest_xray") == load(folder, size=32).checksum
+    root = tmp_path / "xray_split"
+    for layer in ("train", "val", "test"):
+        tree(root, {"normal": 0, "pneumonia": 1}, per_class=2, layer=layer, prefix=f"{layer}-")
+    by_regex = f"{root}?patient_regex=^([a-z]+-\\d)\\d+_"  # the options reach the source: patient ids differ
+    assert spec_checksum(by_regex) == load(by_regex).checksum != spec_checksum(str(root))
     assert spec_checksum("phantom:ct?n=80") == "phantom:ct?n=80"
     assert spec_checksum("phantom:histology") == "phantom:histology"
