@@ -3,6 +3,7 @@
 import copy
 import hashlib
 import json
+import re
 
 import numpy as np
 import pytest
@@ -184,3 +185,20 @@ def test_memoised_values_are_kept_per_kind_and_parts_with_how_long_they_took(tmp
     assert len(markers) == 2 and all(m["kind"] == "sums" and 0 <= m["seconds"] < 1 for m in markers)
     cache.write_json_atomic(tmp_path / "paths.json", {"weights": tmp_path / "w.pt"})
     assert json.loads((tmp_path / "paths.json").read_text()) == {"weights": str(tmp_path / "w.pt")}
+
+
+def test_keys_and_fingerprints_are_the_first_20_hex_digits_of_a_sha256(tmp_path):
+    """Folder names and recorded fingerprints have one documented length: a longer digest names the same thing
+    but every stored key would change."""
+    hex20 = re.compile("[0-9a-f]{20}")
+    assert hex20.fullmatch(cache.artefact_key({"a": 1}))
+    assert hex20.fullmatch(cache.tensor_fingerprint(torch.zeros(3)))
+    path = tmp_path / "weights.pth"
+    path.write_bytes(b"weights")
+    assert cache.file_fingerprint(path) == hashlib.sha256(b"weights").hexdigest()[:20]
+
+
+def test_an_entrys_marker_records_its_seconds_to_the_hundredth(tmp_path):
+    folder, _ = cache.cached("thing", {"n": 1}, lambda f: (f / "x.txt").write_text("x"), root=tmp_path)
+    seconds = json.loads((folder / cache.MARKER).read_text())["seconds"]
+    assert seconds == round(seconds, 2) and 0 <= seconds < 60
