@@ -444,3 +444,24 @@ def test_random_vgg_fid_grows_as_real_images_get_worse():
     sentinel = [r for r in rows if r["sentinel"] == "uniform noise"]
     assert len(sentinel) == 1 and sentinel[0]["degradation"] is None and sentinel[0]["fid"] > 2 * rows[0]["fid"]
     assert {r["n_real"] for r in rows} == {48} and len(rows) == 1 + sum(map(len, metrics.DEGRADATIONS.values()))
+
+
+def test_noise_is_the_seeded_gaussian_added_and_clamped_and_a_2_px_blur_blurs():
+    x = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(4))
+    noisy = metrics.degrade(x, "gaussian noise (std)", 0.5, seed=4)
+    torch.testing.assert_close(noisy, (x + 0.5 * noise).clamp(0, 1))
+    assert float(noisy.min()) == 0.0 and float(noisy.max()) == 1.0, "strong noise reaches both ends of [0, 1]"
+    two = metrics.degrade(x, "box blur (px)", 2)
+    assert two.shape == x.shape and not torch.allclose(two, x)
+    with pytest.raises(ValueError, match=r"^unknown degradation 'jpeg'; choose from gaussian noise \(std\), "
+                                         r"box blur \(px\)$"):
+        metrics.degrade(x, "jpeg", 50)
+
+
+def test_an_interval_of_no_image_is_nan_and_one_right_image_per_class_is_perfect():
+    assert all(np.isnan(v) for v in metrics.wilson_interval(0, 0))
+    both = metrics.binary_report(np.array([0, 1]), np.array([0.2, 0.9]), n_boot=5)
+    assert (both["sensitivity"], both["specificity"], both["accuracy"]) == (1.0, 1.0, 1.0)
+    normal_only = metrics.binary_report(np.zeros(4), np.full(4, 0.1), n_boot=5)
+    assert normal_only["confusion_matrix"] == [[4, 0], [0, 0]] and normal_only["specificity"] == 1.0
