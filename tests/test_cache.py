@@ -4,6 +4,7 @@ import copy
 import hashlib
 import json
 import re
+import time
 
 import numpy as np
 import pytest
@@ -199,6 +200,24 @@ def test_keys_and_fingerprints_are_the_first_20_hex_digits_of_a_sha256(tmp_path)
 
 
 def test_an_entrys_marker_records_its_seconds_to_the_hundredth(tmp_path):
-    folder, _ = cache.cached("thing", {"n": 1}, lambda f: (f / "x.txt").write_text("x"), root=tmp_path)
+    def produce(folder):
+        time.sleep(0.015)
+        (folder / "x.txt").write_text("x")
+
+    folder, _ = cache.cached("thing", {"n": 1}, produce, root=tmp_path)
     seconds = json.loads((folder / cache.MARKER).read_text())["seconds"]
-    assert seconds == round(seconds, 2) and 0 <= seconds < 60
+    assert seconds == round(seconds, 2) and 0.01 <= seconds < 60
+
+
+def test_the_packages_own_init_is_no_module_and_names_follow_every_level():
+    assert "" not in cache.code_fingerprint() and "metrics" in cache.code_fingerprint()
+    assert cache.module_name(cache.PACKAGE_DIR / "reporting" / "extra" / "__init__.py") == "reporting.extra"
+
+
+def test_a_models_fingerprint_names_the_module_of_its_class():
+    """Two classes of one name and structure in different modules are different models."""
+    first = type("Net", (torch.nn.Linear,), {"__module__": "hospital_a.models"})(2, 2)
+    second = type("Net", (torch.nn.Linear,), {"__module__": "hospital_b.models"})(2, 2)
+    second.load_state_dict(first.state_dict())
+    assert repr(first) == repr(second)
+    assert cache.module_fingerprint(first) != cache.module_fingerprint(second)
