@@ -42,6 +42,7 @@ from _faults import record
 from _kill import CHECKPOINT, MARKER, ForkServer, Run, entries, stop_process_trees
 
 SEED = 2024
+INIT = Path(__file__).with_name("_init.py")  # the reaping init each SuperLink and SuperNode runs under
 KILLS = 1  # timed kill points per workload (beside the two the run triggers itself)
 
 
@@ -241,9 +242,11 @@ class Deployment:
         self.started: list[subprocess.Popen] = []
 
     def _start(self, name: str, command: list) -> subprocess.Popen:
+        """``command`` under a reaping init (``_init.py``, which says why), as a container started with
+        ``--init`` runs it; the returned process is the init, :func:`_command` its command."""
         log = open(self.folder / f"{name}.log", "a")
-        process = subprocess.Popen([str(c) for c in command], env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+        process = subprocess.Popen([sys.executable, INIT, *map(str, command)], env=self.env, stdout=log,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
         self.started.append(process)
         return process
 
@@ -275,9 +278,10 @@ class Deployment:
 
     @staticmethod
     def kill_tree(process: subprocess.Popen) -> list[str]:
-        """SIGKILL ``process`` and every descendant at once (a machine that loses power); their command names."""
+        """SIGKILL the command under the init ``process`` and every descendant at once (a machine that loses
+        power); their command names. The init reaps them and follows."""
         try:
-            tree = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+            tree = psutil.Process(process.pid).children(recursive=True)
         except psutil.NoSuchProcess:
             return []
         names = [_command_name(member) for member in tree]
@@ -286,8 +290,7 @@ class Deployment:
                 member.send_signal(signal.SIGKILL)
             except psutil.NoSuchProcess:
                 pass
-        psutil.wait_procs(tree, timeout=10)
-        process.wait()
+        process.wait(timeout=30)
         return names
 
     def stop(self) -> list[psutil.Process]:
@@ -397,6 +400,12 @@ def _resumed_equal(store: Path, before: dict, reference: dict, run: Streamed) ->
     return resumed
 
 
+def _command(init: subprocess.Popen) -> psutil.Process:
+    """The process the reaping init ``init`` started (a SuperLink or SuperNode): its first child, as the
+    orphans it adopts later are its children too."""
+    return min(psutil.Process(init.pid).children(), key=psutil.Process.create_time)
+
+
 def _clientapps(node: subprocess.Popen) -> list[psutil.Process]:
     """The ClientApp processes a SuperNode runs now (one per message it works on; ended ones left out)."""
     try:
@@ -485,8 +494,9 @@ def test_a_federation_with_a_killed_supernode_resumes_after_its_last_stored_roun
     store = Path(before["store"])
     node = flower.nodes[1]
     orphans = _clientapps(node)
-    node.send_signal(signal.SIGKILL)
-    node.wait()
+    supernode = _command(node)
+    supernode.send_signal(signal.SIGKILL)
+    supernode.wait(timeout=30)
     run.finish()  # `flwr run` exits with 0 even when its ServerApp raised: read what it printed
     flower.start_node(1)  # only now: started at once, it could take up the killed node's round-2 message
     refused = next((line.strip() for line in run.lines if "round 2: 1 of 2 sites replied" in line), "")
@@ -496,6 +506,7 @@ def test_a_federation_with_a_killed_supernode_resumes_after_its_last_stored_roun
     for process in alive:
         process.kill()
     assert not alive, "the killed SuperNode's ClientApp outlived it by 30 s"
+    assert node.wait(timeout=30) == -signal.SIGKILL  # its init reaped all and died as the SuperNode did
     again = Streamed(flower.submit(store))
     assert again.finish() == 0, again.tail()
     user_sees = _resumed_equal(store, before, reference, again)
