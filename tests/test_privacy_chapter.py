@@ -1,16 +1,24 @@
 """Chapter 6 as steps of the results store (smoke profile, CT phantoms): per data set the membership models, the
 DP-SGD models and the attack step that reads them; membership drawn per patient, each patient in half of the
-models; a split or budget that cannot work refused before any model is trained."""
+models; a split or budget that cannot work refused before any model is trained; the attacks on chapter 4's
+generators after chapter 4's own stored class steps."""
 
 from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from medsec_utils import cache
 from medsec_utils.reporting.chapter import open_from_params
-from medsec_utils.steps.privacy import membership
+from medsec_utils.steps.privacy import CHAPTER_4_PARAMS, generator_membership, membership
 
 SPEC = "phantom:ct"
+REPO = Path(__file__).resolve().parents[1]
+
 
 
 def _open(tmp_path, **params):
@@ -97,3 +105,62 @@ def test_what_an_attacker_learns_follows_the_intervals():
     assert privacy.what_an_attacker_learns(attacks).iloc[0, 0].startswith("tells members apart on average only")
     attacks[0]["auc_low"] = 0.49
     assert privacy.what_an_attacker_learns(attacks).iloc[0, 0].startswith("nothing beyond chance")
+    generator = {"dataset": "ct", "target": "generator: dcgan", "unit": "image", "attack": "gan_leaks",
+                 "members": 200, "nonmembers": 92, "refused": "non-members: 92 images cannot resolve a TPR at 1.0% FPR"}
+    learned = privacy.what_an_attacker_learns([*attacks, generator])["what an attacker learns"]
+    assert learned[("ct", "generator: dcgan")] == f"not judged: {generator['refused']}"
+    assert learned[("ct", "classifier")].startswith("nothing beyond chance")  # a judged target beside it
+
+
+def _defaults(chapter: str) -> dict:
+    spec = importlib.util.spec_from_file_location("compendium", REPO / "scripts" / "compendium.py")
+    compendium = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compendium)
+    return compendium.notebook_defaults(REPO / "notebooks" / f"{chapter}.ipynb")
+
+
+def test_chapter_6_attacks_the_generators_chapter_4_stored_under_chapter_4s_own_keys(tmp_path):
+    """With both notebooks' defaults (what ``make reference`` runs), each generator step comes after chapter 4's
+    two class steps of its kind with exactly the keys chapter 4 stores them under: other keys would make the
+    store train chapter 4's generators again instead of reading them."""
+    sixth, fourth = _defaults("06_privacy"), _defaults("04_synthetic_images")
+    assert {key: sixth[key] for key in CHAPTER_4_PARAMS} == {key: fourth[key] for key in CHAPTER_4_PARAMS}
+    common = {"profile": "smoke", "dataset": SPEC, "seed": 0}
+    steps = open_from_params("06_privacy", {**sixth, **common, "output_dir": str(tmp_path / "06")}).steps()
+    stored = {s.id: cache.artefact_key(s.key_parts()) for s in open_from_params(
+        "04_synthetic_images", {**fourth, **common, "output_dir": str(tmp_path / "04")}).steps()}
+    generators = [s for s in steps if "/generators/" in s.id]
+    assert [s.id for s in generators] == [f"06_privacy/phantom_ct/generators/{kind}" for kind in fourth["generators"]]
+    for step in generators:
+        kind = step.id.rsplit("/", 1)[1]
+        assert {s.id: cache.artefact_key(s.key_parts()) for s in step.after} == {
+            f"04_synthetic_images/phantom_ct/{kind}/{c}": stored[f"04_synthetic_images/phantom_ct/{kind}/{c}"]
+            for c in ("normal", "pathology")}
+    other = open_from_params("06_privacy", {**sixth, **common, "output_dir": str(tmp_path / "06"),
+                                            "feature_space": "classifier"}).steps()
+    assert next(s for s in other if "/generators/" in s.id).after[0].key_parts() != generators[0].after[0].key_parts()
+
+
+def test_a_generators_members_are_its_training_images_and_its_non_members_held_out_images_of_other_patients(tmp_path):
+    """Members: training images, as many of each class as the non-members' class shares allow (here the
+    training split without 30 Normal images, so the shares differ); non-members: val and test, except images of
+    a patient with training images (here one test image given a training patient's id)."""
+    chapter = _open(tmp_path)
+    images, settings = chapter.sets[0], chapter.settings
+    train, val, test = (images.indices(split, settings["max_train_images" if split == "train" else "max_eval_images"], 0)
+                        for split in ("train", "val", "test"))
+    labels = images.labels.numpy()
+    images.patient_ids = images.patient_ids.copy()
+    images.patient_ids[test[3]] = images.patient_ids[train[labels[train] == 1][0]]
+    images.splits = images.splits.copy()
+    images.splits[train[labels[train] == 0][:30]] = "unused"
+    index, is_member, shared = generator_membership(images, settings, 0)
+    held_out = [i for i in (*val, *test) if i != test[3]]
+    assert shared == 1 and list(index[~is_member]) == held_out
+    members = index[is_member]
+    assert set(members) <= set(train) - set(train[labels[train] == 0][:30])
+    normal_share = np.mean(labels[held_out] == 0)
+    assert abs(np.mean(labels[members] == 0) - normal_share) < 1 / len(members)
+    fewest = int((labels[train] == 0).sum()) - 30  # the scarcer class on the members' side keeps all its images
+    assert int((labels[members] == 0).sum()) in (fewest, fewest - 1) or int((labels[members] == 1).sum()) == int(
+        (labels[train] == 1).sum())

@@ -89,9 +89,13 @@ def _patient_record(attack: str, target: str, members: np.ndarray, outsiders: np
         report = evaluate_scores(attack, members, outsiders, n_boot=n_boot, seed=seed,
                                  fprs=_resolvable(len(outsiders)))
     except ValueError as refused:  # too few patients: said in the record, not dropped silently
-        return {"target": target, "unit": "patient", "attack": attack, "members": len(members),
-                "nonmembers": len(outsiders), "refused": str(refused)}
+        return _refused(attack, target, "patient", len(members), len(outsiders), refused)
     return _record(report, target, "patient")
+
+
+def _refused(attack: str, target: str, unit: str, members: int, outsiders: int, why: ValueError) -> dict[str, Any]:
+    return {"target": target, "unit": unit, "attack": attack, "members": members, "nonmembers": outsiders,
+            "refused": str(why)}
 
 
 def _scores(attack: str, logits: torch.Tensor, labels: torch.Tensor, shadow_logits: torch.Tensor,
@@ -114,3 +118,26 @@ def _resolvable(n_outsiders: int) -> tuple[float, ...]:
 
 def _record(report: AttackReport, target: str, unit: str) -> dict[str, Any]:
     return {"target": target, "unit": unit, **report.record()}
+
+
+def score_audit(target: str, scores: Mapping[str, np.ndarray], is_member: np.ndarray, patients: np.ndarray, *,
+                n_boot: int, seed: int) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
+    """Records and ROC arrays (``roc/<target>/<attack>/fpr`` and ``.../tpr``) of attacks that scored one pool of
+    images against one target (a generator pair of chapter 4: each image scored by its own class's generator);
+    ``is_member`` says which images the target trained on. Per patient too where patients have several images."""
+    records: list[dict[str, Any]] = []
+    arrays: dict[str, np.ndarray] = {}
+    is_member = np.asarray(is_member, bool)
+    several = len(np.unique(patients)) < len(patients)
+    for attack, values in scores.items():
+        try:
+            report = evaluate_scores(attack, values[is_member], values[~is_member], n_boot=n_boot, seed=seed)
+        except ValueError as refused:  # too few held-out images (phantoms): said in the record, not dropped
+            records.append(_refused(attack, target, "image", int(is_member.sum()), int((~is_member).sum()), refused))
+            continue
+        records.append(_record(report, target, "image"))
+        arrays[f"roc/{target}/{attack}/fpr"], arrays[f"roc/{target}/{attack}/tpr"] = report.roc_fpr, report.roc_tpr
+        if several:
+            records.append(_patient_record(attack, target, _by_patient(values, patients, is_member),
+                                           _by_patient(values, patients, ~is_member), n_boot, seed))
+    return records, arrays

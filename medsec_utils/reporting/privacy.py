@@ -16,7 +16,8 @@ from .common import ci_cell, data_label, phantom_banner, within
 if TYPE_CHECKING:
     from .chapter import Chapter
 
-ATTACK_NAMES = {"loss": "loss threshold (Yeom et al.)", "lira_offline": "LiRA offline", "lira_online": "LiRA online"}
+ATTACK_NAMES = {"loss": "loss threshold (Yeom et al.)", "lira_offline": "LiRA offline", "lira_online": "LiRA online",
+                "gan_leaks": "GAN-Leaks (Chen et al.)", "denoising_error": "denoising error (Matsumoto et al.)"}
 
 
 def _tpr_name(fpr: float) -> str:
@@ -29,9 +30,10 @@ def from_steps(chapter: Chapter, results: dict[str, StepResult]) -> tuple[list[d
     attacks, models = [], []
     for images in chapter.sets:
         prefix, name = f"06_privacy/{step_name(images)}", data_label(images)
-        attacks += [{"dataset": name, **r} for r in results[f"{prefix}/attacks"].record["records"]]
         for step_id, result in results.items():
-            if step_id.startswith(prefix + "/") and not step_id.endswith("/attacks"):
+            if step_id.startswith(prefix + "/") and "records" in result.record:  # the attack steps
+                attacks += [{"dataset": name, **r} for r in result.record["records"]]
+            elif step_id.startswith(prefix + "/"):
                 report, privacy = result.record["report"], result.record.get("privacy")
                 models.append({"dataset": name, "model": step_id.rsplit("/", 1)[1],
                                "epsilon": privacy["epsilon"] if privacy else None,
@@ -101,6 +103,11 @@ def what_an_attacker_learns(attacks: list[dict[str, Any]]) -> pd.DataFrame:
     for (dataset, target), group in pd.DataFrame(
             [r for r in attacks if r["unit"] == "image" and "shadows" not in r]).groupby(["dataset", "target"],
                                                                                          sort=False):
+        if "refused" in group and group["refused"].notna().all():
+            rows.append({"dataset": dataset, "target": target,
+                         "what an attacker learns": f"not judged: {group['refused'].iloc[0]}"})
+            continue
+        group = group[group["refused"].isna()] if "refused" in group else group
         found = group[group["tpr@1%_low"] > 0.01]
         average = group[group["auc_low"] > 0.5]
         if len(found):
@@ -118,17 +125,20 @@ def what_an_attacker_learns(attacks: list[dict[str, Any]]) -> pd.DataFrame:
 
 
 def plot_rocs(chapter: Chapter, results: dict[str, StepResult]) -> plt.Figure:
-    """Each data set's membership ROCs on log-log axes (Carlini et al.'s view), membership models and DP models,
-    with chance as the diagonal."""
+    """Each data set's membership ROCs on log-log axes (Carlini et al.'s view): membership models, DP models and
+    chapter 4's generators, with chance as the diagonal."""
     fig, axes = plt.subplots(1, len(chapter.sets), figsize=(4 * len(chapter.sets), 3.8), squeeze=False)
     for ax, images in zip(axes[0], chapter.sets):
-        arrays = results[f"06_privacy/{step_name(images)}/attacks"].arrays
+        prefix = f"06_privacy/{step_name(images)}/"
+        arrays = {key: value for step_id, result in results.items() if step_id.startswith(prefix)
+                  for key, value in result.arrays.items() if key.startswith("roc/")}
         for key in sorted(k for k in arrays if k.endswith("/fpr")):
             _, target, attack, _ = key.split("/")
-            if target != "classifier" and attack != "lira_offline":
+            if target.startswith("DP") and attack != "lira_offline":
                 continue  # the DP models with one attack, to keep the panel readable
             ax.plot(np.maximum(arrays[key], 1e-4), np.maximum(arrays[key[:-3] + "tpr"], 1e-4), linewidth=1,
-                    label=f"{target}: {ATTACK_NAMES[attack]}", linestyle="-" if target == "classifier" else "--")
+                    label=f"{target}: {ATTACK_NAMES[attack]}",
+                    linestyle="-" if target == "classifier" else ":" if target.startswith("generator") else "--")
         ax.plot([1e-4, 1], [1e-4, 1], color="grey", linestyle=":", linewidth=1)
         ax.set(xscale="log", yscale="log", xlim=(1e-3, 1), ylim=(1e-3, 1), title=data_label(images),
                xlabel="false-positive rate", ylabel="true-positive rate")

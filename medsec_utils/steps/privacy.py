@@ -1,6 +1,12 @@
 """Chapter 6's steps, per data set: the membership models (chapter 1's classifier trained on half of the training
 split, ``privacy_models`` of them), the DP-SGD models at each budget of ``dp_epsilons``, then the attack step that
-reads all of them.
+reads all of them; and per generator kind of chapter 4 (``params["generators"]``), the attacks on its two class
+generators, read from chapter 4's stored class steps (``after``, in the run's shared results store).
+
+A generator's members are the training images of its class (chapter 4 trains each class's generator on all of
+them); its non-members are the val and test images of that class: held out from every generator, and no page
+reports a generator's accuracy on them (too few val images alone for 1 % FPR on CT: 99). Non-members of a patient
+who also has training images are left out.
 
 Membership is drawn per patient: each patient of the training split is in exactly half of the models (Carlini et
 al.'s protocol), so a model's members and non-members are the two halves of one split, of one distribution, and
@@ -16,18 +22,23 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import training
+from .. import data, generative, training
 from ..data import ImageSet
 from ..models import build_classifier
 from ..privacy import dp
+from ..privacy.attacks import MEMBERSHIP_ATTACKS
+from ..privacy.audit import audit, score_audit
 from ..privacy.outputs import model_logits
-from ..privacy.audit import audit
 from ..store import CORE_PACKAGES, Step, StepResult
+from . import synthetic_images
 from ._plumbing import data_modules, step_name
 
 MODEL_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "max_train_images", "max_eval_images", "bootstrap")
 DP_KEYS = ("dp_epochs", "dp_delta", "dp_lr", "dp_max_grad_norm", "batch_size", "max_train_images",
            "max_eval_images", "bootstrap")
+GENERATOR_ATTACKS = {"dcgan": ("gan_leaks",), "progan": ("gan_leaks",), "ddpm": ("gan_leaks", "denoising_error")}
+GENERATOR_KEYS = ("max_train_images", "max_eval_images", "bootstrap", "synthetic_images", "ddim_steps")
+CHAPTER_4_PARAMS = ("generators", "feature_space", "inception_weights")  # chapter 4's parameters in its steps' keys
 MIN_NONMEMBERS = 100  # a model's other half must resolve a TPR at 1 % FPR (its DP twins are judged alone)
 PRIVACY_MODULES = ("models", "training", "metrics", "privacy.outputs")  # what a model step's logits depend on
 
@@ -68,6 +79,45 @@ def steps(sets: list[ImageSet], settings: dict[str, Any], params: dict[str, Any]
             modules=("metrics", "privacy.membership", "privacy.attacks", "privacy.audit"), recipe=attacks_result,
             inputs=dict(images=images, settings=settings, seed=seed), packages=(*CORE_PACKAGES, "scikit-learn"),
             after=[*models, *private])]
+        made += generator_steps(images, settings, params, device)
+    return made
+
+
+def generator_steps(images: ImageSet, settings: dict[str, Any], params: dict[str, Any],
+                    device: torch.device) -> list[Step]:
+    """One step per kind of ``params["generators"]``: its attacks on chapter 4's two class generators of
+    ``images``, after their class steps (built from ``params``' chapter-4 parameters, so they must be the ones
+    chapter 4 ran with: the store then has them; else they are computed first)."""
+    kinds = params.get("generators") or []
+    if not kinds:
+        return []
+    at_size = images if images.size == settings["generator_size"] else data.load_dataset(
+        images.spec, size=settings["generator_size"], seed=params["seed"], phantom_images=settings["phantom_images"])
+    chapter_4 = {step.id: step for step in synthetic_images.steps(
+        [at_size], settings, {**{key: params.get(key) for key in CHAPTER_4_PARAMS}, "seed": params["seed"],
+                              "weights": params.get("weights"), "nproc": params.get("nproc", 1)}, device)}
+    name, seed = step_name(at_size), params["seed"]
+    n_members = len(at_size.indices("train", settings["max_train_images"], seed))
+    n_queries = n_members + sum(len(at_size.indices(split, settings["max_eval_images"], seed))
+                                for split in ("val", "test"))
+    made = []
+    for kind in kinds:
+        pair = [chapter_4[f"04_synthetic_images/{name}/{kind}/{label}"]
+                for label in synthetic_images.CLASS_STEPS.values()]
+        attacks = GENERATOR_ATTACKS[kind]
+        own = {key: settings[key] for key in (("denoising_timesteps", "denoising_draws") if kind == "ddpm"
+                                              else ("gan_leaks_samples",))}
+        forwards = n_queries * len(settings["denoising_timesteps"]) * settings["denoising_draws"]
+        units = {f"{kind}_sample": 2 * settings["gan_leaks_samples"]} if kind != "ddpm" else {
+            "ddpm_sample": forwards / settings["ddim_steps"]}  # a denoising error is one of a sample's U-Net passes
+        made.append(Step(
+            id=f"06_privacy/{name}/generators/{kind}",
+            parts={"data": at_size.checksum, "size": at_size.size, "kind": kind, "attacks": list(attacks),
+                   "seed": seed, **own, **{key: settings[key] for key in GENERATOR_KEYS}},
+            modules=(*data_modules(at_size), "generative", "privacy.membership", "privacy.attacks", "privacy.audit"),
+            recipe=generator_attacks_result, inputs=dict(images=at_size, settings=settings, seed=seed, device=device,
+                                                         kind=kind),
+            packages=(*CORE_PACKAGES, "scikit-learn", "scipy", "diffusers"), units=units, after=pair))
     return made
 
 
@@ -151,3 +201,54 @@ def attacks_result(upstream: dict[str, StepResult], images: ImageSet, settings: 
     records, arrays = audit(logits, private, images.labels[pool], membership(images, settings, seed),
                             images.patient_ids[pool], n_boot=settings["bootstrap"], seed=seed)
     return StepResult({"records": records}, arrays)
+
+
+def generator_membership(images: ImageSet, settings: dict[str, Any], seed: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """``(index, is_member, shared)`` for chapter 4's generators: training images (members, as each class's
+    generator trained on all of its class) then the val and test images (non-members) less the ``shared`` ones of
+    a patient who also has training images. Members are a seeded subsample with the non-members' class shares:
+    each image is scored by its own class's generator, and a class whose images lie closer to their generator's
+    samples would otherwise pass for membership wherever the two sides mix the classes differently."""
+    train = images.indices("train", settings["max_train_images"], seed)
+    held_out = np.concatenate([images.indices(split, settings["max_eval_images"], seed) for split in ("val", "test")])
+    shared = np.isin(images.patient_ids[held_out], images.patient_ids[train])
+    held_out = held_out[~shared]
+    labels = images.labels.numpy()
+    shares = {c: float(np.mean(labels[held_out] == c)) for c in synthetic_images.CLASS_STEPS}
+    total = min(int((labels[train] == c).sum()) / share for c, share in shares.items() if share)
+    rng = np.random.default_rng(seed)
+    members = np.sort(np.concatenate([rng.choice(train[labels[train] == c], int(total * share), replace=False)
+                                      for c, share in shares.items()]))
+    index = np.concatenate([members, held_out])
+    return index, np.r_[np.ones(len(members), bool), np.zeros(len(held_out), bool)], int(shared.sum())
+
+
+def generator_attacks_result(upstream: dict[str, StepResult], images: ImageSet, settings: dict[str, Any], seed: int,
+                             device: torch.device, kind: str) -> StepResult:
+    """Every attack of ``GENERATOR_ATTACKS[kind]`` on the class generators of chapter 4, each image scored by its own
+    class's generator: GAN-Leaks against ``gan_leaks_samples`` images a GAN draws from its stored weights (the
+    DDPM: its stored ``synthetic_images``, as sampling it costs minutes), the DDPM's denoising error at
+    ``denoising_timesteps``. Members: the training split; non-members: val and test, less any patient with
+    training images. Records per image (and per patient) and the ROCs as arrays."""
+    index, is_member, shared = generator_membership(images, settings, seed)
+    queries = images.images[torch.as_tensor(index)].float().div_(255.0)
+    labels = images.labels[torch.as_tensor(index)]
+    scores = {attack: np.zeros(len(index)) for attack in GENERATOR_ATTACKS[kind]}
+    name, samples = step_name(images), {}
+    for label in synthetic_images.CLASS_STEPS:
+        mine = (labels == label).numpy()
+        generator = synthetic_images.stored_generator(upstream, images, kind, label, settings, device)
+        if kind == "ddpm":
+            stored, stored_labels = synthetic_images.stored_samples(upstream, name, kind)
+            generated = stored[stored_labels == label]
+            scores["denoising_error"][mine] = MEMBERSHIP_ATTACKS["denoising_error"].score(
+                generator, queries[mine], settings["denoising_timesteps"], draws=settings["denoising_draws"],
+                seed=seed, device=device)
+        else:
+            generated = generative.sample(generator, settings["gan_leaks_samples"], seed=seed + label, device=device)
+        scores["gan_leaks"][mine] = MEMBERSHIP_ATTACKS["gan_leaks"].score(queries[mine], generated)
+        samples[synthetic_images.CLASS_STEPS[label]] = len(generated)
+    records, arrays = score_audit(f"generator: {kind}", scores, is_member, images.patient_ids[index],
+                                  n_boot=settings["bootstrap"], seed=seed)
+    return StepResult({"records": records, "nonmembers_sharing_a_patient": shared,
+                       "samples": samples}, arrays)
