@@ -136,6 +136,10 @@ def test_chapter_6_attacks_the_generators_chapter_4_stored_under_chapter_4s_own_
         assert {s.id: cache.artefact_key(s.key_parts()) for s in step.after} == {
             f"04_synthetic_images/phantom_ct/{kind}/{c}": stored[f"04_synthetic_images/phantom_ct/{kind}/{c}"]
             for c in ("normal", "pathology")}
+    trained_on_synthetic = [s for s in steps if "/synthetic_classifier/" in s.id]  # smoke: the DC-GAN's images
+    assert [s.id for s in trained_on_synthetic] == ["06_privacy/phantom_ct/synthetic_classifier/dcgan"]
+    assert [s.id for s in trained_on_synthetic[0].after] == [s.id for s in generators[0].after]
+    assert [need[0] for need in trained_on_synthetic[0].needs] == ["classifier"]  # chapter 1's, rebuilt if missing
     other = open_from_params("06_privacy", {**sixth, **common, "output_dir": str(tmp_path / "06"),
                                             "feature_space": "classifier"}).steps()
     assert next(s for s in other if "/generators/" in s.id).after[0].key_parts() != generators[0].after[0].key_parts()

@@ -1,7 +1,9 @@
 """Chapter 6's steps, per data set: the membership models (chapter 1's classifier trained on half of the training
 split, ``privacy_models`` of them), the DP-SGD models at each budget of ``dp_epsilons``, then the attack step that
 reads all of them; and per generator kind of chapter 4 (``params["generators"]``), the attacks on its two class
-generators, read from chapter 4's stored class steps (``after``, in the run's shared results store).
+generators, read from chapter 4's stored class steps (``after``, in the run's shared results store), and for a
+kind of ``replacement_generators`` the loss attack on the classifier trained only on its images (chapter 4's
+replacement experiment), beside chapter 1's classifier, for the same real patients.
 
 A generator's members are the training images of its class (chapter 4 trains each class's generator on all of
 them); its non-members are the val and test images of that class: held out from every generator, and no page
@@ -22,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import data, generative, training
+from .. import data, generative, replacement, training
 from ..data import ImageSet
 from ..models import build_classifier
 from ..privacy import dp
@@ -32,6 +34,7 @@ from ..privacy.outputs import model_logits
 from ..store import CORE_PACKAGES, Step, StepResult
 from . import synthetic_images
 from ._plumbing import data_modules, step_name
+from .classifiers import classifier_need
 
 MODEL_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "max_train_images", "max_eval_images", "bootstrap")
 DP_KEYS = ("dp_epochs", "dp_delta", "dp_lr", "dp_max_grad_norm", "batch_size", "max_train_images",
@@ -118,7 +121,33 @@ def generator_steps(images: ImageSet, settings: dict[str, Any], params: dict[str
             recipe=generator_attacks_result, inputs=dict(images=at_size, settings=settings, seed=seed, device=device,
                                                          kind=kind),
             packages=(*CORE_PACKAGES, "scikit-learn", "scipy", "diffusers"), units=units, after=pair))
+        if kind in settings["replacement_generators"]:
+            made.append(_synthetic_classifier_step(at_size, kind, pair, settings, params, device, n_queries))
     return made
+
+
+def _synthetic_classifier_step(images: ImageSet, kind: str, pair: list[Step], settings: dict[str, Any],
+                               params: dict[str, Any], device: torch.device, n_queries: int) -> Step:
+    """The loss attack, for the real patients, on chapter 4's classifier trained only on ``kind``'s images (its
+    replacement experiment's synthetic training set) beside chapter 1's classifier trained on the real ones."""
+    seed, weights = params["seed"], params.get("weights")
+    classifier, rebuild = classifier_need(images, settings, seed, weights)
+    n_train = len(images.indices("train", settings["max_train_images"], seed))
+    n_val = len(images.indices("val", settings["max_eval_images"], seed))
+    return Step(
+        id=f"06_privacy/{step_name(images)}/synthetic_classifier/{kind}",
+        parts={"data": images.checksum, "size": images.size, "kind": kind, "seed": seed,
+               "classifier": {key: value for key, value in classifier.items() if key != "code"},
+               **{key: settings[key] for key in (*MODEL_KEYS, "ddim_steps")}},
+        modules=(*data_modules(images), "models", "training", "generative", "replacement", "metrics",
+                 "privacy.outputs", "privacy.membership", "privacy.attacks", "privacy.audit"),
+        recipe=synthetic_classifier_result,
+        inputs=dict(images=images, settings=settings, seed=seed, device=device, kind=kind, weights=weights,
+                    nproc=params.get("nproc", 1)),
+        packages=(*CORE_PACKAGES, "timm", "scikit-learn", "scipy", "diffusers"),
+        units={f"{kind}_sample": n_train, "classifier_train": settings["epochs"] * n_train,
+               "predict": 2 * n_queries + settings["epochs"] * n_val},
+        needs=[rebuild], after=pair)
 
 
 def membership(images: ImageSet, settings: dict[str, Any], seed: int) -> np.ndarray:
@@ -252,3 +281,31 @@ def generator_attacks_result(upstream: dict[str, StepResult], images: ImageSet, 
                                   n_boot=settings["bootstrap"], seed=seed)
     return StepResult({"records": records, "nonmembers_sharing_a_patient": shared,
                        "samples": samples}, arrays)
+
+
+def synthetic_classifier_result(upstream: dict[str, StepResult], images: ImageSet, settings: dict[str, Any],
+                                seed: int, device: torch.device, kind: str, weights: str | None,
+                                nproc: int) -> StepResult:
+    """The loss attack on two classifiers with the generators' members and non-members
+    (:func:`generator_membership`): chapter 4's deep model trained on ``kind``'s synthetic training set (the same
+    images and training as its replacement experiment: artefact cache, else made again from the stored
+    generators) and chapter 1's classifier, trained on the real training images."""
+    generators = {label: synthetic_images.stored_generator(upstream, images, kind, label, settings, device)
+                  for label in synthetic_images.CLASS_STEPS}
+    real = images.tensors("train", settings["max_train_images"], seed)
+    val = images.tensors("val", settings["max_eval_images"], seed)
+    synthetic = replacement.synthetic_set(generators, real[1], settings, seed=seed, device=device)
+    on_synthetic, history, _ = replacement.classifier_on(synthetic, val, settings, seed=seed, device=device,
+                                                         flip=images.modality == "histology", nproc=nproc)
+    on_real = training.classifier_for(images, settings, seed=seed, device=device, weights=weights, nproc=nproc)[0]
+    index, is_member, shared = generator_membership(images, settings, seed)
+    queries = images.images[torch.as_tensor(index)].float().div_(255.0)
+    labels = images.labels[torch.as_tensor(index)]
+    records, arrays = [], {}
+    for target, model in ((f"classifier on {kind} images", on_synthetic), ("classifier on real images", on_real)):
+        scores = {"loss": MEMBERSHIP_ATTACKS["loss"].score(model_logits(model, queries, device), labels)}
+        found, rocs = score_audit(target, scores, is_member, images.patient_ids[index], n_boot=settings["bootstrap"],
+                                  seed=seed)
+        records += found
+        arrays.update(rocs)
+    return StepResult({"records": records, "nonmembers_sharing_a_patient": shared, "history": history}, arrays)
