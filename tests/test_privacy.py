@@ -291,6 +291,32 @@ def test_the_privacy_accounting_equals_an_independent_computation():
         sigma, q, steps, delta, orders)
 
 
+def test_a_dc_gan_with_a_private_discriminator_is_trained_to_its_budget():
+    """The discriminator's batch norms become group norms, the budget is spent to Opacus' accountant over the
+    steps asked for (Poisson batches of 8 of 64 images: 8 a epoch), the generator learns, and a budget that
+    cannot be meant is refused before anything is trained."""
+    from medsec_utils import generative, profiles
+
+    settings = profiles.resolve_profile("smoke")
+    torch.manual_seed(0)
+    generator, discriminator = generative.GENERATORS["dcgan"].build(1, 32, settings)
+    before = [p.detach().clone() for p in generator.parameters()]
+    images = torch.rand(64, 1, 32, 32)
+    history, spent = dp.train_dp_dcgan(generator, discriminator, images, epsilon=8.0, delta=1e-3, steps=16,
+                                       batch_size=8, lr=2e-4, max_grad_norm=1.0, seed=0, device=torch.device("cpu"),
+                                       progress=False)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in discriminator.modules())
+    assert any(isinstance(m, nn.GroupNorm) for m in discriminator.modules())
+    assert spent.steps == 16 and spent.sample_rate == 0.125 and len(history) == 2
+    assert 7.8 <= spent.epsilon <= 8.0
+    assert spent.epsilon == pytest.approx(dp.privacy_spent(spent.noise_multiplier, 0.125, 16, 1e-3))
+    assert all(math.isfinite(h["loss_d"]) and math.isfinite(h["loss_g"]) for h in history)
+    assert any(not torch.equal(a, b) for a, b in zip(before, generator.parameters()))
+    with pytest.raises(ValueError, match="epsilon 0: give a positive finite privacy budget"):
+        dp.train_dp_dcgan(generator, discriminator, images, epsilon=0, delta=1e-3, steps=16, batch_size=8, lr=2e-4,
+                          max_grad_norm=1.0, seed=0, device=torch.device("cpu"), progress=False)
+
+
 def test_dp_sgd_trains_the_classifier_to_the_budget_it_was_given():
     from medsec_utils.models import build_classifier
 

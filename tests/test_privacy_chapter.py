@@ -140,6 +140,10 @@ def test_chapter_6_attacks_the_generators_chapter_4_stored_under_chapter_4s_own_
     assert [s.id for s in trained_on_synthetic] == ["06_privacy/phantom_ct/synthetic_classifier/dcgan"]
     assert [s.id for s in trained_on_synthetic[0].after] == [s.id for s in generators[0].after]
     assert [need[0] for need in trained_on_synthetic[0].needs] == ["classifier"]  # chapter 1's, rebuilt if missing
+    private = [s.id for s in steps if "/dp_dcgan/" in s.id]  # the first data set only, one DC-GAN per class
+    assert private == [f"06_privacy/phantom_ct/dp_dcgan/{c}" for c in ("normal", "pathology", "attacks")]
+    assert steps[-1].id == private[-1] and [a.id for a in steps[-1].after] == [
+        *private[:2], *(f"04_synthetic_images/phantom_ct/dcgan/{c}" for c in ("normal", "pathology"))]
     other = open_from_params("06_privacy", {**sixth, **common, "output_dir": str(tmp_path / "06"),
                                             "feature_space": "classifier"}).steps()
     assert next(s for s in other if "/generators/" in s.id).after[0].key_parts() != generators[0].after[0].key_parts()
@@ -158,7 +162,7 @@ def test_a_generators_members_are_its_training_images_and_its_non_members_held_o
     images.patient_ids[test[3]] = images.patient_ids[train[labels[train] == 1][0]]
     images.splits = images.splits.copy()
     images.splits[train[labels[train] == 0][:30]] = "unused"
-    index, is_member, shared = generator_membership(images, settings, 0)
+    index, is_member, reference, shared = generator_membership(images, settings, 0)
     held_out = [i for i in (*val, *test) if i != test[3]]
     assert shared == 1 and list(index[~is_member]) == held_out
     members = index[is_member]
@@ -168,3 +172,9 @@ def test_a_generators_members_are_its_training_images_and_its_non_members_held_o
     fewest = int((labels[train] == 0).sum()) - 30  # the scarcer class on the members' side keeps all its images
     assert int((labels[members] == 0).sum()) in (fewest, fewest - 1) or int((labels[members] == 1).sum()) == int(
         (labels[train] == 1).sum())
+    assert len(reference) == 0
+    index, is_member, reference, shared = generator_membership(images, settings, 0, reference_share=0.5)
+    outsiders, patients = index[~is_member], images.patient_ids
+    assert sorted([*outsiders, *reference]) == sorted(held_out)  # the held-out images, shared out
+    assert not set(patients[reference]) & set(patients[outsiders])  # by patient
+    assert abs(len(set(patients[reference])) - len(set(patients[held_out])) / 2) <= 0.5

@@ -17,7 +17,8 @@ if TYPE_CHECKING:
     from .chapter import Chapter
 
 ATTACK_NAMES = {"loss": "loss threshold (Yeom et al.)", "lira_offline": "LiRA offline", "lira_online": "LiRA online",
-                "gan_leaks": "GAN-Leaks (Chen et al.)", "denoising_error": "denoising error (Matsumoto et al.)"}
+                "gan_leaks": "GAN-Leaks (Chen et al.)", "gan_leaks_calibrated": "GAN-Leaks calibrated (Chen et al.)",
+                "denoising_error": "denoising error (Matsumoto et al.)"}
 
 
 def _tpr_name(fpr: float) -> str:
@@ -33,7 +34,7 @@ def from_steps(chapter: Chapter, results: dict[str, StepResult]) -> tuple[list[d
         for step_id, result in results.items():
             if step_id.startswith(prefix + "/") and "records" in result.record:  # the attack steps
                 attacks += [{"dataset": name, **r} for r in result.record["records"]]
-            elif step_id.startswith(prefix + "/"):
+            elif step_id.startswith(prefix + "/") and "report" in result.record:  # the classifiers
                 report, privacy = result.record["report"], result.record.get("privacy")
                 models.append({"dataset": name, "model": step_id.rsplit("/", 1)[1],
                                "epsilon": privacy["epsilon"] if privacy else None,
@@ -93,6 +94,29 @@ def _strongest(attacks: list[dict[str, Any]], dataset: str, target: str) -> dict
     best = max(chosen, key=lambda r: (r["tpr@1%"], r["auc"]))
     return {"strongest attack": ATTACK_NAMES[best["attack"]], "its AUC": _cell(best, "auc"),
             "its TPR at 1% FPR": _cell(best, "tpr@1%")}
+
+
+def dp_gan_table(chapter: Chapter, results: dict[str, StepResult], attacks: list[dict[str, Any]]) -> pd.DataFrame:
+    """The DC-GAN with a private discriminator beside chapter 4's DC-GAN on the chapter's first data set: the
+    guarantee spent per class, chapter 4's quality figures (FID, KID, precision, recall) and GAN-Leaks' AUC and
+    TPR at 1 % FPR (calibrated, the stronger form) with their intervals."""
+    images = chapter.sets[0]
+    found = results.get(f"06_privacy/{step_name(images)}/dp_dcgan/attacks")
+    if found is None:
+        return pd.DataFrame({"note": ["no DC-GAN with a private discriminator in this run (generators without dcgan)"]})
+    name, rows = data_label(images), []
+    for target, figures in found.record["quality"].items():
+        leaks = next((r for r in attacks if r["dataset"] == name and r["target"] == target and r["unit"] == "image"
+                      and r["attack"] == "gan_leaks_calibrated"), None)
+        private = target.startswith("generator: DP")
+        spent = ", ".join(f"{c} {e:.2f}" for c, e in found.record["epsilon_spent"].items()) if private else "none"
+        rows.append({"generator": target.removeprefix("generator: ") + ("" if private else " (chapter 4)"),
+                     "epsilon spent": spent, "FID": f"{figures['fid']:.1f}",
+                     "KID": f"{figures['kid']:.4f}", "precision": f"{figures['precision']:.3f}",
+                     "recall": f"{figures['recall']:.3f}",
+                     "GAN-Leaks calibrated AUC": _cell(leaks, "auc") if leaks and "refused" not in leaks else "-",
+                     "its TPR at 1% FPR": _cell(leaks, "tpr@1%") if leaks and "refused" not in leaks else "-"})
+    return pd.DataFrame(rows).set_index("generator")
 
 
 def what_an_attacker_learns(attacks: list[dict[str, Any]]) -> pd.DataFrame:

@@ -3,12 +3,13 @@ split, ``privacy_models`` of them), the DP-SGD models at each budget of ``dp_eps
 reads all of them; and per generator kind of chapter 4 (``params["generators"]``), the attacks on its two class
 generators, read from chapter 4's stored class steps (``after``, in the run's shared results store), and for a
 kind of ``replacement_generators`` the loss attack on the classifier trained only on its images (chapter 4's
-replacement experiment), beside chapter 1's classifier, for the same real patients.
+replacement experiment), beside chapter 1's classifier, for the same real patients. On the first data set, a
+DC-GAN per class with a differentially private discriminator, attacked and judged beside chapter 4's.
 
 A generator's members are the training images of its class (chapter 4 trains each class's generator on all of
-them); its non-members are the val and test images of that class: held out from every generator, and no page
-reports a generator's accuracy on them (too few val images alone for 1 % FPR on CT: 99). Non-members of a patient
-who also has training images are left out.
+them); its non-members are val and test images of that class: held out from every generator, and no page
+reports a generator's accuracy on them (too few val images alone for 1 % FPR on CT: 99). Images of a patient who
+also has training images are left out; half of the other patients' images calibrate GAN-Leaks instead.
 
 Membership is drawn per patient: each patient of the training split is in exactly half of the models (Carlini et
 al.'s protocol), so a model's members and non-members are the two halves of one split, of one distribution, and
@@ -24,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import data, generative, replacement, training
+from .. import data, generative, metrics, replacement, synthetic_eval, training
 from ..data import ImageSet
 from ..models import build_classifier
 from ..privacy import dp
@@ -39,9 +40,13 @@ from .classifiers import classifier_need
 MODEL_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "max_train_images", "max_eval_images", "bootstrap")
 DP_KEYS = ("dp_epochs", "dp_delta", "dp_lr", "dp_max_grad_norm", "batch_size", "max_train_images",
            "max_eval_images", "bootstrap")
-GENERATOR_ATTACKS = {"dcgan": ("gan_leaks",), "progan": ("gan_leaks",), "ddpm": ("gan_leaks", "denoising_error")}
+GAN_LEAKS = ("gan_leaks", "gan_leaks_calibrated")
+GENERATOR_ATTACKS = {"dcgan": GAN_LEAKS, "progan": GAN_LEAKS, "ddpm": (*GAN_LEAKS, "denoising_error")}
+REFERENCE_SHARE = 0.5  # of the held-out patients: GAN-Leaks' calibration images, the rest are the non-members
 GENERATOR_KEYS = ("max_train_images", "max_eval_images", "bootstrap", "synthetic_images", "ddim_steps")
 CHAPTER_4_PARAMS = ("generators", "feature_space", "inception_weights")  # chapter 4's parameters in its steps' keys
+DP_GAN_KEYS = ("dp_gan_epsilon", "dp_delta", "dp_max_grad_norm", "gan_steps", "gan_lr", "latent_dim", "gan_width",
+               "batch_size", "max_train_images", "synthetic_images")
 MIN_NONMEMBERS = 100  # a model's other half must resolve a TPR at 1 % FPR (its DP twins are judged alone)
 PRIVACY_MODULES = ("models", "training", "metrics", "privacy.outputs")  # what a model step's logits depend on
 
@@ -83,6 +88,8 @@ def steps(sets: list[ImageSet], settings: dict[str, Any], params: dict[str, Any]
             inputs=dict(images=images, settings=settings, seed=seed), packages=(*CORE_PACKAGES, "scikit-learn"),
             after=[*models, *private])]
         made += generator_steps(images, settings, params, device)
+    if params.get("generators") and "dcgan" in params["generators"]:
+        made += dp_gan_steps(sets[0], settings, params, device)
     return made
 
 
@@ -94,11 +101,7 @@ def generator_steps(images: ImageSet, settings: dict[str, Any], params: dict[str
     kinds = params.get("generators") or []
     if not kinds:
         return []
-    at_size = images if images.size == settings["generator_size"] else data.load_dataset(
-        images.spec, size=settings["generator_size"], seed=params["seed"], phantom_images=settings["phantom_images"])
-    chapter_4 = {step.id: step for step in synthetic_images.steps(
-        [at_size], settings, {**{key: params.get(key) for key in CHAPTER_4_PARAMS}, "seed": params["seed"],
-                              "weights": params.get("weights"), "nproc": params.get("nproc", 1)}, device)}
+    at_size, chapter_4 = _chapter_4(images, settings, params, device)
     name, seed = step_name(at_size), params["seed"]
     n_members = len(at_size.indices("train", settings["max_train_images"], seed))
     n_queries = n_members + sum(len(at_size.indices(split, settings["max_eval_images"], seed))
@@ -148,6 +151,53 @@ def _synthetic_classifier_step(images: ImageSet, kind: str, pair: list[Step], se
         units={f"{kind}_sample": n_train, "classifier_train": settings["epochs"] * n_train,
                "predict": 2 * n_queries + settings["epochs"] * n_val},
         needs=[rebuild], after=pair)
+
+
+def dp_gan_steps(images: ImageSet, settings: dict[str, Any], params: dict[str, Any],
+                 device: torch.device) -> list[Step]:
+    """On the chapter's first data set: a DC-GAN per class with a differentially private discriminator at
+    ``dp_gan_epsilon`` (chapter 4's DC-GAN settings and steps), then one step after them and chapter 4's DC-GAN
+    class steps that attacks the private generators and sets their quality beside the plain ones'."""
+    seed = params["seed"]
+    at_size, chapter_4 = _chapter_4(images, settings, params, device)
+    name = step_name(at_size)
+    classes = [Step(
+        id=f"06_privacy/{name}/dp_dcgan/{class_name}",
+        parts={"data": at_size.checksum, "size": at_size.size, "label": label, "seed": seed,
+               **{key: settings[key] for key in DP_GAN_KEYS}},
+        modules=(*data_modules(at_size), "generative", "privacy.dp"), recipe=dp_gan_result,
+        inputs=dict(images=at_size, settings=settings, seed=seed, device=device, label=label),
+        packages=(*CORE_PACKAGES, "opacus"),
+        units={"dcgan_step": dp.DP_GAN_STEP_COST * settings["gan_steps"],
+               "dcgan_sample": settings["synthetic_images"]})
+        for label, class_name in synthetic_images.CLASS_STEPS.items()]
+    plain = [chapter_4[f"04_synthetic_images/{name}/dcgan/{c}"] for c in synthetic_images.CLASS_STEPS.values()]
+    n_test = len(at_size.indices("test", settings["max_eval_images"], seed))
+    return [*classes, Step(
+        id=f"06_privacy/{name}/dp_dcgan/attacks",
+        parts={"seed": seed, **{key: settings[key] for key in ("gan_leaks_samples", *GENERATOR_KEYS)},
+               **{key: params.get(key) for key in CHAPTER_4_PARAMS[1:]}},
+        modules=(*data_modules(at_size), "generative", "metrics", "synthetic_eval", "privacy.membership",
+                 "privacy.attacks", "privacy.audit"),
+        recipe=dp_gan_attacks_result,
+        inputs=dict(images=at_size, settings=settings, seed=seed, device=device, weights=params.get("weights"),
+                    feature_space=params.get("feature_space"), inception_weights=params.get("inception_weights")),
+        packages=(*CORE_PACKAGES, "scikit-learn", "scipy", "torchvision", "torchmetrics"),
+        units={"dcgan_sample": 2 * settings["gan_leaks_samples"],
+               "features": n_test + 4 * settings["synthetic_images"]},
+        after=[*classes, *plain])]
+
+
+def _chapter_4(images: ImageSet, settings: dict[str, Any], params: dict[str, Any],
+               device: torch.device) -> tuple[ImageSet, dict[str, Step]]:
+    """``images`` at chapter 4's ``generator_size`` and chapter 4's steps on them by id, listed with ``params``'
+    chapter-4 parameters (:data:`CHAPTER_4_PARAMS`)."""
+    at_size = images if images.size == settings["generator_size"] else data.load_dataset(
+        images.spec, size=settings["generator_size"], seed=params["seed"], phantom_images=settings["phantom_images"])
+    chapter_4 = {step.id: step for step in synthetic_images.steps(
+        [at_size], settings, {**{key: params.get(key) for key in CHAPTER_4_PARAMS}, "seed": params["seed"],
+                              "weights": params.get("weights"), "nproc": params.get("nproc", 1)}, device)}
+    return at_size, chapter_4
 
 
 def membership(images: ImageSet, settings: dict[str, Any], seed: int) -> np.ndarray:
@@ -232,24 +282,31 @@ def attacks_result(upstream: dict[str, StepResult], images: ImageSet, settings: 
     return StepResult({"records": records}, arrays)
 
 
-def generator_membership(images: ImageSet, settings: dict[str, Any], seed: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """``(index, is_member, shared)`` for chapter 4's generators: training images (members, as each class's
-    generator trained on all of its class) then the val and test images (non-members) less the ``shared`` ones of
-    a patient who also has training images. Members are a seeded subsample with the non-members' class shares:
+def generator_membership(images: ImageSet, settings: dict[str, Any], seed: int, *,
+                         reference_share: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """``(index, is_member, reference, shared)`` for chapter 4's generators: training images (members, as each
+    class's generator trained on all of its class) then the val and test images (non-members) less the
+    ``shared`` ones of a patient who also has training images, and less the ``reference``: the images of a seeded
+    ``reference_share`` of their patients, which calibrate GAN-Leaks (Chen et al.: real images of the population
+    that are neither members nor non-members). Members are a seeded subsample with the non-members' class shares:
     each image is scored by its own class's generator, and a class whose images lie closer to their generator's
     samples would otherwise pass for membership wherever the two sides mix the classes differently."""
     train = images.indices("train", settings["max_train_images"], seed)
     held_out = np.concatenate([images.indices(split, settings["max_eval_images"], seed) for split in ("val", "test")])
     shared = np.isin(images.patient_ids[held_out], images.patient_ids[train])
     held_out = held_out[~shared]
+    rng = np.random.default_rng(seed)
+    patients = np.unique(images.patient_ids[held_out])
+    in_reference = np.isin(images.patient_ids[held_out],
+                           rng.choice(patients, round(reference_share * len(patients)), replace=False))
+    reference, held_out = held_out[in_reference], held_out[~in_reference]
     labels = images.labels.numpy()
     shares = {c: float(np.mean(labels[held_out] == c)) for c in synthetic_images.CLASS_STEPS}
     total = min(int((labels[train] == c).sum()) / share for c, share in shares.items() if share)
-    rng = np.random.default_rng(seed)
     members = np.sort(np.concatenate([rng.choice(train[labels[train] == c], int(total * share), replace=False)
                                       for c, share in shares.items()]))
     index = np.concatenate([members, held_out])
-    return index, np.r_[np.ones(len(members), bool), np.zeros(len(held_out), bool)], int(shared.sum())
+    return index, np.r_[np.ones(len(members), bool), np.zeros(len(held_out), bool)], reference, int(shared.sum())
 
 
 def generator_attacks_result(upstream: dict[str, StepResult], images: ImageSet, settings: dict[str, Any], seed: int,
@@ -259,9 +316,12 @@ def generator_attacks_result(upstream: dict[str, StepResult], images: ImageSet, 
     DDPM: its stored ``synthetic_images``, as sampling it costs minutes), the DDPM's denoising error at
     ``denoising_timesteps``. Members: the training split; non-members: val and test, less any patient with
     training images. Records per image (and per patient) and the ROCs as arrays."""
-    index, is_member, shared = generator_membership(images, settings, seed)
+    index, is_member, reference, shared = generator_membership(images, settings, seed,
+                                                               reference_share=REFERENCE_SHARE)
     queries = images.images[torch.as_tensor(index)].float().div_(255.0)
     labels = images.labels[torch.as_tensor(index)]
+    references = images.images[torch.as_tensor(reference)].float().div_(255.0)
+    reference_labels = images.labels[torch.as_tensor(reference)]
     scores = {attack: np.zeros(len(index)) for attack in GENERATOR_ATTACKS[kind]}
     name, samples = step_name(images), {}
     for label in synthetic_images.CLASS_STEPS:
@@ -276,10 +336,12 @@ def generator_attacks_result(upstream: dict[str, StepResult], images: ImageSet, 
         else:
             generated = generative.sample(generator, settings["gan_leaks_samples"], seed=seed + label, device=device)
         scores["gan_leaks"][mine] = MEMBERSHIP_ATTACKS["gan_leaks"].score(queries[mine], generated)
+        scores["gan_leaks_calibrated"][mine] = MEMBERSHIP_ATTACKS["gan_leaks"].score(
+            queries[mine], generated, reference=references[reference_labels == label])
         samples[synthetic_images.CLASS_STEPS[label]] = len(generated)
     records, arrays = score_audit(f"generator: {kind}", scores, is_member, images.patient_ids[index],
                                   n_boot=settings["bootstrap"], seed=seed)
-    return StepResult({"records": records, "nonmembers_sharing_a_patient": shared,
+    return StepResult({"records": records, "nonmembers_sharing_a_patient": shared, "reference": len(reference),
                        "samples": samples}, arrays)
 
 
@@ -298,7 +360,7 @@ def synthetic_classifier_result(upstream: dict[str, StepResult], images: ImageSe
     on_synthetic, history, _ = replacement.classifier_on(synthetic, val, settings, seed=seed, device=device,
                                                          flip=images.modality == "histology", nproc=nproc)
     on_real = training.classifier_for(images, settings, seed=seed, device=device, weights=weights, nproc=nproc)[0]
-    index, is_member, shared = generator_membership(images, settings, seed)
+    index, is_member, _, shared = generator_membership(images, settings, seed)
     queries = images.images[torch.as_tensor(index)].float().div_(255.0)
     labels = images.labels[torch.as_tensor(index)]
     records, arrays = [], {}
@@ -309,3 +371,67 @@ def synthetic_classifier_result(upstream: dict[str, StepResult], images: ImageSe
         records += found
         arrays.update(rocs)
     return StepResult({"records": records, "nonmembers_sharing_a_patient": shared, "history": history}, arrays)
+
+
+def dp_gan_result(images: ImageSet, settings: dict[str, Any], seed: int, device: torch.device,
+                  label: int) -> StepResult:
+    """A DC-GAN of class ``label`` with a private discriminator (``dp.train_dp_dcgan``, chapter 4's DC-GAN
+    settings, ``gan_steps`` steps on average): its history, the guarantee spent, its weights as float16 (arrays
+    ``weights/<name>``) and ``synthetic_images`` images from them (seed ``seed + label``, as chapter 4 draws)."""
+    x, y = images.tensors("train", settings["max_train_images"], seed)
+    training.seed_everything(seed + label)
+    generator, discriminator = generative.GENERATORS["dcgan"].build(images.channels, images.size, settings)
+    history, spent = dp.train_dp_dcgan(
+        generator, discriminator, x[y == label], epsilon=settings["dp_gan_epsilon"], delta=settings["dp_delta"],
+        steps=settings["gan_steps"], batch_size=settings["batch_size"], lr=settings["gan_lr"],
+        max_grad_norm=settings["dp_max_grad_norm"], seed=seed + label, device=device)
+    weights = generative.half_state(generator)
+    model = generative.from_half_state("dcgan", images.channels, images.size, settings, weights, device)
+    samples = generative.sample(model, settings["synthetic_images"], seed=seed + label, device=device)
+    return StepResult({"history": history, "privacy": dp.describe(spent)},
+                      {"images": generative.to_uint8(samples).numpy(),
+                       **{f"{synthetic_images.WEIGHTS}{k}": v for k, v in weights.items()}})
+
+
+def dp_gan_attacks_result(upstream: dict[str, StepResult], images: ImageSet, settings: dict[str, Any], seed: int,
+                          device: torch.device, weights: str | None, feature_space: str,
+                          inception_weights: str | None) -> StepResult:
+    """GAN-Leaks (plain and calibrated, as :func:`generator_attacks_result`) on the private DC-GANs, and chapter
+    4's quality figures (FID, KID, precision, recall against the held-out test images, in chapter 4's feature
+    space) of their stored images beside those of chapter 4's DC-GAN."""
+    name = step_name(images)
+    index, is_member, reference, _ = generator_membership(images, settings, seed, reference_share=REFERENCE_SHARE)
+    queries = images.images[torch.as_tensor(index)].float().div_(255.0)
+    labels = images.labels[torch.as_tensor(index)]
+    references = images.images[torch.as_tensor(reference)].float().div_(255.0)
+    reference_labels = images.labels[torch.as_tensor(reference)]
+    scores = {attack: np.zeros(len(index)) for attack in GAN_LEAKS}
+    for label, class_name in synthetic_images.CLASS_STEPS.items():
+        state = {key.removeprefix(synthetic_images.WEIGHTS): value for key, value
+                 in upstream[f"06_privacy/{name}/dp_dcgan/{class_name}"].arrays.items()
+                 if key.startswith(synthetic_images.WEIGHTS)}
+        model = generative.from_half_state("dcgan", images.channels, images.size, settings, state, device)
+        generated = generative.sample(model, settings["gan_leaks_samples"], seed=seed + label, device=device)
+        mine = (labels == label).numpy()
+        scores["gan_leaks"][mine] = MEMBERSHIP_ATTACKS["gan_leaks"].score(queries[mine], generated)
+        scores["gan_leaks_calibrated"][mine] = MEMBERSHIP_ATTACKS["gan_leaks"].score(
+            queries[mine], generated, reference=references[reference_labels == label])
+    spent = {c: upstream[f"06_privacy/{name}/dp_dcgan/{c}"].record["privacy"]["epsilon"]
+             for c in synthetic_images.CLASS_STEPS.values()}
+    target = f"generator: DP DC-GAN eps={settings['dp_gan_epsilon']:g}"
+    records, arrays = score_audit(target, scores, is_member, images.patient_ids[index], n_boot=settings["bootstrap"],
+                                  seed=seed)
+    classifier = training.classifier_for(images, settings, seed=seed, device=device, weights=weights)[0] \
+        if feature_space == "classifier" else None
+    encoder, about = synthetic_eval.feature_spaces(feature_space, [name], {name: classifier},
+                                                   inception_weights=inception_weights, seed=seed)[name]
+    real = metrics.image_features(encoder, images.tensors("test", settings["max_eval_images"], seed)[0], device)
+    quality = {}
+    for generator, prefix in (("generator: dcgan", f"04_synthetic_images/{name}/dcgan"),
+                              (target, f"06_privacy/{name}/dp_dcgan")):  # keyed as the attack records' targets
+        fake = torch.cat([generative.from_uint8(torch.from_numpy(upstream[f"{prefix}/{c}"].arrays["images"]))
+                          for c in synthetic_images.CLASS_STEPS.values()])
+        quality[generator] = synthetic_eval.quality_figures(real, metrics.image_features(encoder, fake, device),
+                                                            seed=seed)
+    return StepResult({"records": records, "quality": quality, "feature_extractor": about,
+                       "epsilon_spent": spent}, arrays)
