@@ -178,3 +178,49 @@ def test_a_generators_members_are_its_training_images_and_its_non_members_held_o
     assert sorted([*outsiders, *reference]) == sorted(held_out)  # the held-out images, shared out
     assert not set(patients[reference]) & set(patients[outsiders])  # by patient
     assert abs(len(set(patients[reference])) - len(set(patients[held_out])) / 2) <= 0.5
+
+
+def _judged(target: str, attack: str, auc: tuple, tpr: tuple) -> dict:
+    return {"dataset": "ct", "target": target, "unit": "image", "attack": attack, "members": 300, "nonmembers": 150,
+            "auc": auc[0], "auc_low": auc[1], "auc_high": auc[2], "tpr@1%": tpr[0], "tpr@1%_low": tpr[1],
+            "tpr@1%_high": tpr[2]}
+
+
+def test_the_studys_claim_is_judged_per_generator_from_every_attack_on_it_and_on_its_classifier():
+    from medsec_utils.reporting import privacy
+
+    chance = dict(auc=(0.5, 0.45, 0.55), tpr=(0.01, 0.0, 0.03))
+    attacks = [_judged("generator: dcgan", "gan_leaks", **chance),
+               _judged("classifier on dcgan images", "loss", auc=(0.6, 0.55, 0.65), tpr=(0.01, 0.0, 0.03)),
+               _judged("generator: progan", "gan_leaks", **chance),
+               _judged("classifier on progan images", "loss", **chance),
+               _judged("generator: ddpm", "denoising_error", auc=(0.7, 0.65, 0.75), tpr=(0.08, 0.04, 0.12)),
+               _judged("generator: DP DC-GAN eps=8", "gan_leaks", **chance),
+               {"dataset": "ct", "target": "generator: unjudged", "unit": "image", "attack": "gan_leaks",
+                "members": 20, "nonmembers": 9, "refused": "non-members: 9 images cannot resolve a TPR at 1.0% FPR"}]
+    verdicts = privacy.claim_verdicts(attacks)["verdict"]
+    assert verdicts.to_dict() == {("ct", "dcgan"): "in doubt", ("ct", "ddpm"): "refuted",
+                                  ("ct", "progan"): "holds at this audit", ("ct", "unjudged"): "not judged"}
+    attacks.append({**attacks[-1], "target": "generator: progan"})  # one of progan's attacks unjudged
+    assert privacy.claim_verdicts(attacks)["why"][("ct", "progan")] == (
+        "2 attack(s) judged, every interval contains chance; 1 not judged (non-members: 9 images cannot resolve a "
+        "TPR at 1.0% FPR)")
+    assert privacy.claim_verdicts(attacks)["why"][("ct", "ddpm")].startswith(
+        "generator: ddpm: denoising error (Matsumoto et al.) identifies 8.0% of the members at 1 % FPR (from 4.0%)")
+
+
+def test_each_part_of_the_chapter_costs_what_its_steps_took_and_what_the_plan_gives_them():
+    from types import SimpleNamespace
+
+    from medsec_utils.reporting import privacy
+
+    steps = [SimpleNamespace(id=f"06_privacy/ct/{name}", units=units) for name, units in (
+        ("model0", {"classifier_train": 100}), ("model1", {"classifier_train": 100}), ("attacks", {}),
+        ("dp_dcgan/normal", {"dcgan_step": 10}), ("dp_dcgan/attacks", {"features": 50}))]
+    results = {s.id: SimpleNamespace(provenance={"seconds": seconds}) for s, seconds in zip(steps, (3, 4, 1, 7, 2))}
+    table = privacy.cost_table(steps, results, {"classifier_train": 0.5, "dcgan_step": 2.0, "features": 0.1})
+    assert table.to_dict("index") == {
+        "membership models": {"steps": 2, "computed (s)": 7.0, "plan (s)": 100.0},
+        "attacks on the classifiers": {"steps": 1, "computed (s)": 1.0, "plan (s)": 0.0},
+        "DC-GAN with a private discriminator": {"steps": 2, "computed (s)": 9.0, "plan (s)": 25.0}}
+    assert (privacy.cost_table(steps, results, None)["plan (s)"] == "-").all()

@@ -148,6 +148,65 @@ def what_an_attacker_learns(attacks: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index(["dataset", "target"])
 
 
+def claim_verdicts(attacks: list[dict[str, Any]]) -> pd.DataFrame:
+    """The study's claim, "synthetic images protect patient data", judged per data set and generator from the
+    intervals of every attack on the generator and on the classifier trained only on its images: **refuted** when
+    one identifies members (TPR at 1 % FPR with its lower bound above 1 %), **in doubt** when one tells members
+    apart on average only (AUC's lower bound above 0.5), **holds at this audit** when every interval contains
+    chance; **not judged** when too few held-out images left every attack unjudged."""
+    rows = []
+    frame = pd.DataFrame([r for r in attacks if r["unit"] == "image" and "shadows" not in r])
+    kinds = sorted({t.removeprefix("generator: ") for t in frame["target"] if t.startswith("generator: ")
+                    and not t.startswith("generator: DP")})
+    for dataset in dict.fromkeys(frame["dataset"]):
+        for kind in kinds:
+            mine = frame[(frame["dataset"] == dataset) & frame["target"].isin(
+                [f"generator: {kind}", f"classifier on {kind} images"])]
+            if mine.empty:
+                continue
+            judged = mine[mine["refused"].isna()] if "refused" in mine else mine
+            if judged.empty:
+                verdict, why = "not judged", mine["refused"].iloc[0]
+            elif (judged["tpr@1%_low"] > 0.01).any():
+                best = judged.loc[judged["tpr@1%_low"].idxmax()]
+                verdict, why = "refuted", (f"{best['target']}: {ATTACK_NAMES[best['attack']]} identifies "
+                                           f"{best['tpr@1%']:.1%} of the members at 1 % FPR (from {best['tpr@1%_low']:.1%})")
+            elif (judged["auc_low"] > 0.5).any():
+                best = judged.loc[judged["auc_low"].idxmax()]
+                verdict, why = "in doubt", (f"{best['target']}: {ATTACK_NAMES[best['attack']]} AUC {best['auc']:.3f} "
+                                            f"(from {best['auc_low']:.3f}); no member identified at 1 % FPR")
+            else:
+                verdict, why = "holds at this audit", f"{len(judged)} attack(s) judged, every interval contains chance"
+                if len(judged) < len(mine):
+                    why += f"; {len(mine) - len(judged)} not judged ({mine['refused'].dropna().iloc[0]})"
+            rows.append({"dataset": dataset, "generator": kind, "verdict": verdict, "why": why})
+    return pd.DataFrame(rows).set_index(["dataset", "generator"]) if rows else pd.DataFrame(
+        {"note": ["no generator attacked in this run"]})
+
+
+# a step's part by the last of these markers in its id (the later ones are more specific)
+PARTS = {"/model": "membership models", "/dp_eps": "DP-SGD classifiers", "/attacks": "attacks on the classifiers",
+         "/generators/": "attacks on chapter 4's generators", "/synthetic_classifier/": "classifiers on synthetic images",
+         "/dp_dcgan/": "DC-GAN with a private discriminator"}
+
+
+def cost_table(steps: list[Any], results: dict[str, StepResult], costs: dict[str, float] | None) -> pd.DataFrame:
+    """What each part of the chapter cost: its steps, the seconds they took where they were computed (their
+    provenance) and the plan's seconds for them on this machine (``costs``: ``plan.unit_costs``; none measured
+    here: "-"); the artefacts a step would rebuild are left out of both."""
+    rows: dict[str, dict[str, Any]] = {}
+    for step in steps:
+        part = next(name for marker, name in reversed(list(PARTS.items())) if marker in step.id)
+        row = rows.setdefault(part, {"steps": 0, "computed (s)": 0.0, "plan (s)": 0.0})
+        row["steps"] += 1
+        row["computed (s)"] += results[step.id].provenance["seconds"]
+        row["plan (s)"] += sum(count * (costs or {}).get(unit, 0.0) for unit, count in step.units.items())
+    frame = pd.DataFrame.from_dict(rows, orient="index").rename_axis("part")
+    frame["computed (s)"] = frame["computed (s)"].round(1)
+    frame["plan (s)"] = frame["plan (s)"].round(1) if costs else "-"
+    return frame
+
+
 def plot_rocs(chapter: Chapter, results: dict[str, StepResult]) -> plt.Figure:
     """Each data set's membership ROCs on log-log axes (Carlini et al.'s view): membership models, DP models and
     chapter 4's generators, with chance as the diagonal."""
