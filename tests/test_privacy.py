@@ -312,6 +312,10 @@ def test_a_dc_gan_with_a_private_discriminator_is_trained_to_its_budget():
     assert spent.epsilon == pytest.approx(dp.privacy_spent(spent.noise_multiplier, 0.125, 16, 1e-3))
     assert all(math.isfinite(h["loss_d"]) and math.isfinite(h["loss_g"]) for h in history)
     assert any(not torch.equal(a, b) for a, b in zip(before, generator.parameters()))
+    history, spent = dp.train_dp_dcgan(generator, discriminator, images, epsilon=8.0, delta=1e-3, steps=16,
+                                       batch_size=1, lr=2e-4, max_grad_norm=1.0, seed=0, device=torch.device("cpu"),
+                                       progress=False)  # Poisson batches of 1 in 64 images: some draw none
+    assert spent.steps == 64 and all(math.isfinite(h["loss_d"]) for h in history)
     with pytest.raises(ValueError, match="epsilon 0: give a positive finite privacy budget"):
         dp.train_dp_dcgan(generator, discriminator, images, epsilon=0, delta=1e-3, steps=16, batch_size=8, lr=2e-4,
                           max_grad_norm=1.0, seed=0, device=torch.device("cpu"), progress=False)

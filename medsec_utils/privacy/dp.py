@@ -166,8 +166,8 @@ def train_dp_dcgan(generator: nn.Module, discriminator: nn.Module, images: torch
     Opacus' DC-GAN example): only the discriminator reads real images, so the generator, trained through it, is
     private to the same budget by post-processing. ``discriminator`` is made :func:`dp_compatible` first (its batch
     norms become group norms). Each of about ``steps`` steps: a Poisson-sampled real batch (``batch_size`` on
-    average) and as many generated images through the private discriminator, one clipped gradient per image, noise
-    for the budget (generated images depend on no real one of the batch); then the generator's non-saturating step
+    average) and as many generated images (at least one) through the private discriminator, one clipped gradient
+    per image, noise for the budget (generated images depend on no real one of the batch); then the generator's non-saturating step
     through the discriminator with Opacus' hooks off. Adam with beta1 0.5 for both, as the DC-GAN's.
     Returns one record per epoch and the guarantee spent.
 
@@ -204,12 +204,12 @@ def train_dp_dcgan(generator: nn.Module, discriminator: nn.Module, images: torch
             started, losses = time.perf_counter(), []
             for (real,) in loader:
                 opt_d.zero_grad(set_to_none=True)
-                if len(real):  # Poisson sampling can draw an empty batch; Opacus still takes (and accounts) the step
-                    fake = generator(latent(len(real), generator.latent_dim, rng).to(device)).detach()
-                    scores = private(torch.cat([to_model_range(real.to(device)), fake]))
-                    truth = torch.cat([torch.ones(len(real)), torch.zeros(len(fake))]).to(device)
-                    loss_d = bce(scores, truth)
-                    loss_d.backward()
+                # Poisson sampling can draw an empty real batch; one generated image then still gives Opacus its
+                # per-image gradients for the step it takes (and accounts) anyway
+                fake = generator(latent(max(len(real), 1), generator.latent_dim, rng).to(device)).detach()
+                scores = private(torch.cat([to_model_range(real.to(device)), fake]))
+                loss_d = bce(scores, torch.cat([torch.ones(len(real)), torch.zeros(len(fake))]).to(device))
+                loss_d.backward()
                 opt_d.step()
                 private.disable_hooks()
                 opt_g.zero_grad(set_to_none=True)
@@ -218,9 +218,9 @@ def train_dp_dcgan(generator: nn.Module, discriminator: nn.Module, images: torch
                 loss_g.backward()
                 opt_g.step()
                 private.enable_hooks()
-                losses.append((loss_d.item() if len(real) else float("nan"), loss_g.item()))
+                losses.append((loss_d.item(), loss_g.item()))
                 bar.update()
-            history.append({"epoch": epoch + 1, "loss_d": float(np.nanmean([d for d, _ in losses])),
+            history.append({"epoch": epoch + 1, "loss_d": float(np.mean([d for d, _ in losses])),
                             "loss_g": float(np.mean([g for _, g in losses])), "epsilon": engine.get_epsilon(delta),
                             "seconds": time.perf_counter() - started})
         bar.close()
