@@ -10,10 +10,12 @@ with the same activation, and says which it swapped.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -114,7 +116,6 @@ def train_dp_classifier(model: nn.Module, train: tuple[torch.Tensor, torch.Tenso
         ValueError: a budget :func:`check_privacy_budget` refuses, before anything is trained.
     """
     import opacus
-    from opacus import PrivacyEngine
 
     x, y = train
     check_privacy_budget(epsilon, delta, len(x))
@@ -123,20 +124,38 @@ def train_dp_classifier(model: nn.Module, train: tuple[torch.Tensor, torch.Tenso
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=batch_size, shuffle=True,
                                          generator=torch.Generator().manual_seed(seed))
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-    engine = PrivacyEngine(accountant="rdp", secure_mode=False)  # seeded noise: a research run must rerun alike
-    with warnings.catch_warnings():
-        for known in QUIET:
-            warnings.filterwarnings("ignore", message=known)
-        private, optimizer, loader = engine.make_private_with_epsilon(
-            module=model, optimizer=optimizer, data_loader=loader, target_epsilon=epsilon, target_delta=delta,
-            epochs=epochs, max_grad_norm=max_grad_norm, grad_sample_mode=GRAD_SAMPLE_MODE,
-            noise_generator=torch.Generator(device).manual_seed(seed))
+    with _quiet():
+        engine, private, optimizer, loader = _private(model, optimizer, loader, epsilon, delta, epochs, max_grad_norm,
+                                                      seed, device)
         history = _train(private, optimizer, loader, engine, epochs, delta, device, progress, f"DP-SGD eps={epsilon:g}")
         spent = PrivacySpent(epsilon=engine.get_epsilon(delta), delta=delta,
                              noise_multiplier=optimizer.noise_multiplier, sample_rate=1 / len(loader),
                              steps=len(loader) * epochs, max_grad_norm=max_grad_norm, opacus=opacus.__version__)
     private.remove_hooks()  # leave ``model`` a plain module again (its weights were trained in place)
     return history, spent
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Opacus' notices of :data:`QUIET` left out, while it wraps and trains a model."""
+    with warnings.catch_warnings():
+        for known in QUIET:
+            warnings.filterwarnings("ignore", message=known)
+        yield
+
+
+def _private(module: nn.Module, optimizer: torch.optim.Optimizer, loader: Any, epsilon: float, delta: float,
+             epochs: int, max_grad_norm: float, seed: int, device: torch.device) -> tuple[Any, Any, Any, Any]:
+    """``(engine, module, optimizer, loader)`` made private by Opacus for the budget over ``epochs``: Poisson
+    batches, per-image clipping, Gaussian noise from a seeded generator (a research run must rerun alike)."""
+    from opacus import PrivacyEngine
+
+    engine = PrivacyEngine(accountant="rdp", secure_mode=False)
+    private, optimizer, loader = engine.make_private_with_epsilon(
+        module=module, optimizer=optimizer, data_loader=loader, target_epsilon=epsilon, target_delta=delta,
+        epochs=epochs, max_grad_norm=max_grad_norm, grad_sample_mode=GRAD_SAMPLE_MODE,
+        noise_generator=torch.Generator(device).manual_seed(seed))
+    return engine, private, optimizer, loader
 
 
 def _train(private: nn.Module, optimizer: Any, loader: Any, engine: Any, epochs: int, delta: float,
@@ -175,7 +194,6 @@ def train_dp_dcgan(generator: nn.Module, discriminator: nn.Module, images: torch
         ValueError: a budget :func:`check_privacy_budget` refuses, before anything is trained.
     """
     import opacus
-    from opacus import PrivacyEngine
 
     from ..generative._plumbing import latent, to_model_range
 
@@ -188,16 +206,11 @@ def train_dp_dcgan(generator: nn.Module, discriminator: nn.Module, images: torch
                                          generator=torch.Generator().manual_seed(seed))
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=lr, betas=(0.5, 0.999))
     opt_g = torch.optim.Adam(generator.parameters(), lr=lr, betas=(0.5, 0.999))
-    engine = PrivacyEngine(accountant="rdp", secure_mode=False)
     rng, bce = torch.Generator().manual_seed(seed), F.binary_cross_entropy_with_logits
     history = []
-    with warnings.catch_warnings():
-        for known in QUIET:
-            warnings.filterwarnings("ignore", message=known)
-        private, opt_d, loader = engine.make_private_with_epsilon(
-            module=discriminator, optimizer=opt_d, data_loader=loader, target_epsilon=epsilon, target_delta=delta,
-            epochs=epochs, max_grad_norm=max_grad_norm, grad_sample_mode=GRAD_SAMPLE_MODE,
-            noise_generator=torch.Generator(device).manual_seed(seed))
+    with _quiet():
+        engine, private, opt_d, loader = _private(discriminator, opt_d, loader, epsilon, delta, epochs, max_grad_norm,
+                                                  seed, device)
         bar = tqdm(total=epochs * len(loader), desc=f"DP DC-GAN eps={epsilon:g}", disable=not progress, mininterval=5,
                    unit="step")
         for epoch in range(epochs):
