@@ -205,8 +205,12 @@ def test_the_studys_claim_is_judged_per_generator_from_every_attack_on_it_and_on
     assert privacy.claim_verdicts(attacks)["why"][("ct", "progan")] == (
         "2 attack(s) judged, every interval contains chance; 1 not judged (non-members: 9 images cannot resolve a "
         "TPR at 1.0% FPR)")
-    assert privacy.claim_verdicts(attacks)["why"][("ct", "ddpm")].startswith(
-        "generator: ddpm: denoising error (Matsumoto et al.) identifies 8.0% of the members at 1 % FPR (from 4.0%)")
+    assert privacy.claim_verdicts(attacks)["why"][("ct", "ddpm")] == (
+        "generator: ddpm: denoising error (Matsumoto et al.) identifies 8.0% of the members at 1 % FPR (from 4.0%), "
+        "per image")
+    per_patient = {**_judged("generator: progan", "gan_leaks", auc=(0.56, 0.51, 0.6), tpr=(0.01, 0.0, 0.03)),
+                   "unit": "patient"}  # a leak only per patient counts too
+    assert privacy.claim_verdicts([*attacks, per_patient])["verdict"][("ct", "progan")] == "in doubt"
 
 
 def test_each_part_of_the_chapter_costs_what_its_steps_took_and_what_the_plan_gives_them():

@@ -150,12 +150,13 @@ def what_an_attacker_learns(attacks: list[dict[str, Any]]) -> pd.DataFrame:
 
 def claim_verdicts(attacks: list[dict[str, Any]]) -> pd.DataFrame:
     """The study's claim, "synthetic images protect patient data", judged per data set and generator from the
-    intervals of every attack on the generator and on the classifier trained only on its images: **refuted** when
+    intervals of every attack on the generator and on the classifier trained only on its images, per image and,
+    where patients have several images, per patient: **refuted** when
     one identifies members (TPR at 1 % FPR with its lower bound above 1 %), **in doubt** when one tells members
     apart on average only (AUC's lower bound above 0.5), **holds at this audit** when every interval contains
     chance; **not judged** when too few held-out images left every attack unjudged."""
     rows = []
-    frame = pd.DataFrame([r for r in attacks if r["unit"] == "image" and "shadows" not in r])
+    frame = pd.DataFrame([r for r in attacks if "shadows" not in r])
     kinds = sorted({t.removeprefix("generator: ") for t in frame["target"] if t.startswith("generator: ")
                     and not t.startswith("generator: DP")})
     for dataset in dict.fromkeys(frame["dataset"]):
@@ -170,11 +171,13 @@ def claim_verdicts(attacks: list[dict[str, Any]]) -> pd.DataFrame:
             elif (judged["tpr@1%_low"] > 0.01).any():
                 best = judged.loc[judged["tpr@1%_low"].idxmax()]
                 verdict, why = "refuted", (f"{best['target']}: {ATTACK_NAMES[best['attack']]} identifies "
-                                           f"{best['tpr@1%']:.1%} of the members at 1 % FPR (from {best['tpr@1%_low']:.1%})")
+                                           f"{best['tpr@1%']:.1%} of the members at 1 % FPR (from "
+                                           f"{best['tpr@1%_low']:.1%}), per {best['unit']}")
             elif (judged["auc_low"] > 0.5).any():
                 best = judged.loc[judged["auc_low"].idxmax()]
                 verdict, why = "in doubt", (f"{best['target']}: {ATTACK_NAMES[best['attack']]} AUC {best['auc']:.3f} "
-                                            f"(from {best['auc_low']:.3f}); no member identified at 1 % FPR")
+                                            f"(from {best['auc_low']:.3f}) per {best['unit']}; no member identified "
+                                            "at 1 % FPR")
             else:
                 verdict, why = "holds at this audit", f"{len(judged)} attack(s) judged, every interval contains chance"
                 if len(judged) < len(mine):
