@@ -186,9 +186,9 @@ def train_dp_dcgan(generator: nn.Module, discriminator: nn.Module, images: torch
     private to the same budget by post-processing. ``discriminator`` is made :func:`dp_compatible` first (its batch
     norms become group norms). Each of about ``steps`` steps: a Poisson-sampled real batch (``batch_size`` on
     average) and as many generated images (at least one) through the private discriminator, one clipped gradient
-    per image, noise for the budget (generated images depend on no real one of the batch); then the generator's non-saturating step
-    through the discriminator with Opacus' hooks off. Adam with beta1 0.5 for both, as the DC-GAN's.
-    Returns one record per epoch and the guarantee spent.
+    per image, noise for the budget (generated images depend on no real one of the batch); then the generator's
+    non-saturating step through the discriminator with Opacus' hooks off. Adam with beta1 0.5 for both, as the
+    DC-GAN's. Returns one record per epoch and the guarantee spent.
 
     Raises:
         ValueError: a budget :func:`check_privacy_budget` refuses, before anything is trained.
