@@ -155,8 +155,9 @@ def test_a_generators_members_are_its_training_images_and_its_non_members_held_o
     a patient with training images (here one test image given a training patient's id)."""
     chapter = _open(tmp_path)
     images, settings = chapter.sets[0], chapter.settings
-    train, val, test = (images.indices(split, settings["max_train_images" if split == "train" else "max_eval_images"], 0)
-                        for split in ("train", "val", "test"))
+    limits = {"train": settings["max_train_images"], "val": settings["max_eval_images"],
+              "test": settings["max_eval_images"]}
+    train, val, test = (images.indices(split, limit, 0) for split, limit in limits.items())
     labels = images.labels.numpy()
     images.patient_ids = images.patient_ids.copy()
     images.patient_ids[test[3]] = images.patient_ids[train[labels[train] == 1][0]]

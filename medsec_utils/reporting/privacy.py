@@ -189,7 +189,8 @@ def claim_verdicts(attacks: list[dict[str, Any]]) -> pd.DataFrame:
 
 # a step's part by the last of these markers in its id (the later ones are more specific)
 PARTS = {"/model": "membership models", "/dp_eps": "DP-SGD classifiers", "/attacks": "attacks on the classifiers",
-         "/generators/": "attacks on chapter 4's generators", "/synthetic_classifier/": "classifiers on synthetic images",
+         "/generators/": "attacks on chapter 4's generators",
+         "/synthetic_classifier/": "classifiers on synthetic images",
          "/dp_dcgan/": "DC-GAN with a private discriminator"}
 
 
