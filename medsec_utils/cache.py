@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -168,6 +169,35 @@ def cached(
                                             "files": _manifest(folder)} if main else {})
         distributed.barrier()
     return folder, False
+
+
+def adopt(kind: str, parts: dict[str, Any], source: Path, root: Path | None = None) -> str:
+    """Make the cache's entry of ``kind`` and ``parts`` a copy of ``source``, a finished artefact folder (files and
+    marker) kept elsewhere: the results store keeps the models its steps share, so that every session computes
+    with the same weights, however its cache was filled. An entry with other files (trained again, in another
+    session or on another machine) is moved aside to ``<root>/.damaged/``. Returns "" when the entry was already
+    that copy, else one line saying what was done."""
+    root = root or cache_root()
+    entry = f"{kind}/{artefact_key(parts)}"
+    folder = root / entry
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    damaged = _check(source, str(source))
+    if damaged is not None:
+        raise ValueError(f"{source} is no intact artefact ({damaged or 'no ' + MARKER}): delete that folder, and the "
+                         "next step that needs it keeps the cache's version there again")
+    with _entry_lock(folder, entry):
+        problem = _check(folder, entry)
+        if problem is None and folder_fingerprint(folder) == folder_fingerprint(source):
+            return ""
+        said = f"{entry} copied from {source}"
+        if folder.exists():
+            aside = _move_aside(folder, root)
+            said += f" (the cache's {'other version' if problem is None else 'damaged entry'} moved to {aside})"
+        fresh = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
+        shutil.rmtree(fresh, ignore_errors=True)
+        shutil.copytree(source, fresh)
+        os.replace(fresh, folder)
+        return said
 
 
 def is_cached(kind: str, parts: dict[str, Any], root: Path | None = None) -> bool:

@@ -12,7 +12,12 @@ at one budget on one data set, and so on. Its result is small (records as JSON, 
 A stored step is *current* when its recorded key parts equal today's; then it is never computed again, and
 looking it up needs no model. Else it is *stale* (status names the parts that changed), *damaged* (a file
 missing or altered: one line says so and it is computed again) or *missing*. Models stay in the volatile artefact
-cache: a step whose model is not there rebuilds it through the model's seeded producer.
+cache, with one exception: the models that steps share (``Step.needs``: the chapter-1 classifiers that chapters 2
+to 6 attack, defend and measure with) are kept in ``<store>/_needs/<kind>/<key>/`` by the first step that uses
+them, and put back into the cache before every later step. Training is not bitwise reproducible across machines
+and thread counts, so a session that trained its own copy would attack other weights than the stored steps did.
+Each step records the fingerprint of the shared models it used; one made with another version than the store
+keeps is *stale*.
 
 Writes are atomic per step: the files and the marker go to a temporary folder that replaces the step's folder
 in one rename, so a run killed mid-step loses only that step and a replaced step leaves none of its old files.
@@ -44,6 +49,7 @@ MARKER = "step.json"
 RECORD = "result.json"
 ARRAYS = "arrays.npz"
 LOCKS = "store_locks"  # under the artefact cache root
+NEEDS = "_needs"  # under the store root: the shared models (Step.needs) every step computes with
 CORE_PACKAGES = ("torch", "numpy")
 REPO_DIR = Path(__file__).resolve().parents[1]
 
@@ -122,8 +128,50 @@ class Store:
             return "damaged", f"{MARKER} unreadable ({error})"
         if damage:
             return "damaged", damage
-        changed = changed_parts(recorded.get("key", {}), step.key_parts())
+        changed = changed_parts(recorded.get("key", {}), step.key_parts()) or self._other_needs(
+            recorded.get("provenance", {}).get("needs", {}))
         return ("stale", changed) if changed else ("current", "")
+
+    def kept(self, kind: str, parts: dict[str, Any]) -> Path:
+        """Where the store keeps the shared model of ``kind`` and ``parts`` (a copy of its artefact-cache folder)."""
+        return self.root / NEEDS / kind / cache.artefact_key(parts)
+
+    def keeps(self, kind: str, parts: dict[str, Any]) -> bool:
+        return (self.kept(kind, parts) / cache.MARKER).is_file()
+
+    def _other_needs(self, used: Mapping[str, str]) -> str:
+        """Which shared model a step used in another version than the store keeps; "" when none."""
+        for entry, fingerprint in sorted(used.items()):
+            kept = self.root / NEEDS / entry
+            if (kept / cache.MARKER).is_file() and cache.folder_fingerprint(kept) != fingerprint:
+                return f"made with another version of {entry} than {NEEDS}/ keeps"
+        return ""
+
+    def _bring_needs(self, step: Step) -> None:
+        """Put the kept version of every shared model ``step`` needs into the artefact cache (one line when it
+        was missing there or another version)."""
+        for kind, parts, _ in step.needs:
+            if self.keeps(kind, parts):
+                said = cache.adopt(kind, parts, self.kept(kind, parts))
+                if said:
+                    print(f"medsec store: {said}", file=sys.stderr, flush=True)
+
+    def _keep_needs(self, step: Step) -> dict[str, str]:
+        """Keep a copy of each shared model ``step`` used that the store lacks; ``{kind/key: fingerprint}``."""
+        used = {}
+        for kind, parts, _ in step.needs:
+            folder = cache.cache_root() / kind / cache.artefact_key(parts)
+            if not (folder / cache.MARKER).is_file():
+                continue  # the recipe did not build it: nothing of it in the result
+            kept = self.kept(kind, parts)
+            if not (kept / cache.MARKER).is_file():
+                fresh = kept.with_name(f".{kept.name}.{os.getpid()}.tmp")
+                shutil.rmtree(fresh, ignore_errors=True)
+                shutil.copytree(folder, fresh)
+                shutil.rmtree(kept, ignore_errors=True)
+                os.replace(fresh, kept)
+            used[f"{kind}/{cache.artefact_key(parts)}"] = cache.folder_fingerprint(folder)
+        return used
 
     def load(self, step: Step) -> StepResult:
         """The stored result of a current step (see :meth:`state`)."""
@@ -146,14 +194,17 @@ class Store:
             if state in ("damaged", "stale"):
                 print(f"medsec store: {step.id} {state} ({why}); computing it again", file=sys.stderr, flush=True)
             upstream = {before.id: self.get(before)[0] for before in step.after}
+            self._bring_needs(step)
             started = time.perf_counter()
             result = step.compute(upstream)
-            self.write(step, result, time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            self.write(step, result, seconds, self._keep_needs(step))
             return self.load(step), False
 
-    def write(self, step: Step, result: StepResult, seconds: float) -> None:
+    def write(self, step: Step, result: StepResult, seconds: float, needs: Mapping[str, str] | None = None) -> None:
         """Store ``result`` for ``step``: files then marker into a temporary folder, which replaces the step's
-        folder (and every file of an older result) by renames."""
+        folder (and every file of an older result) by renames. ``needs``: the fingerprints of the shared models
+        it used, by ``kind/key``."""
         folder = self.folder(step)
         folder.parent.mkdir(parents=True, exist_ok=True)
         fresh = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
@@ -165,6 +216,8 @@ class Store:
         provenance = {"commit": STARTED_AT["commit"], "dirty": STARTED_AT["dirty"],
                       "computed_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                       "seconds": round(seconds, 1), "device": _device(), "threads": _threads()}
+        if needs:
+            provenance["needs"] = dict(needs)
         files = {path.name: {"bytes": path.stat().st_size, "sha256": cache._sha256(path)}
                  for path in sorted(fresh.iterdir())}
         (fresh / MARKER).write_text(json.dumps({"id": step.id, "key": step.key_parts(), "provenance": provenance,

@@ -385,7 +385,7 @@ def compute_steps(notebook: Path, params: dict[str, Any], out: Path, budget: Any
     if opened is None:
         return {}
     chapter, chosen = opened
-    estimator = Estimator(plan.unit_costs(chapter.settings)[0] if planned or budget.deadline else {})
+    estimator = Estimator(plan.unit_costs(chapter.settings)[0] if planned or budget.deadline else {}, chapter.store)
     taken, computed = compute_missing(chosen, chapter.store, estimator, budget, every)
     print(f"   steps: {taken} taken from the store, {computed} computed", flush=True)
     return {step.id: _sha256(chapter.store.folder(step) / MARKER) for step in chosen}
@@ -433,7 +433,7 @@ def print_status(out: Path) -> int:
         else:
             chapter, chosen = opened
             costs = plan.unit_costs(chapter.settings, measure=False)[0]
-            state = chapter_status(chosen, chapter.store, Estimator(costs or {}))
+            state = chapter_status(chosen, chapter.store, Estimator(costs or {}, chapter.store))
             counts, left = state["counts"], state["seconds_left"]
             current = counts["current"] == len(chosen) and page.is_file()
             print(f"{notebook.stem:22s} {len(chosen)} steps: {counts['current']} current, {counts['stale']} stale, "

@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -19,6 +20,7 @@ import pytest
 
 from _paths import REPO
 from medsec_utils import cache, store
+from medsec_utils.steps import runner
 from medsec_utils.store import Step, StepResult, Store
 
 DATASET = "phantom:ct"
@@ -124,7 +126,8 @@ def test_a_changed_module_stales_exactly_the_steps_that_depend_on_it(runs, monke
     assert states[ATTACK_STEPS[0]][1] == "module attacks changed"
 
 
-def test_a_damaged_stored_file_is_detected_and_computed_again_with_one_line(runs, tmp_path, capsys):
+def test_a_damaged_stored_file_is_detected_and_computed_again_with_one_line(runs, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path / "empty-cache"))  # a new session: it takes the kept classifier
     copy = tmp_path / "run"
     subprocess.run(["cp", "-r", str(runs["resumed"]), str(copy)], check=True)
     found = _steps_of(copy)
@@ -135,8 +138,10 @@ def test_a_damaged_stored_file_is_detected_and_computed_again_with_one_line(runs
     result, from_store = held.get(step)
     assert not from_store and held.state(step) == ("current", "")
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("medsec store")]
+    kept = held.kept(*step.needs[0][:2])
     assert lines == [f"medsec store: {ATTACK_STEPS[2]} damaged ({store.ARRAYS} altered (checksum differs)); "
-                     "computing it again"]
+                     "computing it again",
+                     f"medsec store: {kept.parent.name}/{kept.name} copied from {kept}"]
     original = Store(runs["resumed"] / "store").load(step)
     assert store.compare(original, result)[0] == "equal"
 
@@ -232,6 +237,67 @@ def test_two_runs_needing_one_step_compute_it_once(tmp_path, monkeypatch):
     for thread in threads:
         thread.join()
     assert len(CALLS) == 1 and sorted(results) == [False, True]
+
+
+MODEL_PARTS = {"model": "shared by steps", "seed": 0}
+
+
+def _train_model(folder: Path) -> None:
+    """A model whose training is not reproducible (as EfficientNet-B3's is not across machines and threads)."""
+    (folder / "model.bin").write_bytes(os.urandom(16))
+
+
+def model_recipe(use: str) -> StepResult:
+    folder, _ = cache.cached("toy_model", MODEL_PARTS, _train_model)
+    return StepResult({"use": use, "weights": (folder / "model.bin").read_bytes().hex()})
+
+
+def _model_step(use: str) -> Step:
+    return Step(f"99_test/{use}", {"use": use}, ("metrics",), model_recipe, {"use": use},
+                needs=[("toy_model", MODEL_PARTS, {"train": 1.0})])
+
+
+def test_a_shared_model_is_kept_and_every_later_step_on_any_cache_computes_with_that_version(
+        tmp_path, monkeypatch, capsys):
+    held = Store(tmp_path / "store")
+    monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path / "first-session"))
+    first = held.get(_model_step("attack"))[0].record["weights"]
+    entry = f"toy_model/{cache.artefact_key(MODEL_PARTS)}"
+    assert held.keeps("toy_model", MODEL_PARTS)
+    assert held.load(_model_step("attack")).provenance["needs"] == {
+        entry: cache.folder_fingerprint(held.kept("toy_model", MODEL_PARTS))}
+    monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path / "empty-cache"))  # a new session: it would train again
+    assert held.get(_model_step("defence"))[0].record["weights"] == first
+    retrained = tmp_path / "retrained-cache"  # a cache that trained its own version before this step
+    monkeypatch.setenv(cache.CACHE_ENV, str(retrained))
+    cache.cached("toy_model", MODEL_PARTS, _train_model)
+    assert held.get(_model_step("generator"))[0].record["weights"] == first
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("medsec store")]
+    assert len(lines) == 2 and all(line.startswith(f"medsec store: {entry} copied from {held.kept('toy_model', MODEL_PARTS)}")
+                                   for line in lines)
+    assert "other version moved to" in lines[1] and len(list((retrained / cache.DAMAGED).rglob("model.bin"))) == 1
+    assert runner.Estimator({"train": 60.0}, held).seconds(_model_step("new")) == 0.0  # kept: nothing to rebuild
+    assert runner.Estimator({"train": 60.0}).seconds(_model_step("new")) == 0.0  # in this cache now
+    monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path / "another-empty-cache"))
+    assert runner.Estimator({"train": 60.0}).seconds(_model_step("new")) == 60.0
+
+
+def test_a_step_made_with_another_version_of_a_shared_model_than_the_store_keeps_is_stale(tmp_path, monkeypatch):
+    held = Store(tmp_path / "store")
+    monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path / "cache"))
+    held.get(_model_step("attack"))
+    kept = held.kept("toy_model", MODEL_PARTS)
+    shutil.rmtree(kept)  # as if another session had kept its own version first
+    other = tmp_path / "other-cache"
+    folder, _ = cache.cached("toy_model", MODEL_PARTS, _train_model, root=other)
+    shutil.copytree(folder, kept)
+    entry = f"toy_model/{cache.artefact_key(MODEL_PARTS)}"
+    assert held.state(_model_step("attack")) == ("stale", f"made with another version of {entry} than _needs/ keeps")
+    assert held.get(_model_step("attack"))[0].record["weights"] == (kept / "model.bin").read_bytes().hex()
+    assert held.state(_model_step("attack")) == ("current", "")
+    (kept / "model.bin").write_bytes(b"0" * 16)
+    with pytest.raises(ValueError, match="is no intact artefact .model.bin: SHA-256 differs.: delete that folder"):
+        held.get(_model_step("defence"))
 
 
 def test_compare_tells_equal_from_within_tolerance_from_different():

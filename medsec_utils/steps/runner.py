@@ -66,16 +66,18 @@ class BudgetReached(Exception):
 @dataclass
 class Estimator:
     """The plan's seconds for a step on this machine: its own units, plus the upstream artefacts it would rebuild
-    (each counted once per run) when the artefact cache lacks them."""
+    (each counted once per run) when neither the artefact cache nor ``store`` (its kept shared models) has them."""
 
     costs: Mapping[str, float]
+    store: Store | None = None
     counted: set[str] = field(default_factory=set)
 
     def seconds(self, step: Step, claim: bool = False) -> float:
         total = self.units_seconds(step.units)
         for kind, parts, units in step.needs:
             key = f"{kind}/{cache.artefact_key(parts)}"
-            if key not in self.counted and not cache.is_cached(kind, parts):
+            kept = self.store is not None and self.store.keeps(kind, parts)
+            if key not in self.counted and not kept and not cache.is_cached(kind, parts):
                 total += self.units_seconds(units)
                 if claim:
                     self.counted.add(key)
