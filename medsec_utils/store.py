@@ -69,7 +69,8 @@ class Step:
     """One durable unit of a chapter: ``recipe(**inputs)`` computes it. ``parts`` (settings, data checksum, seed)
     with ``modules`` (the ``medsec_utils`` modules it depends on), ``packages`` and the recipe's source make its
     key; ``units`` are the plan's units of work it costs (``{"classifier_train": images, ...}``), ``needs`` the
-    artefacts it rebuilds when the cache lacks them (``[("classifier", parts, units)]``). ``after``: steps whose
+    artefacts it rebuilds when the cache lacks them (``[("classifier", parts, units)]``); the store keeps a copy of
+    them unless ``keep_needs`` is False (a model only its own step uses, such as chapter 1's other seeds). ``after``: steps whose
     stored results the recipe reads (``recipe(upstream, **inputs)``, ``upstream`` by step id); their keys are
     part of this one's, so a change that makes one of them stale makes this one stale too."""
 
@@ -82,6 +83,7 @@ class Step:
     units: dict[str, float] = field(default_factory=dict)
     needs: list[tuple[str, dict[str, Any], dict[str, float]]] = field(default_factory=list)
     after: list[Step] = field(default_factory=list)
+    keep_needs: bool = True
 
     def key_parts(self) -> dict[str, Any]:
         """Everything that determines the result, as the marker records it."""
@@ -157,14 +159,15 @@ class Store:
                     print(f"medsec store: {said}", file=sys.stderr, flush=True)
 
     def _keep_needs(self, step: Step) -> dict[str, str]:
-        """Keep a copy of each shared model ``step`` used that the store lacks; ``{kind/key: fingerprint}``."""
+        """Keep a copy of each shared model ``step`` used that the store lacks (unless ``step.keep_needs`` is
+        False); ``{kind/key: fingerprint}``."""
         used = {}
         for kind, parts, _ in step.needs:
             folder = cache.cache_root() / kind / cache.artefact_key(parts)
             if not (folder / cache.MARKER).is_file():
                 continue  # the recipe did not build it: nothing of it in the result
             kept = self.kept(kind, parts)
-            if not (kept / cache.MARKER).is_file():
+            if step.keep_needs and not (kept / cache.MARKER).is_file():
                 fresh = kept.with_name(f".{kept.name}.{os.getpid()}.tmp")
                 shutil.rmtree(fresh, ignore_errors=True)
                 shutil.copytree(folder, fresh)

@@ -252,17 +252,19 @@ def model_recipe(use: str) -> StepResult:
     return StepResult({"use": use, "weights": (folder / "model.bin").read_bytes().hex()})
 
 
-def _model_step(use: str) -> Step:
+def _model_step(use: str, keep: bool = True) -> Step:
     return Step(f"99_test/{use}", {"use": use}, ("metrics",), model_recipe, {"use": use},
-                needs=[("toy_model", MODEL_PARTS, {"train": 1.0})])
+                needs=[("toy_model", MODEL_PARTS, {"train": 1.0})], keep_needs=keep)
 
 
 def test_a_shared_model_is_kept_and_every_later_step_on_any_cache_computes_with_that_version(
         tmp_path, monkeypatch, capsys):
     held = Store(tmp_path / "store")
     monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path / "first-session"))
-    first = held.get(_model_step("attack"))[0].record["weights"]
+    first = held.get(_model_step("train", keep=False))[0].record["weights"]
     entry = f"toy_model/{cache.artefact_key(MODEL_PARTS)}"
+    assert not held.keeps("toy_model", MODEL_PARTS) and entry in held.load(_model_step("train")).provenance["needs"]
+    assert held.get(_model_step("attack"))[0].record["weights"] == first
     assert held.keeps("toy_model", MODEL_PARTS)
     assert held.load(_model_step("attack")).provenance["needs"] == {
         entry: cache.folder_fingerprint(held.kept("toy_model", MODEL_PARTS))}
