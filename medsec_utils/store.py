@@ -70,9 +70,9 @@ class Step:
     with ``modules`` (the ``medsec_utils`` modules it depends on), ``packages`` and the recipe's source make its
     key; ``units`` are the plan's units of work it costs (``{"classifier_train": images, ...}``), ``needs`` the
     artefacts it rebuilds when the cache lacks them (``[("classifier", parts, units)]``); the store keeps a copy of
-    them unless ``keep_needs`` is False (a model only its own step uses, such as chapter 1's other seeds). ``after``: steps whose
-    stored results the recipe reads (``recipe(upstream, **inputs)``, ``upstream`` by step id); their keys are
-    part of this one's, so a change that makes one of them stale makes this one stale too."""
+    them unless ``keep_needs`` is False (a model only its own step uses, such as chapter 1's other seeds).
+    ``after``: steps whose stored results the recipe reads (``recipe(upstream, **inputs)``, ``upstream`` by step
+    id); their keys are part of this one's, so a change that makes one of them stale makes this one stale too."""
 
     id: str
     parts: dict[str, Any]
