@@ -269,9 +269,15 @@ def _budget(attack: str, epsilon: float) -> float | None:
 
 def invariants(records: list[dict[str, Any]]) -> dict[str, bool]:
     """Chapter 2's self-check: robust accuracy inside its interval and never above clean accuracy (an attack only
-    moves images the model got right), flips no more than the attacked images."""
+    moves images the model got right), flips no more than the attacked images, and one classifier per data set
+    (every attack's step saw the same clean accuracy: a step made with a classifier trained again would not)."""
+    clean = {}
+    for r in records:
+        clean.setdefault(r["dataset"], set()).add(round(r["clean_accuracy"], 9))
     return {"robust accuracy inside its interval in [0, 1]": all(
                 within(r["robust_accuracy"], *r["robust_accuracy_ci"]) for r in records),
             "robust accuracy at most clean": all(r["robust_accuracy"] <= r["clean_accuracy"] for r in records),
             "flips at most the attacked images": all(0 <= r["n_flipped"] <= r["n_attacked"] <= r["n"]
-                                                     for r in records)}
+                                                     for r in records),
+            "one classifier per data set: the same clean accuracy in every attack": all(
+                len(values) == 1 for values in clean.values())}
