@@ -12,7 +12,7 @@ at one budget on one data set, and so on. Its result is small (records as JSON, 
 A stored step is *current* when its recorded key parts equal today's; then it is never computed again, and
 looking it up needs no model. Else it is *stale* (status names the parts that changed), *damaged* (a file
 missing or altered: one line says so and it is computed again) or *missing*. Models stay in the volatile artefact
-cache, with one exception: the models that steps share (``Step.needs``: the chapter-1 classifiers that chapters 2
+cache (a step may store weights in its result, as chapter 4's generator steps do), except the models steps share (``Step.needs``: the chapter-1 classifiers that chapters 2
 to 6 attack, defend and measure with) are kept in ``<store>/_needs/<kind>/<key>/`` by the first step that uses
 them, and put back into the cache before every later step. Training is not bitwise reproducible across machines
 and thread counts, so a session that trained its own copy would attack other weights than the stored steps did.

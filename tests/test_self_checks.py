@@ -66,6 +66,21 @@ def test_chapter_3_fails_on_a_cell_without_a_verdict_or_an_accuracy_outside_its_
         "accuracy inside its interval in [0, 1]", "every Table 1 cell made has a verdict"]
 
 
+def test_chapter_3_fails_when_an_undefended_cell_scores_other_than_chapter_2():
+    """The committed reference: every undefended cell equals chapter 2's result for its attack and budget; one
+    image miscounted in one cell (what an off-by-one in scoring would do) breaks that invariant alone."""
+    records = [r for r in _results("03_defenses") if r.get("threat_model") in defenses.THREAT_MODELS]
+    attacked = _results("02_attacks")
+    cells = {t: pd.DataFrame({"verdict": list(defenses.VERDICTS)}) for t in defenses.THREAT_MODELS}
+    assert _failed(defenses.invariants(records, cells, attacked)) == []
+    broken = copy.deepcopy(records)
+    cell = next(r for r in broken if r["defense"] == "none" and r["attack"] == "fgsm")
+    cell["n_correct"] += 1
+    cell["accuracy"], cell["ci_low"], cell["ci_high"] = cell["n_correct"] / cell["n"], 0.0, 1.0
+    assert _failed(defenses.invariants(broken, cells, attacked)) == [
+        "undefended cells as in chapter 2 (same attack, classifier and images)"]
+
+
 def test_chapter_4_fails_on_a_negative_fid_or_a_share_out_of_range():
     records = [{"section": "quality", "fid": 1.0, "precision": 0.5, "recall": 0.5},
                {"section": "class_quality", "precision": 0.5, "recall": 0.5},

@@ -11,10 +11,12 @@ import seaborn as sns
 import torch
 from torch import nn
 
-from .. import metrics
+from .. import metrics, steps
 from ..data import ImageSet
 from ..steps.defenses import BARE, DETECTOR_AWARE, THREAT_MODELS, score_cell
 from ..store import Step, StepResult
+from . import attacks as attacks_report
+from .chapter import Chapter
 from .common import ci_cell, data_label, dataset_fields, labelled, phantom_banner, verdict, within
 
 
@@ -280,14 +282,44 @@ def at_matched_budgets(budget_records: list[dict[str, Any]], study: pd.DataFrame
     return cells[pd.MultiIndex.from_frame(cells[["dataset", "epsilon_255"]]).isin(keep)].reset_index(drop=True)
 
 
-def invariants(records: list[dict[str, Any]], cells: dict[str, pd.DataFrame]) -> dict[str, bool]:
+def chapter_2_records(chapter: Chapter, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Chapter 2's results for every attack and budget of this chapter's undefended cells, from the run's store
+    (computed now where missing): the same attack on the same classifier and test images, so they must agree."""
+    attacked = [r for r in records if r["defense"] == "none" and r["attack"] != "none"]
+    budgets = sorted({r["epsilon"] for r in attacked if r["epsilon"] is not None})
+    params = {"seed": chapter.seed, "weights": chapter.weights, "nproc": chapter.nproc, "epsilons": budgets,
+              "epsilon": budgets[0], "attacks": sorted({r["attack"] for r in attacked})}
+    chosen = steps.chapter_steps("02_attacks", chapter.sets, chapter.settings, params, chapter.device)
+    return attacks_report.from_steps(chosen, chapter.results(chosen), chapter.settings)[0]
+
+
+def _as_in_chapter_2(record: dict[str, Any], attacked: list[dict[str, Any]]) -> bool:
+    """An undefended cell scores as chapter 2 did: its clean accuracy without an attack, its robust accuracy with
+    one (within half an image: float32 means)."""
+    for other in attacked:
+        if other["dataset"] != record["dataset"]:
+            continue
+        if record["attack"] == "none":
+            return abs(record["accuracy"] - other["clean_accuracy"]) < 0.5 / record["n"]
+        if (other["attack"], other["epsilon"]) == (record["attack"], record["epsilon"]):
+            return abs(record["accuracy"] - other["robust_accuracy"]) < 0.5 / record["n"]
+    return False
+
+
+def invariants(records: list[dict[str, Any]], cells: dict[str, pd.DataFrame],
+               attacked: list[dict[str, Any]] | None = None) -> dict[str, bool]:
     """Chapter 3's self-check: every cell's accuracy inside its interval, counts within the images, and every cell
-    of the study's Table 1 that this run made judged with a verdict, under each threat model."""
+    of the study's Table 1 that this run made judged with a verdict, under each threat model. Given chapter 2's
+    records (:func:`chapter_2_records`), also that every undefended cell scores as chapter 2 did."""
     made = {t: len(frame) for t, frame in cells.items()}
-    return {"accuracy inside its interval in [0, 1]": all(within(r["accuracy"], r["ci_low"], r["ci_high"])
-                                                          for r in records),
-            "correct and changed images within the images": all(
-                0 <= r["n_correct"] <= r["n"] and 0 <= r["n_adversarial"] <= r["n"] for r in records),
-            "every Table 1 cell made has a verdict": all(
-                made[t] > 0 and set(frame["verdict"]) <= set(VERDICTS) for t, frame in cells.items())
-            and len(set(made.values())) == 1}
+    checks = {"accuracy inside its interval in [0, 1]": all(within(r["accuracy"], r["ci_low"], r["ci_high"])
+                                                            for r in records),
+              "correct and changed images within the images": all(
+                  0 <= r["n_correct"] <= r["n"] and 0 <= r["n_adversarial"] <= r["n"] for r in records),
+              "every Table 1 cell made has a verdict": all(
+                  made[t] > 0 and set(frame["verdict"]) <= set(VERDICTS) for t, frame in cells.items())
+              and len(set(made.values())) == 1}
+    if attacked is not None:
+        checks["undefended cells as in chapter 2 (same attack, classifier and images)"] = all(
+            _as_in_chapter_2(r, attacked) for r in records if r["defense"] == "none")
+    return checks
