@@ -12,12 +12,12 @@ at one budget on one data set, and so on. Its result is small (records as JSON, 
 A stored step is *current* when its recorded key parts equal today's; then it is never computed again, and
 looking it up needs no model. Else it is *stale* (status names the parts that changed), *damaged* (a file
 missing or altered: one line says so and it is computed again) or *missing*. Models stay in the volatile artefact
-cache (a step may store weights in its result, as chapter 4's generator steps do), except the models steps share (``Step.needs``: the chapter-1 classifiers that chapters 2
-to 6 attack, defend and measure with) are kept in ``<store>/_needs/<kind>/<key>/`` by the first step that uses
-them, and put back into the cache before every later step. Training is not bitwise reproducible across machines
-and thread counts, so a session that trained its own copy would attack other weights than the stored steps did.
-Each step records the fingerprint of the shared models it used; one made with another version than the store
-keeps is *stale*.
+cache (a step may store weights in its result, as chapter 4's generator steps do), except the models that steps
+share (``Step.needs``: the chapter-1 classifiers that chapters 2 to 6 attack, defend and measure with). These are
+kept in ``<store>/_needs/<kind>/<key>/`` by the first step that uses them and put back into the cache before
+every later step: training is not bitwise reproducible across machines and thread counts, so a session that
+trained its own copy would attack other weights than the stored steps did. Each step records the fingerprint of
+the shared models it used; one made with another version than the store keeps is *stale*.
 
 Writes are atomic per step: the files and the marker go to a temporary folder that replaces the step's folder
 in one rename, so a run killed mid-step loses only that step and a replaced step leaves none of its old files.
