@@ -15,7 +15,6 @@ from .. import metrics, steps
 from ..data import ImageSet
 from ..steps.defenses import BARE, DETECTOR_AWARE, THREAT_MODELS, score_cell
 from ..store import Step, StepResult
-from . import attacks as attacks_report
 from .chapter import Chapter
 from .common import ci_cell, data_label, dataset_fields, labelled, phantom_banner, verdict, within
 
@@ -283,14 +282,22 @@ def at_matched_budgets(budget_records: list[dict[str, Any]], study: pd.DataFrame
 
 
 def chapter_2_records(chapter: Chapter, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Chapter 2's results for every attack and budget of this chapter's undefended cells, from the run's store
-    (computed now where missing): the same attack on the same classifier and test images, so they must agree."""
+    """Chapter 2's clean and robust accuracy for every attack and budget of this chapter's undefended cells, from the
+    predictions its steps stored in the run's store (computed now where missing): the same attack on the same
+    classifier and test images, so they must agree."""
     attacked = [r for r in records if r["defense"] == "none" and r["attack"] != "none"]
     budgets = sorted({r["epsilon"] for r in attacked if r["epsilon"] is not None})
     params = {"seed": chapter.seed, "weights": chapter.weights, "nproc": chapter.nproc, "epsilons": budgets,
               "epsilon": budgets[0], "attacks": sorted({r["attack"] for r in attacked})}
     chosen = steps.chapter_steps("02_attacks", chapter.sets, chapter.settings, params, chapter.device)
-    return attacks_report.from_steps(chosen, chapter.results(chosen), chapter.settings)[0]
+    results = chapter.results(chosen)
+    made = []
+    for step in chosen:
+        arrays = results[step.id].arrays
+        right = {when: float((arrays[f"{when}_pred"] == arrays["labels"]).mean()) for when in ("clean", "adv")}
+        made.append({"dataset": step.inputs["images"].name, "attack": step.inputs["attack"],
+                     "epsilon": step.inputs["eps"], "clean_accuracy": right["clean"], "robust_accuracy": right["adv"]})
+    return made
 
 
 def _as_in_chapter_2(record: dict[str, Any], attacked: list[dict[str, Any]]) -> bool:
