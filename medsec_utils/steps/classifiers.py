@@ -15,8 +15,8 @@ from ._plumbing import data_modules, step_name
 def steps(sets: list[ImageSet], settings: dict[str, Any], params: dict[str, Any], device: torch.device) -> list[Step]:
     """Per data set and seed (``seed`` to ``seed + classifier_seeds - 1``), the classifier and its test report on
     the chapter seed's test images, so every seed is judged on the same ones. Seed by seed, so that the chapter
-    seed's classifiers, which later chapters use, come first. The store keeps none of them for these steps: the
-    first later step that uses one keeps it (each is 43 MB at the cpu size)."""
+    seed's classifiers, which later chapters use, come first. The store keeps those (43 MB each at the cpu size),
+    so a later session attacks the weights chapter 1 measured; the other seeds' only their own step uses."""
     first, weights = params["seed"], params.get("weights")
     made = []
     for seed in range(first, first + settings["classifier_seeds"]):
@@ -31,7 +31,7 @@ def steps(sets: list[ImageSet], settings: dict[str, Any], params: dict[str, Any]
                 inputs=dict(images=images, settings=settings, seed=seed, eval_seed=first, device=device,
                             weights=weights, nproc=params.get("nproc", 1)),
                 packages=(*CORE_PACKAGES, "timm", "scikit-learn"), units={"predict": n_test},
-                needs=[rebuild], keep_needs=False))
+                needs=[rebuild], keep_needs=seed == first))
     return made
 
 
