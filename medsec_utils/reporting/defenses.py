@@ -281,14 +281,16 @@ def at_matched_budgets(budget_records: list[dict[str, Any]], study: pd.DataFrame
     return cells[pd.MultiIndex.from_frame(cells[["dataset", "epsilon_255"]]).isin(keep)].reset_index(drop=True)
 
 
-def chapter_2_records(chapter: Chapter, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def chapter_2_records(chapter: Chapter, records: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
     """Chapter 2's clean and robust accuracy for every attack and budget of this chapter's undefended cells, from the
     predictions its steps stored in the run's store (computed now where missing): the same attack on the same
-    classifier and test images, so they must agree."""
+    classifier and test images, so they must agree. None when this chapter ran no attack."""
     attacked = [r for r in records if r["defense"] == "none" and r["attack"] != "none"]
+    if not attacked:
+        return None
     budgets = sorted({r["epsilon"] for r in attacked if r["epsilon"] is not None})
     params = {"seed": chapter.seed, "weights": chapter.weights, "nproc": chapter.nproc, "epsilons": budgets,
-              "epsilon": budgets[0], "attacks": sorted({r["attack"] for r in attacked})}
+              "epsilon": budgets[0] if budgets else None, "attacks": sorted({r["attack"] for r in attacked})}
     chosen = steps.chapter_steps("02_attacks", chapter.sets, chapter.settings, params, chapter.device)
     results = chapter.results(chosen)
     made = []
