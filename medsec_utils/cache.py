@@ -193,11 +193,18 @@ def adopt(kind: str, parts: dict[str, Any], source: Path, root: Path | None = No
         if folder.exists():
             aside = _move_aside(folder, root)
             said += f" (the cache's {'other version' if problem is None else 'damaged entry'} moved to {aside})"
-        fresh = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
-        shutil.rmtree(fresh, ignore_errors=True)
-        shutil.copytree(source, fresh)
-        os.replace(fresh, folder)
+        copy_folder_atomic(source, folder)
         return said
+
+
+def copy_folder_atomic(source: Path, target: Path) -> None:
+    """Copy the folder ``source`` to ``target`` (replacing what is there) through a temporary sibling renamed at
+    the end, so a killed copy never leaves a half-written ``target``."""
+    fresh = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    shutil.rmtree(fresh, ignore_errors=True)
+    shutil.copytree(source, fresh)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(fresh, target)
 
 
 def is_cached(kind: str, parts: dict[str, Any], root: Path | None = None) -> bool:

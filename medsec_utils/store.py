@@ -168,11 +168,7 @@ class Store:
                 continue  # the recipe did not build it: nothing of it in the result
             kept = self.kept(kind, parts)
             if step.keep_needs and not (kept / cache.MARKER).is_file():
-                fresh = kept.with_name(f".{kept.name}.{os.getpid()}.tmp")
-                shutil.rmtree(fresh, ignore_errors=True)
-                shutil.copytree(folder, fresh)
-                shutil.rmtree(kept, ignore_errors=True)
-                os.replace(fresh, kept)
+                cache.copy_folder_atomic(folder, kept)
             used[f"{kind}/{cache.artefact_key(parts)}"] = cache.folder_fingerprint(folder)
         return used
 
