@@ -12,7 +12,7 @@ import pytest
 
 from _paths import REPO
 from medsec_utils import paper, profiles
-from medsec_utils.reporting import attacks, classifiers, defenses
+from medsec_utils.reporting import attacks, classifiers, defenses, federated, synthetic_images
 
 REFERENCE = REPO / "book" / "reference"
 
@@ -123,3 +123,94 @@ def test_a_defended_accuracy_moved_across_the_studys_value_changes_its_table_1_v
     moved = _table_1(edited)["gray-box"].iloc[0]
     assert (moved["dataset"], moved["attack"], moved["defense"]) == (cell["dataset"], cell["attack"], cell["defense"])
     assert moved["verdict"] == verdict
+
+
+def _chapter_4() -> tuple[list[dict], dict]:
+    record = json.loads((REFERENCE / "04_synthetic_images" / "metrics.json").read_text())
+    return record["results"], record
+
+
+def test_chapter_4_findings_beside_the_study_are_those_its_committed_records_give():
+    """The study's findings on generated images, judged on every data set and all three generators: recomputed
+    from the committed replacement records, equal to the record and to the page's table."""
+    records, record = _chapter_4()
+    replaced = synthetic_images.section(records, "replacement")
+    assert replaced.groupby("training_set")[["dataset", "generator", "model"]].apply(
+        lambda rows: len(rows.drop_duplicates())).to_dict() == {"mixed": 18, "real": 18, "synthetic": 18}, (
+        "3 data sets x 3 generators x 2 models, each trained on real, synthetic and mixed images")
+    findings = synthetic_images.study_findings(records)
+    assert findings.to_dict("records") == record["findings"]
+    assert _page_shows("04_synthetic_images/04_synthetic_images.ipynb", findings), (
+        "the page's findings differ from what its committed records give: execute it again")
+
+
+def _moved_drops(records: list[dict], model: str, drops: list[float]) -> list[dict]:
+    """``records`` with ``model``'s accuracy on synthetic images set ``drops`` points (one per data set and
+    generator, in record order, cycled) below its accuracy on real ones, with a narrow interval around it."""
+    edited = copy.deepcopy(records)
+    real = {(r["dataset"], r["generator"]): r["accuracy"] for r in edited
+            if r["section"] == "replacement" and r["model"] == model and r["training_set"] == "real"}
+    for number, r in enumerate(r for r in edited if r["section"] == "replacement" and r["model"] == model
+                               and r["training_set"] == "synthetic"):
+        r["accuracy"] = real[r["dataset"], r["generator"]] - drops[number % len(drops)] / 100
+        r["ci_low"], r["ci_high"] = r["accuracy"] - 0.001, r["accuracy"] + 0.001
+    return edited
+
+
+@pytest.mark.parametrize("verdict", ["reproduced", "not reproduced", "partly reproduced"])
+def test_a_replacement_drop_moved_across_the_studys_range_changes_its_finding(verdict):
+    records, _ = _chapter_4()
+    model = "efficientnet_b3"
+    lowest, highest = paper.facts()["replacement_drop_pp"][model]
+    inside, outside = (lowest + highest) / 2, highest + 5
+    drops = {"reproduced": [inside], "not reproduced": [outside], "partly reproduced": [inside, outside]}[verdict]
+    findings = synthetic_images.study_findings(_moved_drops(records, model, drops))
+    assert findings.set_index("finding").loc[
+        f"{model}: accuracy {lowest:g}-{highest:g} points lower on generated images", "verdict"] == verdict
+
+
+@pytest.mark.parametrize("deep_loses_less", [True, False])
+def test_the_two_models_order_swapped_changes_its_finding(deep_loses_less):
+    records, _ = _chapter_4()
+    deep, shallow = (1.0, 20.0) if deep_loses_less else (20.0, 1.0)
+    edited = _moved_drops(_moved_drops(records, "efficientnet_b3", [deep]), "lbp_random_forest", [shallow])
+    findings = synthetic_images.study_findings(edited).set_index("finding")
+    assert findings.loc["the deep model loses less than LBP + Random Forest", "verdict"] == (
+        "reproduced" if deep_loses_less else "not reproduced")
+
+
+CLAIM_THRESHOLDS = ("converged_within", "failed_beyond", "unstable_above", "learned_below")
+
+
+def _chapter_5() -> tuple[list[dict], dict, dict]:
+    """Chapter 5's records, its record and the thresholds its page judged the study's findings with."""
+    record = json.loads((REFERENCE / "05_federated" / "metrics.json").read_text())
+    parameters = record["provenance"]["parameters"]
+    return record["results"], record, {name: parameters[name] for name in CLAIM_THRESHOLDS}
+
+
+def test_chapter_5_findings_beside_the_study_are_those_its_committed_records_give():
+    """The study's findings on FedAvg, judged on the three data sets at every aggregation period: recomputed from
+    the committed FID curves with the page's thresholds, equal to the record and to the page's table."""
+    records, record, thresholds = _chapter_5()
+    federations = {(r["dataset"], r["local_epochs"]) for r in records if r["section"] == "communication"}
+    assert {period for _, period in federations} == {1, 3, 5} and len({d for d, _ in federations}) >= 3
+    claims = federated.federated_claims(records, **thresholds)
+    assert claims.to_dict("records") == record["claims"]
+    assert _page_shows("05_federated/05_federated.ipynb", claims), (
+        "the page's findings differ from what its committed records give: execute it again")
+
+
+@pytest.mark.parametrize("converges", [True, False])
+def test_a_server_fid_moved_across_the_convergence_boundary_changes_its_finding(converges):
+    """Every chest X-ray federation's server FID set to the centralised one's (converges) or to 4 times it
+    (fails), at every epoch: the chest X-ray finding follows."""
+    records, _, thresholds = _chapter_5()
+    edited = copy.deepcopy(records)
+    fids = [r for r in edited if r["section"] == "federated" and r["modality"] == "chest_xray"]
+    pooled = {(r["dataset"], r["image_size"], r["epoch"]): r["fid"] for r in fids if r["run"] == "centralised"}
+    for r in fids:
+        if r["run"] == "FedAvg" and r["model"] == "server" and r["split"] == "iid" and r["epoch"] > 0:
+            r["fid"] = (1.0 if converges else 4.0) * pooled[r["dataset"], r["image_size"], r["epoch"]]
+    claims = federated.federated_claims(edited, **thresholds).set_index("finding")
+    assert claims.loc["chest X-ray: FedAvg converges", "verdict"] == ("reproduced" if converges else "not reproduced")
