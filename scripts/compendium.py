@@ -149,11 +149,13 @@ def kernel_stopped(parent: psutil.Process | None = None) -> bool:
 class Progress:
     """Prints, every ``every`` seconds while a chapter runs and after each chapter, the time spent and the time
     left, from the plan's estimates scaled by how the finished chapters compared with theirs. Time while the kernel
-    is stopped (checked once a beat) does not count as work done."""
+    is stopped (checked once a beat) does not count as work done. A chapter with a step table has its steps computed
+    (with their own progress lines) before its page runs: for its page only the page's own estimate counts, and
+    neither a time left in all (the later chapters' stored steps are not counted here) nor a scale comes of it."""
 
     def __init__(self, estimates: dict[str, float], every: float) -> None:
         self.estimates, self.every, self.done = estimates, every, {}
-        self.chapter, self.started, self.paused = "", 0.0, 0.0
+        self.chapter, self.started, self.paused, self.page_only = "", 0.0, 0.0, False
         self._stop, self._beating = threading.Event(), threading.Thread()
 
     def keep(self, chapter: str) -> None:
@@ -185,7 +187,8 @@ class Progress:
             elapsed = now - self.started
             paused = f" ({duration(self.paused)} of it paused)" if self.paused else ""
             chapter_left, total_left = self.left(elapsed - self.paused)
-            left = (f", about {duration(chapter_left)} left in the chapter, {duration(total_left)} in all"
+            left = (f", about {duration(chapter_left)} left of the page" if self.page_only else
+                    f", about {duration(chapter_left)} left in the chapter, {duration(total_left)} in all"
                     if self.planned else "")
             print(f"   {self.chapter}: {duration(elapsed)} in{paused}{left}", flush=True)
 
@@ -193,9 +196,13 @@ class Progress:
     def planned(self) -> bool:
         return any(self.estimates.values())
 
-    def start(self, chapter: str) -> None:
+    def start(self, chapter: str, page_seconds: float | None = None) -> None:
+        """Start timing ``chapter``; ``page_seconds``: only its page is left to run, expected to take that long."""
         self._quiet()
         self.chapter, self.started, self.paused = chapter, time.perf_counter(), 0.0
+        self.page_only = page_seconds is not None
+        if self.page_only:
+            self.estimates[chapter] = page_seconds
         self._stop = threading.Event()
         self._beating = threading.Thread(target=self._beat, args=(self._stop,), daemon=True)
         self._beating.start()
@@ -217,9 +224,12 @@ class Progress:
         if not ok:
             print(f"   {self.chapter} stopped after {duration(seconds)}{paused}", flush=True)
             return seconds
-        self.done[self.chapter] = seconds
+        if self.page_only:
+            self.estimates.pop(self.chapter, None)
+        else:
+            self.done[self.chapter] = seconds
         self.chapter = ""
-        left = f"; about {duration(self.left(0.0)[1])} left" if self.planned else ""
+        left = f"; about {duration(self.left(0.0)[1])} left" if self.planned and not self.page_only else ""
         print(f"   done in {duration(seconds)}{paused}{left}", flush=True)
         return seconds
 
@@ -289,6 +299,7 @@ def run_chapters(profile: str, out: Path, datasets: list[str], chapters: list[st
     estimates = plan_chapters(profile, datasets, extra)[0] if planned or stop_after else {}
     progress = Progress({nb.stem: estimates.get(nb.stem, 0.0) for nb in chosen}, every)
     measured: dict[str, float] = {}
+    planned_seconds: dict[str, float | None] = {}  # per page: its own estimate, or the chapter's without a step table
     for number, notebook in enumerate(chosen, 1):
         folder = out / notebook.stem
         folder.mkdir(parents=True, exist_ok=True)
@@ -306,7 +317,9 @@ def run_chapters(profile: str, out: Path, datasets: list[str], chapters: list[st
             print(f"   executing {notebook.name} needs about {duration(needed)}, {duration(budget.left)} of the "
                   f"budget is left: stopping before it; exit {MORE_TO_DO}: more to do, run again to go on", flush=True)
             return MORE_TO_DO
-        progress.start(notebook.stem)
+        estimate = needed if stored else estimates.get(notebook.stem)
+        planned_seconds[notebook.stem] = estimate
+        progress.start(notebook.stem, page_seconds=needed if stored else None)
         try:
             if earlier is None:
                 (folder / INPUTS).unlink(missing_ok=True)
@@ -325,9 +338,9 @@ def run_chapters(profile: str, out: Path, datasets: list[str], chapters: list[st
             write_json_atomic(folder / INPUTS, {"inputs": inputs, "files": chapter_files(folder), "seconds": round(
                 seconds, 1), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         measured[notebook.stem] = seconds
-        _record_wall_time(out, notebook.stem, seconds, estimates.get(notebook.stem), profile, datasets,
+        _record_wall_time(out, notebook.stem, seconds, estimate, profile, datasets,
                           kept=earlier is not None, paused=0.0 if earlier is not None else progress.paused)
-    _print_wall_times(measured, estimates)
+    _print_wall_times(measured, planned_seconds)
     return 0
 
 
@@ -519,15 +532,15 @@ def _record_wall_time(out: Path, chapter: str, seconds: float, estimate: float |
     write_json_atomic(path, record)
 
 
-def _print_wall_times(measured: dict[str, float], estimates: dict[str, float]) -> None:
+def _print_wall_times(measured: dict[str, float], estimates: dict[str, float | None]) -> None:
     from medsec_utils.plan import duration
 
-    print("wall time per chapter (measured, less any pause | planned):")
+    print("wall time per page (measured, less any pause | planned):")
     for chapter, seconds in measured.items():
         planned = estimates.get(chapter)
         print(f"  {chapter:22s} {duration(seconds):>14s} | {duration(planned) if planned else 'not planned':>14s}")
     print(f"  {'total':22s} {duration(sum(measured.values())):>14s} | "
-          f"{duration(sum(estimates.get(c, 0.0) for c in measured)) if estimates else 'not planned':>14s}")
+          f"{duration(sum(estimates.get(c) or 0.0 for c in measured)) if any(estimates.values()) else 'not planned':>14s}")
 
 
 def build_book(run: Path | None, out: Path, strict: bool) -> None:

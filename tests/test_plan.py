@@ -176,6 +176,22 @@ def test_progress_lines_say_time_left_only_when_planned(capsys):
     assert list(planned.done) == ["a"]
 
 
+
+def test_a_page_that_reads_stored_steps_is_timed_against_its_own_estimate_not_the_chapters(capsys):
+    """The plan's chapter estimate (an empty cache's hours of training) is not what its page costs once its steps
+    are stored: the page's lines say the page's time left, no total, and its seconds do not rescale the plan."""
+    import time
+
+    progress = _compendium().Progress({"a": 40000.0, "b": 30000.0}, every=0.05)
+    progress.start("a", page_seconds=90.0)
+    assert progress.left(30.0)[0] == 60.0
+    time.sleep(0.2)
+    progress.finish()
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith("s left of the page") and "in all" not in lines[0], lines
+    assert lines[-1].startswith("   done in") and "left" not in lines[-1], lines
+    assert progress.done == {} and progress.left(0.0)[1] == 30000.0, "the page's seconds scaled nothing"
+
 def test_the_gpu_estimate_scales_the_published_throughput_to_the_image_size_by_pixel_count():
     reference = plan.GPU_REFERENCE
     ten_per_second = {"classifier_train": 0.1}  # seconds per image measured on this machine
