@@ -412,7 +412,8 @@ def plot_quality(records: Records) -> plt.Figure:
     grid.set_titles("{col_name}")
     grid.set_xticklabels(rotation=30, fontsize=7)
     extractors = "; ".join(dict.fromkeys(frame["feature_extractor"]))
-    grid.figure.text(0.01, -0.06, f"features: {extractors}", fontsize=6, wrap=True)
+    grid.figure.subplots_adjust(bottom=0.4)  # room below the rotated generator names and the axis label
+    grid.figure.text(0.01, 0.01, f"features: {extractors}", fontsize=6)
     phantom_banner(grid.figure, frame["dataset"])
     return grid.figure
 
