@@ -173,6 +173,8 @@ def test_status_counts_every_step_current(runs):
     # with a private discriminator (two classes) and its attack step
     assert any(line.startswith("06_privacy") and "14 steps: 0 current, 0 stale, 0 damaged, 14 missing" in line
                for line in lines), done.stdout
+    # status only reads: no folder for a chapter that was never run (an empty one made the book builder refuse)
+    assert sorted(p.name for p in runs["resumed"].iterdir() if p.is_dir()) == ["01_classifiers", "02_attacks", "store"]
 
 
 # The store on its own: atomic replacement, locks, comparisons, bad input.

@@ -32,8 +32,7 @@ class Run:
     def __init__(self, chapter: str, output_dir: str | Path, params: dict[str, Any], settings: dict[str, Any],
                  device: torch.device) -> None:
         self.chapter = chapter
-        self.output_dir = Path(output_dir)
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.output_dir = Path(output_dir)  # made at the first write: opening a chapter to read it leaves no folder
         self.params = params
         self.settings = dict(settings)
         self.device = device
@@ -56,6 +55,7 @@ class Run:
     def save_figure(self, fig: plt.Figure, name: str) -> Path:
         """Save ``fig`` as ``<output_dir>/<name>.png`` (it still shows in the notebook)."""
         path = self.output_dir / f"{name}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=110, bbox_inches="tight")
         self.figures.append(path.name)
         return path
