@@ -172,6 +172,11 @@ class Store:
             used[f"{kind}/{cache.artefact_key(parts)}"] = cache.folder_fingerprint(folder)
         return used
 
+    def seconds(self, step: Step) -> float:
+        """The wall time that computed the stored ``step`` (its provenance), 0.0 when none is recorded."""
+        marker = json.loads((self.folder(step) / MARKER).read_text())
+        return float(marker.get("provenance", {}).get("seconds", 0.0))
+
     def load(self, step: Step) -> StepResult:
         """The stored result of a current step (see :meth:`state`)."""
         folder = self.folder(step)

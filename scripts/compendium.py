@@ -424,7 +424,7 @@ def print_status(out: Path) -> int:
 
     profile, datasets, extra = read_run(out)
     estimates = plan_chapters(profile, datasets, extra, measure=False)[0]
-    total_left, everything_current, stored = 0.0, True, None
+    total_left, total_computed, everything_current, stored = 0.0, 0.0, True, None
 
     def plan_text(seconds: float) -> str:
         return f"plan for what is left {duration(seconds)}" if estimates else "no plan measured"
@@ -448,10 +448,12 @@ def print_status(out: Path) -> int:
             costs = plan.unit_costs(chapter.settings, measure=False)[0]
             state = chapter_status(chosen, chapter.store, Estimator(costs or {}, chapter.store))
             counts, left = state["counts"], state["seconds_left"]
+            total_computed += state["seconds_computed"]
             current = counts["current"] == len(chosen) and page.is_file()
             print(f"{notebook.stem:22s} {len(chosen)} steps: {counts['current']} current, {counts['stale']} stale, "
                   f"{counts['damaged']} damaged, {counts['missing']} missing; {plan_text(left)}; "
-                  f"page {'written' if page.is_file() else 'not written'}")
+                  f"page {'written' if page.is_file() else 'not written'}; "
+                  f"current steps took {duration(state['seconds_computed'])}")
             for why, count in state["reasons"].items():
                 print(f"{'':22s}   {count} x {why}")
             stored = chapter.store
@@ -459,7 +461,8 @@ def print_status(out: Path) -> int:
         everything_current &= current
     size = f"store {stored.size_bytes() / 1e3:,.1f} kB in {len(stored.stored_ids())} steps" if stored else "no store"
     where = " (this machine, from an empty artefact cache)" if estimates else ""
-    print(f"{'total':22s} {plan_text(total_left)}{where}; {size}")
+    print(f"{'total':22s} {plan_text(total_left)}{where}; {size}; the current steps took {duration(total_computed)} "
+          "in the runs that stored them (measured; a model a step took from the artefact cache is not counted again)")
     return 0 if everything_current else MORE_TO_DO
 
 

@@ -20,6 +20,7 @@ import pytest
 
 from _paths import REPO
 from medsec_utils import cache, store
+from medsec_utils.plan import duration
 from medsec_utils.steps import runner
 from medsec_utils.store import Step, StepResult, Store
 
@@ -172,6 +173,11 @@ def test_status_counts_every_step_current(runs):
     # attacks on chapter 4's three generators and on the classifier trained on the DC-GAN's images, the DC-GAN
     # with a private discriminator (two classes) and its attack step
     assert any(line.startswith("06_privacy") and "14 steps: 0 current, 0 stale, 0 damaged, 14 missing" in line
+               for line in lines), done.stdout
+    # the measured compute of a chapter is the sum of its stored steps' own wall times
+    took = sum(json.loads((runs["resumed"] / "store" / step / store.MARKER).read_text())["provenance"]["seconds"]
+               for step in ATTACK_STEPS)
+    assert any(line.startswith("02_attacks") and line.endswith(f"current steps took {duration(took)}")
                for line in lines), done.stdout
     # status only reads: no folder for a chapter that was never run (an empty one made the book builder refuse)
     assert sorted(p.name for p in runs["resumed"].iterdir() if p.is_dir()) == ["01_classifiers", "02_attacks", "store"]

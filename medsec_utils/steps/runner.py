@@ -142,18 +142,21 @@ class _heartbeat:
 
 
 def chapter_status(steps: list[Step], store: Store, estimator: Estimator) -> dict[str, object]:
-    """Counts per state, the reasons of the stale and damaged ones, and the plan's seconds for what is left."""
+    """Counts per state, the reasons of the stale and damaged ones, the plan's seconds for what is left and the
+    measured seconds that computed the current steps (each step's provenance, summed over the runs that made it)."""
     counts = {"current": 0, "stale": 0, "damaged": 0, "missing": 0}
     reasons: dict[str, int] = {}
-    left = 0.0
+    left = computed = 0.0
     for step in steps:
         state, why = store.state(step)
         counts[state] += 1
-        if state != "current":
+        if state == "current":
+            computed += store.seconds(step)
+        else:
             left += estimator.seconds(step, claim=True)
         if why:
             reasons[why] = reasons.get(why, 0) + 1
-    return {"counts": counts, "reasons": reasons, "seconds_left": left}
+    return {"counts": counts, "reasons": reasons, "seconds_left": left, "seconds_computed": computed}
 
 
 def verify_step(step: Step, store: Store) -> tuple[str, list[str]]:
