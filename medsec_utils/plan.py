@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from . import cache, generative, metrics, models
-from .privacy.dp import DP_STEP_COST
+from .privacy.dp import DP_GAN_STEP_COST, DP_STEP_COST
 from .data import ImageSet
 
 CHAPTERS = ("01_classifiers", "02_attacks", "03_defenses", "04_synthetic_images", "05_federated", "06_privacy")
@@ -222,7 +222,33 @@ def workload(settings: Mapping[str, Any], sets: Sequence[SetSize], *, generators
         add(6, d.name, f"DP-SGD classifiers ({len(s['dp_epsilons'])} budgets)", "classifier_train",
             DP_STEP_COST * len(s["dp_epsilons"]) * s["dp_epochs"] * half)
         add(6, d.name, "DP-SGD logits and test predictions", "predict", len(s["dp_epsilons"]) * (d.train + d.test))
+        add_generator_audits(s, d, generators, add)
+    if sets:
+        first = sets[0].name  # the DC-GAN with a private discriminator is trained on the first data set only
+        add(6, first, "DC-GAN with a private discriminator (2 classes)", "dcgan_step",
+            2 * DP_GAN_STEP_COST * s["gan_steps"])
+        add(6, first, "its images and GAN-Leaks samples", "dcgan_sample",
+            2 * s["synthetic_images"] + 2 * s["gan_leaks_samples"])
+        add(6, first, "its quality features", "features", sets[0].test + 4 * s["synthetic_images"])
     return rows
+
+
+def add_generator_audits(s: Mapping[str, Any], d: SetSize, generators: Sequence[str],
+                         add: Callable[[int, str, str, str, float], None]) -> None:
+    """Chapter 6 on chapter 4's generators of ``d``, as its steps count them (``steps.privacy``): GAN-Leaks samples
+    per GAN, the DDPM's denoising errors on every member and held-out image, and per replacement generator a
+    classifier trained on its images, attacked for the real patients."""
+    queries = d.train + d.val + d.test
+    for kind in generators:
+        if kind == "ddpm":  # a denoising error is one U-Net pass: a sample's cost over its ddim_steps
+            add(6, d.name, "DDPM denoising-error attack", "ddpm_sample",
+                queries * len(s["denoising_timesteps"]) * s["denoising_draws"] / s["ddim_steps"])
+        else:
+            add(6, d.name, f"{kind} GAN-Leaks samples", f"{kind}_sample", 2 * s["gan_leaks_samples"])
+    for kind in s["replacement_generators"]:
+        add(6, d.name, f"{kind}: synthetic training set", f"{kind}_sample", d.train)
+        add(6, d.name, f"{kind}: classifier on its images", "classifier_train", s["epochs"] * d.train)
+        add(6, d.name, f"{kind}: its logits and validation", "predict", 2 * queries + s["epochs"] * d.val)
 
 
 def generator_steps(kind: str, n_class: int, settings: Mapping[str, Any]) -> int:
