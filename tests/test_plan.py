@@ -255,3 +255,11 @@ def test_a_parameter_can_be_given_to_one_chapter_alone_and_the_plan_counts_its_o
 def _units(settings):
     sizes = [plan.SetSize("x", 1, 8, 2, 2, (4, 4))]
     return {row["unit"] for row in plan.workload(settings, sizes)}
+
+
+def test_a_step_past_its_plan_says_by_how_much_not_that_nothing_is_left():
+    from medsec_utils.steps.runner import _heartbeat
+
+    beat = _heartbeat("05_federated/chest_xray/iid/128px/fedavg_every1", planned=600.0, every=60.0)
+    assert beat.line(180.0) == "3 min 00 s in, about 7 min 00 s left by the plan"
+    assert beat.line(900.0) == "15 min 00 s in, 5 min 00 s over the plan of 10 min 00 s"

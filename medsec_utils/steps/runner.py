@@ -136,9 +136,14 @@ class _heartbeat:
 
     def _beat(self) -> None:
         while not self.stop.wait(self.every):
-            spent = time.monotonic() - self.started
-            print(f"       {self.name}: {duration(spent)} in, about {duration(max(0.0, self.planned - spent))} "
-                  f"left by the plan", flush=True)
+            print(f"       {self.name}: {self.line(time.monotonic() - self.started)}", flush=True)
+
+    def line(self, spent: float) -> str:
+        """``3 min 00 s in, about 2 min 00 s left by the plan``; past the plan, by how much it is over instead
+        (not "0 s left" for the rest of a step that takes twice its plan)."""
+        if spent <= self.planned:
+            return f"{duration(spent)} in, about {duration(self.planned - spent)} left by the plan"
+        return f"{duration(spent)} in, {duration(spent - self.planned)} over the plan of {duration(self.planned)}"
 
 
 def chapter_status(steps: list[Step], store: Store, estimator: Estimator) -> dict[str, object]:
