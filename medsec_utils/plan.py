@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import os
 import platform
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -161,6 +162,16 @@ def unit_costs(settings: Mapping[str, Any], channels: int = 1,
     if not measure and not cache.is_cached("unit_costs", parts):
         return None, False
     return cache.memoised("unit_costs", parts, lambda: _measure(settings, channels))
+
+
+def step_unit_costs(settings: Mapping[str, Any], steps: Sequence[Any],
+                    measure: bool = True) -> tuple[dict[str, float] | None, bool]:
+    """:func:`unit_costs` at the profile's sizes and at every federated size ``steps`` count (a chapter-5 step of
+    the extended data set at 128 px counts ``dcgan_128px_step``, which the profile's ``fl_sizes`` alone leave
+    unmeasured: its training was once planned at 0 s, a 26-minute step at 6 min 44 s)."""
+    sizes = {int(found.group(1)) for step in steps for unit in step.units
+             if (found := re.fullmatch(r"dcgan_(\d+)px_step", unit))}
+    return unit_costs({**settings, "fl_sizes": sorted(set(settings["fl_sizes"]) | sizes)}, measure=measure)
 
 
 def workload(settings: Mapping[str, Any], sets: Sequence[SetSize], *, generators: Sequence[str] = ("dcgan", "progan",

@@ -398,7 +398,8 @@ def compute_steps(notebook: Path, params: dict[str, Any], out: Path, budget: Any
     if opened is None:
         return {}
     chapter, chosen = opened
-    estimator = Estimator(plan.unit_costs(chapter.settings)[0] if planned or budget.deadline else {}, chapter.store)
+    estimator = Estimator(plan.step_unit_costs(chapter.settings, chosen)[0] if planned or budget.deadline else {},
+                          chapter.store)
     taken, computed = compute_missing(chosen, chapter.store, estimator, budget, every)
     print(f"   steps: {taken} taken from the store, {computed} computed", flush=True)
     return {step.id: _sha256(chapter.store.folder(step) / MARKER) for step in chosen}
@@ -445,7 +446,7 @@ def print_status(out: Path) -> int:
                   f"{'current' if current else 'missing or stale'}; {plan_text(left)}")
         else:
             chapter, chosen = opened
-            costs = plan.unit_costs(chapter.settings, measure=False)[0]
+            costs = plan.step_unit_costs(chapter.settings, chosen, measure=False)[0]
             state = chapter_status(chosen, chapter.store, Estimator(costs or {}, chapter.store))
             counts, left = state["counts"], state["seconds_left"]
             total_computed += state["seconds_computed"]

@@ -263,3 +263,17 @@ def test_a_step_past_its_plan_says_by_how_much_not_that_nothing_is_left():
     beat = _heartbeat("05_federated/chest_xray/iid/128px/fedavg_every1", planned=600.0, every=60.0)
     assert beat.line(180.0) == "3 min 00 s in, about 7 min 00 s left by the plan"
     assert beat.line(900.0) == "15 min 00 s in, 5 min 00 s over the plan of 10 min 00 s"
+
+
+def test_a_step_at_an_extended_federated_size_has_its_training_cost_measured(monkeypatch):
+    """Chapter 5's extended data set trains at sizes beyond the profile's ``fl_sizes`` (128 px in ``cpu``): the
+    costs a run plans its steps with must be measured at those sizes too, or their training is planned at 0 s."""
+    from types import SimpleNamespace
+
+    asked = []
+    monkeypatch.setattr(plan, "unit_costs", lambda settings, measure=True: (asked.append(settings["fl_sizes"]), {}))
+    settings = profiles.resolve_profile("smoke")
+    steps = [SimpleNamespace(units={f"dcgan_{settings.fl_sizes[0]}px_step": 10, "features": 3}),
+             SimpleNamespace(units={"dcgan_64px_step": 10, "dcgan_sample": 4})]
+    plan.step_unit_costs(settings, steps)
+    assert asked == [sorted({*settings.fl_sizes, 64})]
