@@ -257,12 +257,14 @@ def _units(settings):
     return {row["unit"] for row in plan.workload(settings, sizes)}
 
 
-def test_a_step_past_its_plan_says_by_how_much_not_that_nothing_is_left():
+def test_a_step_past_its_plan_says_by_how_much_not_that_nothing_is_left_and_one_without_a_plan_says_neither():
     from medsec_utils.steps.runner import _heartbeat
 
     beat = _heartbeat("05_federated/chest_xray/iid/128px/fedavg_every1", planned=600.0, every=60.0)
     assert beat.line(180.0) == "3 min 00 s in, about 7 min 00 s left by the plan"
     assert beat.line(900.0) == "15 min 00 s in, 5 min 00 s over the plan of 10 min 00 s"
+    unplanned = _heartbeat("06_privacy/phantom_ct/generators/dcgan", planned=None, every=60.0)
+    assert unplanned.line(60.0) == "1 min 00 s in (no plan measured on this machine)"
 
 
 def test_a_step_at_an_extended_federated_size_has_its_training_cost_measured(monkeypatch):

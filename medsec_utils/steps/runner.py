@@ -109,7 +109,7 @@ def compute_missing(steps: list[Step], store: Store, estimator: Estimator, budge
         plan_text = f"; plan {duration(planned)}" if estimator.costs else ""
         print(f"   [{number}/{len(todo)}] {step.id} ({state}{': ' + why if why else ''}{plan_text})", flush=True)
         started = time.monotonic()
-        with _heartbeat(step.id, planned, every):
+        with _heartbeat(step.id, planned if estimator.costs else None, every):
             store.get(step)
         spent = time.monotonic() - started
         budget.count(planned, spent)
@@ -119,9 +119,10 @@ def compute_missing(steps: list[Step], store: Store, estimator: Estimator, budge
 
 
 class _heartbeat:
-    """Prints, every ``every`` seconds while a step computes, the time spent and the plan's time left."""
+    """Prints, every ``every`` seconds while a step computes, the time spent and the plan's time left (``planned``
+    None: no plan measured on this machine, the time spent only)."""
 
-    def __init__(self, name: str, planned: float, every: float) -> None:
+    def __init__(self, name: str, planned: float | None, every: float) -> None:
         self.name, self.planned, self.every = name, planned, every
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._beat, daemon=True)
@@ -140,7 +141,9 @@ class _heartbeat:
 
     def line(self, spent: float) -> str:
         """``3 min 00 s in, about 2 min 00 s left by the plan``; past the plan, by how much it is over instead
-        (not "0 s left" for the rest of a step that takes twice its plan)."""
+        (not "0 s left" for the rest of a step that takes twice its plan); with no plan, not "over the plan of 0 s"."""
+        if self.planned is None:
+            return f"{duration(spent)} in (no plan measured on this machine)"
         if spent <= self.planned:
             return f"{duration(spent)} in, about {duration(self.planned - spent)} left by the plan"
         return f"{duration(spent)} in, {duration(spent - self.planned)} over the plan of {duration(self.planned)}"
