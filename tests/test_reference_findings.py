@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 from _paths import REPO
-from medsec_utils import paper, profiles
-from medsec_utils.reporting import attacks, classifiers, defenses, federated, synthetic_images
+from medsec_utils import paper, plan, profiles
+from medsec_utils.reporting import attacks, classifiers, defenses, federated, privacy, synthetic_images
 
 REFERENCE = REPO / "book" / "reference"
 
@@ -214,3 +214,42 @@ def test_a_server_fid_moved_across_the_convergence_boundary_changes_its_finding(
             r["fid"] = (1.0 if converges else 4.0) * pooled[r["dataset"], r["image_size"], r["epoch"]]
     claims = federated.federated_claims(edited, **thresholds).set_index("finding")
     assert claims.loc["chest X-ray: FedAvg converges", "verdict"] == ("reproduced" if converges else "not reproduced")
+
+
+CHAPTER_6_PAGE = pytest.mark.skipif("06_privacy" in plan.AWAITING_REFERENCE,
+                                    reason="chapter 6's reference page is not written yet (plan.AWAITING_REFERENCE)")
+
+
+def _chapter_6() -> list[dict]:
+    """Chapter 6's attack records (one per data set, target, attack and unit)."""
+    return json.loads((REFERENCE / "06_privacy" / "metrics.json").read_text())["results"]
+
+
+@CHAPTER_6_PAGE
+def test_chapter_6_verdicts_on_the_studys_claim_are_those_its_committed_records_give():
+    """The verdict per data set and generator on "synthetic images protect patient data", and what an attacker
+    learns per model, recomputed from the committed attack records, are the page's tables."""
+    records = _chapter_6()
+    for frame in (privacy.claim_verdicts(records), privacy.what_an_attacker_learns(records)):
+        assert _page_shows("06_privacy/06_privacy.ipynb", frame), (
+            "the page's verdicts differ from what its committed records give: execute it again")
+
+
+@CHAPTER_6_PAGE
+@pytest.mark.parametrize("identified", [True, False])
+def test_an_attack_moved_across_the_1_percent_boundary_changes_the_claims_verdict(identified):
+    """Every judged attack on the first generator judged (on it or on the classifier trained on its images) set
+    to chance, then one of them to a TPR at 1 % FPR whose interval starts at 5 %: the verdict follows."""
+    records = copy.deepcopy(_chapter_6())
+    claims = privacy.claim_verdicts(records)
+    judged = claims[claims["verdict"] != "not judged"]
+    assert len(judged), "no generator judged in chapter 6's records"
+    dataset, kind = judged.index[0]
+    mine = [r for r in records if r["dataset"] == dataset and r.get("refused") is None and "shadows" not in r
+            and r["target"] in (f"generator: {kind}", f"classifier on {kind} images")]
+    for r in mine:
+        r.update({"tpr@1%": 0.01, "tpr@1%_low": 0.0, "auc": 0.5, "auc_low": 0.45})
+    if identified:
+        mine[0].update({"tpr@1%": 0.2, "tpr@1%_low": 0.05})
+    verdict = privacy.claim_verdicts(records).loc[(dataset, kind), "verdict"]
+    assert verdict == ("refuted" if identified else "holds at this audit")
