@@ -295,7 +295,7 @@ def run_chapters(profile: str, out: Path, datasets: list[str], chapters: list[st
         sys.exit(f"no chapter notebook matches {chapters} in {NOTEBOOKS}")
     budget = Budget.of(stop_after)
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / RUN_RECORD, {"profile": profile, "datasets": datasets, "params": extra or {}})
+    write_json_atomic(out / RUN_RECORD, run_record(out, profile, datasets, extra, {nb.name[:2] for nb in chosen}))
     estimates = plan_chapters(profile, datasets, extra)[0] if planned or stop_after else {}
     progress = Progress({nb.stem: estimates.get(nb.stem, 0.0) for nb in chosen}, every)
     measured: dict[str, float] = {}
@@ -403,6 +403,24 @@ def compute_steps(notebook: Path, params: dict[str, Any], out: Path, budget: Any
     taken, computed = compute_missing(chosen, chapter.store, estimator, budget, every)
     print(f"   steps: {taken} taken from the store, {computed} computed", flush=True)
     return {step.id: _sha256(chapter.store.folder(step) / MARKER) for step in chosen}
+
+
+def run_record(out: Path, profile: str, datasets: list[str], extra: dict | None, ran: set[str]) -> dict[str, Any]:
+    """What ``run.json`` records for a run of the chapters ``ran`` (``{"01", ...}``): its profile, data sets and
+    parameters, keeping the recorded ``NN.name`` parameters of the chapters it did not run when the profile, data sets
+    and shared parameters are those recorded (a ``--chapter 06`` run into the reference folder must not make
+    ``status`` judge chapter 1 without its MedMNIST set). Any other run replaces the record."""
+    record = {"profile": profile, "datasets": datasets, "params": dict(extra or {})}
+    try:
+        before = json.loads((out / RUN_RECORD).read_text())
+    except (OSError, ValueError):
+        return record
+    shared = {key: value for key, value in before.get("params", {}).items() if "." not in key}
+    if (before.get("profile"), before.get("datasets"), shared) != (
+            profile, datasets, {key: value for key, value in record["params"].items() if "." not in key}):
+        return record
+    kept = {key: value for key, value in before["params"].items() if "." in key and key.split(".", 1)[0] not in ran}
+    return {**record, "params": {**kept, **record["params"]}}
 
 
 def read_run(out: Path) -> tuple[str, list[str], dict[str, Any]]:

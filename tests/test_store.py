@@ -372,3 +372,23 @@ def test_the_budget_scales_the_plan_by_this_chapters_steps_and_never_below_half(
     assert budget.scale == 1.0
     budget.count(planned=100.0, spent=300.0)  # slower than planned: estimates grow
     assert budget.scale == 3.0 and not budget.fits(250)
+
+
+def test_a_run_of_some_chapters_keeps_the_recorded_parameters_of_the_others(tmp_path):
+    """run.json after a ``--chapter 06`` run into a folder whose run gave chapters 1 and 5 their own parameters:
+    those stay (status and verify rebuild chapter 1's steps with them); a run with other data sets, profile or
+    shared parameters replaces the record."""
+    compendium = _compendium_module()
+    before = {"profile": "cpu", "datasets": ["a", "b"], "params": {"01.dataset": ["a", "b", "m.npz"],
+                                                                  "05.extended_dataset": "a", "06.dp_epochs": 2}}
+    (tmp_path / compendium.RUN_RECORD).write_text(json.dumps(before))
+    record = compendium.run_record(tmp_path, "cpu", ["a", "b"], {"06.dp_epochs": 3}, {"06"})
+    assert record == {**before, "params": {"01.dataset": ["a", "b", "m.npz"], "05.extended_dataset": "a",
+                                           "06.dp_epochs": 3}}
+    assert compendium.run_record(tmp_path, "cpu", ["a", "b"], None, {"06"})["params"] == {
+        "01.dataset": ["a", "b", "m.npz"], "05.extended_dataset": "a"}
+    assert compendium.run_record(tmp_path, "cpu", ["a", "b"], None, {"01", "05", "06"})["params"] == {}
+    for other in (("smoke", ["a", "b"], None), ("cpu", ["a"], None), ("cpu", ["a", "b"], {"seed": 1})):
+        assert compendium.run_record(tmp_path, *other, {"06"}) == {
+            "profile": other[0], "datasets": other[1], "params": other[2] or {}}
+    assert compendium.run_record(tmp_path / "new", "cpu", ["a"], None, {"06"})["params"] == {}
